@@ -1,0 +1,119 @@
+"""mlops_lab: register, deploy, monitor and update models without leaving a Jupyter notebook.
+
+The public API is re-exported here and loaded on first use, so that ``import mlops_lab`` (and
+``%load_ext mlops_lab``) stays cheap: no pandas, SQLAlchemy, web server or chart library is
+imported until a call needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AliasNotFound,
+    AlreadyExists,
+    ArtifactCorrupted,
+    Conflict,
+    DeploymentNotFound,
+    InvalidInput,
+    InvalidModel,
+    InvalidName,
+    InvalidReference,
+    MlopsLabError,
+    ModelNotFound,
+    NotFound,
+    RegistrySchemaError,
+    StorageError,
+    StorageFull,
+    VersionInUse,
+    VersionNotFound,
+)
+from .refs import ModelRef, parse_ref
+
+__version__ = "0.1.0.dev0"
+
+# name -> module that defines it; imported on first access.
+_LAZY = {
+    "register_model": "mlops_lab.registry.api",
+    "get_model": "mlops_lab.registry.api",
+    "list_models": "mlops_lab.registry.api",
+    "search_model_versions": "mlops_lab.registry.api",
+    "load_model": "mlops_lab.registry.api",
+    "download_model": "mlops_lab.registry.api",
+    "model_path": "mlops_lab.registry.api",
+    "get_baseline": "mlops_lab.registry.api",
+    "set_tags": "mlops_lab.registry.api",
+    "delete_tag": "mlops_lab.registry.api",
+    "set_description": "mlops_lab.registry.api",
+    "set_alias": "mlops_lab.registry.api",
+    "delete_alias": "mlops_lab.registry.api",
+    "delete_model_version": "mlops_lab.registry.api",
+    "delete_model": "mlops_lab.registry.api",
+    "gc": "mlops_lab.registry.api",
+    "Registry": "mlops_lab.registry.store",
+    "ModelVersion": "mlops_lab.registry.entities",
+    "RegisteredModel": "mlops_lab.registry.entities",
+}
+
+__all__ = sorted(
+    [
+        *_LAZY,
+        "ModelRef",
+        "parse_ref",
+        "MlopsLabError",
+        "NotFound",
+        "ModelNotFound",
+        "VersionNotFound",
+        "AliasNotFound",
+        "DeploymentNotFound",
+        "InvalidInput",
+        "InvalidName",
+        "InvalidReference",
+        "InvalidModel",
+        "Conflict",
+        "VersionInUse",
+        "AlreadyExists",
+        "ArtifactCorrupted",
+        "StorageError",
+        "StorageFull",
+        "RegistrySchemaError",
+        "__version__",
+    ]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mlops_lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .registry.api import (  # noqa: F401
+        delete_alias,
+        delete_model,
+        delete_model_version,
+        delete_tag,
+        download_model,
+        gc,
+        get_baseline,
+        get_model,
+        list_models,
+        load_model,
+        model_path,
+        register_model,
+        search_model_versions,
+        set_alias,
+        set_description,
+        set_tags,
+    )
+    from .registry.entities import ModelVersion, RegisteredModel  # noqa: F401
+    from .registry.store import Registry  # noqa: F401

@@ -1,0 +1,1 @@
+"""The model registry: versioned models with tags, properties, aliases, lineage and search."""

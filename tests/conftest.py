@@ -1,0 +1,101 @@
+"""Shared fixtures.
+
+Registry tests run twice: on a SQLite file and on the real PostgreSQL server that ``.ci/run``
+(through ``make test``) starts and names in ``MLOPS_LAB_TEST_PG_URL``. Each PostgreSQL test gets
+a schema of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+PG_URL = os.environ.get("MLOPS_LAB_TEST_PG_URL")
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own home folder; nothing touches the user's registry."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MLOPS_LAB_HOME", str(home))
+    monkeypatch.delenv("MLOPS_LAB_DB", raising=False)
+    monkeypatch.delenv("MLOPS_LAB_CRASHPOINT", raising=False)
+    yield home
+    from mlops_lab.registry import store
+
+    for reg in list(store._registries.values()):
+        reg.close()
+    store._registries.clear()
+
+
+def _pg_schema_url():
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("MLOPS_LAB_TEST_PG_URL is not set: run the suite with `make test`")
+        pytest.skip("no PostgreSQL server: run the suite with `make test` to start one")
+    import sqlalchemy as sa
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    engine = sa.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    return engine, schema, f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, _isolated_home, monkeypatch):
+    """Selects the registry database; sets ``MLOPS_LAB_DB`` so that subprocesses use it too."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    engine, schema, url = _pg_schema_url()
+    monkeypatch.setenv("MLOPS_LAB_DB", url)
+    try:
+        yield "postgres"
+    finally:
+        from mlops_lab.registry import store
+
+        for reg in list(store._registries.values()):
+            reg.close()
+        store._registries.clear()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
+@pytest.fixture
+def registry(backend):
+    """The default registry of this test (home folder + backend)."""
+    from mlops_lab.registry.store import default_registry
+
+    reg = default_registry()
+    assert reg.engine.dialect.name == {"sqlite": "sqlite", "postgres": "postgresql"}[backend]
+    return reg
+
+
+@pytest.fixture(scope="session")
+def iris():
+    from sklearn.datasets import load_iris
+
+    data = load_iris(as_frame=True)
+    return data.data, data.target
+
+
+@pytest.fixture(scope="session")
+def trained(iris):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris
+    return LogisticRegression(max_iter=500).fit(X, y)
+
+
+def pytest_report_header(config):
+    return f"mlops_lab PostgreSQL: {PG_URL or 'not configured (postgres tests skip)'}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
