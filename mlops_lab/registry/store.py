@@ -904,7 +904,8 @@ class Registry:
             ).first()
             if row is None:
                 raise InvalidInput(f"deployment {name!r} has no revision {revision}")
-            self._add_revision(conn, name, _loads(row.models), _loads(row.config), note, time.time())
+            models = self._resolve_models(conn, _loads(row.models))  # each version must still exist
+            self._add_revision(conn, name, models, _loads(row.config), note, time.time())
         return self.get_deployment(name)
 
     def update_deployment(

@@ -1,0 +1,13 @@
+# The two commands README opens with. Both work on a fresh machine.
+.PHONY: demo test bench
+
+demo:  ## install and run the main job end to end on the embedded defaults
+	bash .ci/setup.sh examples
+	.venv/bin/python examples/quickstart.py
+
+test:  ## install, start PostgreSQL, run the whole test suite
+	bash .ci/test.sh
+
+bench:  ## the benchmarks against MLflow (see bench/README.md)
+	bash .ci/setup.sh bench
+	.venv/bin/python bench/registry.py
