@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import types
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,10 @@ def _packages_distributions() -> dict[str, list[str]]:
     return metadata.packages_distributions()
 
 
+@cache
 def _distribution_pin(top_level: str) -> str | None:
+    # Cached: reading a distribution's metadata costs about a millisecond, and the version of a
+    # module a process has imported does not change while it runs.
     dists = _packages_distributions().get(top_level)
     if not dists:
         return None

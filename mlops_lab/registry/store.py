@@ -18,20 +18,28 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import (
+    String,
     and_,
+    bindparam,
+    cast,
     create_engine,
     delete,
     event,
-    exists,
     func,
     insert,
     inspect,
+    literal,
+    null,
+    or_,
     select,
+    tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -414,25 +422,31 @@ class Registry:
         names = sorted({r.name for r in rows})
         keys = {(r.name, r.version) for r in rows}
 
-        def by_key(table, *cols):
-            out: dict[tuple[str, int], list[Any]] = {}
-            q = select(table.c.name, table.c.version, *cols)
-            if len(names) <= 500:
-                q = q.where(table.c.name.in_(names))
-            if len(keys) == 1:
-                (n, v), = keys
-                q = q.where(table.c.name == n, table.c.version == v)
-            for rec in conn.execute(q):
-                k = (rec[0], rec[1])
-                if k in keys:
-                    out.setdefault(k, []).append(rec[2:])
-            return out
-
-        tags = by_key(S.version_tags, S.version_tags.c.key, S.version_tags.c.value)
-        props = by_key(S.version_properties, S.version_properties.c.key, S.version_properties.c.value)
-        aliases = by_key(S.model_aliases, S.model_aliases.c.alias)
-        files = by_key(S.version_files, S.version_files.c.path, S.version_files.c.sha256, S.version_files.c.size)
-        deps = by_key(S.deployment_models, S.deployment_models.c.deployment)
+        if len(keys) <= _EXACT_KEYS:
+            params: dict[str, Any] = {}
+            for i, (n, v) in enumerate(sorted(keys)):
+                params[f"n{i}"] = n
+                params[f"v{i}"] = v
+            query = _attachments_query(len(keys))
+        else:
+            params = {"names": names} if len(names) <= 500 else {}
+            query = _attachments_query(-1 if len(names) <= 500 else 0)
+        tags: dict[tuple[str, int], list[Any]] = {}
+        props: dict[tuple[str, int], list[Any]] = {}
+        aliases: dict[tuple[str, int], list[Any]] = {}
+        files: dict[tuple[str, int], list[Any]] = {}
+        deps: dict[tuple[str, int], list[Any]] = {}
+        sinks = {"t": tags, "p": props, "a": aliases, "f": files, "d": deps}
+        for kind, n, v, a, b, c in conn.execute(query, params):
+            k = (n, v)
+            if k not in keys:
+                continue
+            if kind == "f":
+                files.setdefault(k, []).append((a, b, int(c)))
+            elif kind in ("t", "p"):
+                sinks[kind].setdefault(k, []).append((a, b))
+            else:
+                sinks[kind].setdefault(k, []).append((a,))
         out = []
         for r in rows:
             k = (r.name, r.version)
@@ -518,10 +532,13 @@ class Registry:
                 raise InvalidInput(f"{kind}s must be a dict of key -> value")
             for key, value in values.items():
                 check_tag_key(key, f"{kind} key")
-                cond = [table.c.name == mv.c.name, table.c.version == mv.c.version, table.c.key == key]
+                # Driven by the (key, value) index: the matching versions come from the tag table.
+                cond = [table.c.key == key]
                 if value is not None:
                     cond.append(table.c.value == (value if isinstance(value, str) else str(value)))
-                q = q.where(exists().where(and_(*cond)))
+                q = q.where(
+                    tuple_(mv.c.name, mv.c.version).in_(select(table.c.name, table.c.version).where(*cond))
+                )
         q = q.order_by(mv.c.name, mv.c.version.desc())
         if max_results is not None:
             q = q.limit(max_results)
@@ -1013,6 +1030,47 @@ def _to_parquet(data: Any) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     return buf.getvalue()
+
+
+_EXACT_KEYS = 100
+
+
+@cache
+def _attachments_query(n_keys: int):
+    """One UNION ALL query for the tags, properties, aliases, files and deployments of a set of
+    versions: ``n_keys`` exact (name, version) keys bound as ``n0, v0, n1, v1, ...``, or all
+    versions of the names bound as ``names`` (``-1``), or everything (``0``).
+
+    Built once per shape: constructing SQLAlchemy expressions costs more than running them.
+    """
+    text_null = cast(null(), String)
+
+    def part(kind: str, table, a, b=None, c=None):
+        q = select(
+            literal(kind, String).label("kind"), table.c.name, table.c.version,
+            a.label("a"), (b if b is not None else text_null).label("b"),
+            (cast(c, String) if c is not None else text_null).label("c"),
+        )
+        if n_keys > 0:
+            # OR of exact keys: each one a primary-key look-up on every backend.
+            return q.where(
+                or_(*(
+                    and_(table.c.name == bindparam(f"n{i}"), table.c.version == bindparam(f"v{i}"))
+                    for i in range(n_keys)
+                ))
+            )
+        if n_keys < 0:
+            return q.where(table.c.name.in_(bindparam("names", expanding=True)))
+        return q
+
+    t, p, al, f, d = S.version_tags, S.version_properties, S.model_aliases, S.version_files, S.deployment_models
+    return union_all(
+        part("t", t, t.c.key, t.c.value),
+        part("p", p, p.c.key, p.c.value),
+        part("a", al, al.c.alias),
+        part("f", f, f.c.path, f.c.sha256, f.c.size),
+        part("d", d, d.c.deployment),
+    )
 
 
 _lock = threading.Lock()
