@@ -23,6 +23,12 @@ __all__ = [
     "InvalidName",
     "InvalidReference",
     "InvalidModel",
+    "InvalidRequest",
+    "MalformedRequest",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "ModelError",
+    "DeploymentFailed",
     "Conflict",
     "VersionInUse",
     "AlreadyExists",
@@ -167,6 +173,63 @@ class InvalidReference(InvalidInput):
 
 class InvalidModel(InvalidInput):
     """The object, file or folder given as a model cannot be registered or loaded as asked."""
+
+
+class InvalidRequest(InvalidInput):
+    """A scoring request does not match the model's signature (HTTP 422).
+
+    ``field`` names the column, input or key at fault and ``row`` the row, when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, row: int | None = None, hint: str | None = None) -> None:
+        self.field = field
+        self.row = row
+        super().__init__(message, hint=hint)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if self.field is not None:
+            out["field"] = self.field
+        if self.row is not None:
+            out["row"] = self.row
+        return out
+
+
+class MalformedRequest(InvalidRequest):
+    """A scoring request's body cannot be read at all (not JSON, not CSV) (HTTP 400)."""
+
+    http_status = 400
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A scoring request's body is over the server's limit (HTTP 413)."""
+
+    http_status = 413
+
+
+class Unauthorized(MlopsLabError):
+    """A scoring request without a valid key (HTTP 401)."""
+
+    http_status = 401
+    exit_code = 8
+
+
+class ModelError(MlopsLabError):
+    """The model raised while scoring (HTTP 500); ``error_id`` is in the deployment's log."""
+
+    def __init__(self, message: str, error_id: str) -> None:
+        self.error_id = error_id
+        super().__init__(message, hint=f"error id {error_id} in the deployment's logs")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "error_id": self.error_id}
+
+
+class DeploymentFailed(MlopsLabError):
+    """A deployment, update or rollback could not be brought up; what served before still does."""
+
+    http_status = 502
+    exit_code = 9
 
 
 # --- conflicts ------------------------------------------------------------------------------

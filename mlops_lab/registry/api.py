@@ -137,8 +137,17 @@ def download_model(ref: Any, folder: str | os.PathLike) -> Path:
 def model_path(ref: Any) -> Path:
     """A local folder holding a version's files, checked against their hashes.
 
-    Scoring scripts use it in ``init()`` to find each model of an ensemble.
+    Scoring scripts use it in ``init()`` to find each model of an ensemble; inside a scoring
+    server it answers from the models the server holds, without a registry.
     """
+    served = os.environ.get("MLOPS_LAB_MODEL_PATHS")
+    if served:
+        import orjson
+
+        paths = orjson.loads(served)
+        key = str(ref)
+        if key in paths:
+            return Path(paths[key])
     return default_registry().model_path(ref)
 
 

@@ -28,11 +28,12 @@ import pickle
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModel
+from ..errors import ArtifactCorrupted, InvalidModel
 
 PREDICT_METHODS = ("predict", "predict_proba", "__call__")
 MODEL_FILE = "model.pkl"
@@ -260,3 +261,91 @@ class OnnxModel:
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         return self.session.run(None, {self.input_name: arr})[0]
+
+
+def load_packaged(
+    flavor: str,
+    loader: dict[str, Any],
+    ref: str,
+    requirements: list[str],
+    *,
+    read_file: Callable[[str], bytes],
+    folder: Callable[[], Path],
+) -> LoadedModel:
+    """Load a model from its checked files: ``read_file(path)`` returns one file's bytes,
+    ``folder()`` a folder holding them all (for the flavors that need paths)."""
+    try:
+        if flavor == "python":
+            obj = load_python(read_file(loader["file"]))
+            return LoadedModel(obj, loader["method"], ref)
+        if flavor == "file":
+            fmt = loader["format"]
+            if fmt == "onnx":
+                obj = load_file(fmt, None, folder() / loader["file"])
+            else:
+                obj = load_file(fmt, read_file(loader["file"]), None)
+            method = predict_method(obj)
+            if method is None:
+                raise InvalidModel(
+                    f"{ref}: the object in {loader['file']} has no predict, predict_proba or __call__"
+                )
+            return LoadedModel(obj, method, ref)
+        if flavor == "script":
+            path = folder()
+            return LoadedModel(ScoringScript(path, loader["entry_script"], ref), "run", ref, path)
+        raise InvalidModel(
+            f"{ref} is a folder registered as-is; mlops_lab cannot call it by itself",
+            hint=f"use model_path({ref!r}) for its files, or register it with entry_script=",
+        )
+    except ModuleNotFoundError as exc:
+        reqs = " ".join(requirements) or exc.name
+        raise InvalidModel(
+            f"{ref} needs the module {exc.name!r}, which is not installed", hint=f"pip install {reqs}"
+        ) from None
+
+
+METADATA_FILE = "MLOPS_LAB_MODEL.json"
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    """The metadata ``download_model`` writes beside a version's files."""
+    import orjson
+
+    try:
+        return orjson.loads((folder / METADATA_FILE).read_bytes())
+    except FileNotFoundError:
+        raise InvalidModel(f"{folder} holds no {METADATA_FILE}: not a downloaded model") from None
+
+
+def load_folder(folder: str | os.PathLike) -> tuple[LoadedModel, dict[str, Any]]:
+    """Load a model downloaded with ``download_model`` (no registry needed), checking every
+    file against the SHA-256 recorded in its metadata first."""
+    import hashlib
+
+    from .artifacts import sha256_file
+
+    root = Path(folder)
+    meta = read_metadata(root)
+    ref = f"{meta['name']}:{meta['version']}"
+    for f in meta["files"]:
+        path = root / f["path"]
+        try:
+            actual = sha256_file(path)
+        except FileNotFoundError:
+            raise ArtifactCorrupted(str(path), f["sha256"], None, ref=ref) from None
+        if actual != f["sha256"]:
+            raise ArtifactCorrupted(str(path), f["sha256"], actual, ref=ref)
+
+    def read_file(rel: str) -> bytes:
+        data = (root / rel).read_bytes()
+        expected = next(f["sha256"] for f in meta["files"] if f["path"] == rel)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:  # changed between the check above and now
+            raise ArtifactCorrupted(str(root / rel), expected, actual, ref=ref)
+        return data
+
+    model = load_packaged(
+        meta["flavor"], meta["loader"], ref, meta.get("requirements", []),
+        read_file=read_file, folder=lambda: root,
+    )
+    return model, meta

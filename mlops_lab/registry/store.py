@@ -715,7 +715,9 @@ class Registry:
                 "description": mv.description,
                 "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in mv.files],
             }
-            (dest / "MLOPS_LAB_MODEL.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+            from .flavors import METADATA_FILE
+
+            (dest / METADATA_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
             if mv.requirements:
                 (dest / "requirements.txt").write_text("\n".join(mv.requirements) + "\n")
         except OSError as exc:
@@ -734,41 +736,14 @@ class Registry:
         return pd.read_parquet(io.BytesIO(data))
 
     def load_model(self, ref: Any):
-        from .flavors import LoadedModel, ScoringScript, load_file, load_python, predict_method
+        from .flavors import load_packaged
 
         mv = self.get_version(ref)
-        loader = mv.loader
-        try:
-            if mv.flavor == "python":
-                obj = load_python(self.read_file(mv, loader["file"]))
-                return LoadedModel(obj, loader["method"], mv.ref)
-            if mv.flavor == "file":
-                fmt = loader["format"]
-                if fmt == "onnx":
-                    path = self.materialize(mv)
-                    obj = load_file(fmt, None, path / loader["file"])
-                else:
-                    obj = load_file(fmt, self.read_file(mv, loader["file"]), None)
-                method = predict_method(obj)
-                if method is None:
-                    raise InvalidModel(
-                        f"{mv.ref}: the object in {loader['file']} has no predict, predict_proba "
-                        "or __call__"
-                    )
-                return LoadedModel(obj, method, mv.ref)
-            if mv.flavor == "script":
-                path = self.materialize(mv)
-                return LoadedModel(ScoringScript(path, loader["entry_script"], mv.ref), "run", mv.ref, path)
-            raise InvalidModel(
-                f"{mv.ref} is a folder registered as-is; mlops_lab cannot call it by itself",
-                hint=f"use model_path({mv.ref!r}) for its files, or register it with entry_script=",
-            )
-        except ModuleNotFoundError as exc:
-            reqs = " ".join(mv.requirements) or exc.name
-            raise InvalidModel(
-                f"{mv.ref} needs the module {exc.name!r}, which is not installed",
-                hint=f"pip install {reqs}",
-            ) from None
+        return load_packaged(
+            mv.flavor, mv.loader, mv.ref, mv.requirements,
+            read_file=lambda path: self.read_file(mv, path),
+            folder=lambda: self.materialize(mv),
+        )
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The scoring server: an ASGI app over registered model versions."""

@@ -1,0 +1,380 @@
+"""Request data checked against a model's signature and turned into what the model takes.
+
+Every protocol (Azure ``/score``, MLflow ``/invocations``, Open Inference Protocol v2) parses its
+body into rows, columns or an array, then calls :class:`InputSpec` to validate it. The result is a
+:class:`Chunk`; chunks from several requests are joined into one model input by
+:meth:`InputSpec.model_input` (micro-batching), and the model's output is split back per chunk.
+
+What the model receives: a NumPy array for a tensor signature, a pandas DataFrame for a columns
+signature, and for a model registered without a signature a NumPy array when the data is a
+rectangular table of numbers (a DataFrame when it is a list of objects, the data as sent
+otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequest
+
+_NUMERIC = {"integer", "float"}
+
+
+@dataclass
+class Chunk:
+    """One request's validated data: ``n`` rows in ``data``.
+
+    ``form`` is ``"array"`` (an ndarray of rows), ``"rows"`` (a list of row lists in signature
+    column order), ``"records"`` (a list of dicts) or ``"raw"`` (anything, unbatchable).
+    """
+
+    form: str
+    data: Any
+    n: int
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _cell_ok(kind: str, value: Any) -> bool:
+    if kind == "float":
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if kind == "integer":
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind in ("string", "datetime"):
+        return isinstance(value, str)
+    return True
+
+
+class InputSpec:
+    """Validation and conversion for one model's signature (or for no signature)."""
+
+    def __init__(self, signature: dict[str, Any] | None) -> None:
+        self.signature = signature
+        self.kind = signature.get("kind") if signature else None
+        if self.kind == "columns":
+            cols = signature["columns"]
+            self.columns = [c["name"] for c in cols]
+            self.types = [c["type"] for c in cols]
+            self.dtypes = [c.get("dtype") for c in cols]
+            self.index = {name: i for i, name in enumerate(self.columns)}
+            self.numeric = all(t in _NUMERIC for t in self.types)
+            self.int_cols = [i for i, t in enumerate(self.types) if t == "integer"]
+        elif self.kind == "tensor":
+            self.dtype = np.dtype(signature["dtype"])
+            self.shape = list(signature["shape"])
+        self.batchable = self.kind is not None
+
+    # -- entry points, one per shape of data a protocol can carry ---------------------------
+
+    def from_rows(self, rows: Any, field: str = "data") -> Chunk:
+        """A list of rows: lists of values, or objects keyed by column."""
+        if not isinstance(rows, list):
+            raise InvalidRequest(f"'{field}' must be a list of rows, got {_type_name(rows)}", field=field)
+        if not rows:
+            raise InvalidRequest(f"'{field}' holds no rows", field=field)
+        if self.kind is None:
+            return self._untyped(rows)
+        if self.kind == "tensor":
+            return self._tensor(rows, field)
+        first = rows[0]
+        if isinstance(first, dict):
+            return self._records(rows)
+        return self._positional(rows)
+
+    def from_columns(self, columns: dict[str, Any], field: str = "columns") -> Chunk:
+        """Column name -> list of values (MLflow's ``inputs`` dict, v2 named inputs)."""
+        if self.kind != "columns":
+            if self.kind == "tensor" and len(columns) == 1:
+                return self._tensor(next(iter(columns.values())), field)
+            if self.kind is None:
+                lengths = {len(v) for v in columns.values() if isinstance(v, list)}
+                if len(lengths) == 1:
+                    n = lengths.pop()
+                    records = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+                    return Chunk("records", records, n)
+                return Chunk("raw", columns, 1)
+            raise InvalidRequest(
+                f"this model takes one tensor, got {len(columns)} named inputs", field=field
+            )
+        for name in columns:
+            if name not in self.index:
+                raise InvalidRequest(
+                    f"unexpected column {name!r}; the model takes {self._cols_text()}", field=name
+                )
+        for name in self.columns:
+            if name not in columns:
+                raise InvalidRequest(f"missing column {name!r}", field=name)
+        n = None
+        for name in self.columns:
+            values = columns[name]
+            if not isinstance(values, list):
+                values = list(np.asarray(values).ravel()) if hasattr(values, "__len__") else [values]
+                columns[name] = values
+            if n is None:
+                n = len(values)
+            elif len(values) != n:
+                raise InvalidRequest(
+                    f"column {name!r} has {len(values)} values, {self.columns[0]!r} has {n}", field=name
+                )
+        rows = [list(r) for r in zip(*(columns[c] for c in self.columns))]
+        if not rows:
+            raise InvalidRequest("no rows", field=field)
+        return self._positional(rows)
+
+    def from_split(self, payload: Any, field: str = "dataframe_split") -> Chunk:
+        """pandas' ``split`` orientation: ``{"columns": [...], "data": [[...], ...]}``."""
+        if not isinstance(payload, dict) or "data" not in payload:
+            raise InvalidRequest(f"'{field}' must be an object with 'data' (and 'columns')", field=field)
+        data = payload["data"]
+        cols = payload.get("columns")
+        if cols is None or self.kind != "columns":
+            return self.from_rows(data, f"{field}.data")
+        if not isinstance(data, list) or not isinstance(cols, list):
+            raise InvalidRequest(f"'{field}' columns and data must be lists", field=field)
+        width = len(cols)
+        out: dict[str, list] = {c: [] for c in cols}
+        if len(out) != width:
+            raise InvalidRequest(f"'{field}.columns' names a column twice", field=f"{field}.columns")
+        for i, row in enumerate(data):
+            if not isinstance(row, list) or len(row) != width:
+                raise InvalidRequest(
+                    f"row {i} has {len(row) if isinstance(row, list) else 'no list of'} values, "
+                    f"expected {width} (one per column)", field=f"{field}.data", row=i,
+                )
+            for c, v in zip(cols, row):
+                out[c].append(v)
+        return self.from_columns(out, field)
+
+    def from_array(self, arr: np.ndarray, field: str = "input") -> Chunk:
+        if self.kind == "columns":
+            if arr.ndim != 2 or arr.shape[1] != len(self.columns):
+                raise InvalidRequest(
+                    f"expected {len(self.columns)} columns ({self._cols_text()}), got shape {list(arr.shape)}",
+                    field=field,
+                )
+            return self._positional(arr.tolist())
+        if self.kind == "tensor":
+            return self._check_tensor(arr, field)
+        return Chunk("array", arr, len(arr) if arr.ndim else 1)
+
+    # -- validation --------------------------------------------------------------------------
+
+    def _cols_text(self) -> str:
+        cols = ", ".join(self.columns[:8])
+        return cols + (", ..." if len(self.columns) > 8 else "")
+
+    def _untyped(self, rows: list) -> Chunk:
+        if all(isinstance(r, dict) for r in rows):
+            return Chunk("records", rows, len(rows))
+        try:
+            arr = np.asarray(rows)
+        except ValueError:
+            return Chunk("raw", rows, len(rows))
+        if arr.dtype.kind in "biuf":
+            return Chunk("array", arr, len(arr) if arr.ndim else 1)
+        return Chunk("raw", rows, len(rows))
+
+    def _tensor(self, rows: Any, field: str) -> Chunk:
+        try:
+            arr = np.asarray(rows)
+        except ValueError:
+            arr = None
+        if arr is None or arr.dtype == object or arr.dtype.kind not in "biuf":
+            self._find_bad_tensor_cell(rows, field)
+        return self._check_tensor(arr, field)
+
+    def _check_tensor(self, arr: np.ndarray, field: str) -> Chunk:
+        want = self.shape
+        if arr.ndim != len(want) or any(w not in (-1, None) and w != g for w, g in zip(want[1:], arr.shape[1:])):
+            shape = " x ".join("N" if w in (-1, None) else str(w) for w in want)
+            hint = None
+            if arr.ndim == len(want) - 1 and list(arr.shape) == want[1:]:
+                hint = "wrap a single row in a list"
+            raise InvalidRequest(
+                f"expected rows of shape {shape}, got shape {' x '.join(map(str, arr.shape))}",
+                field=field, hint=hint,
+            )
+        if self.dtype.kind in "iu" and arr.dtype.kind == "f":
+            bad = np.flatnonzero(arr.reshape(len(arr), -1) % 1 != 0) if arr.size else []
+            if len(bad):
+                width = int(np.prod(arr.shape[1:])) or 1
+                row = int(bad[0] // width)
+                raise InvalidRequest(f"row {row}: expected integers ({self.dtype}), got a fraction", field=field, row=row)
+        if self.dtype.kind == "b" and arr.dtype.kind != "b":
+            raise InvalidRequest(f"expected booleans, got {arr.dtype.name} values", field=field)
+        if arr.dtype != self.dtype:
+            arr = arr.astype(self.dtype)
+        return Chunk("array", arr, len(arr))
+
+    def _find_bad_tensor_cell(self, rows: Any, field: str) -> None:
+        if not isinstance(rows, list):
+            raise InvalidRequest(f"'{field}' must be a list of rows", field=field)
+        width = self.shape[1] if len(self.shape) > 1 else None
+        for i, row in enumerate(rows):
+            values = row if isinstance(row, list) else [row]
+            if width not in (-1, None) and isinstance(row, list) and len(row) != width:
+                raise InvalidRequest(f"row {i} has {len(row)} values, expected {width}", field=field, row=i)
+            for j, v in enumerate(values):
+                if isinstance(v, list):
+                    continue
+                if not isinstance(v, (int, float)) or (isinstance(v, bool) and self.dtype.kind != "b"):
+                    raise InvalidRequest(
+                        f"row {i}, value {j}: expected a number ({self.dtype}), got {_type_name(v)} {v!r}",
+                        field=f"{field}[{i}][{j}]", row=i,
+                    )
+        raise InvalidRequest(f"'{field}' is not a rectangular array of numbers", field=field)
+
+    def _records(self, rows: list) -> Chunk:
+        cols, index = self.columns, self.index
+        ncols = len(cols)
+        out = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise InvalidRequest(f"row {i} is {_type_name(row)}, expected an object like row 0", row=i)
+            try:
+                values = [row[c] for c in cols]
+            except KeyError as exc:
+                raise InvalidRequest(f"row {i}: missing column {exc.args[0]!r}", field=exc.args[0], row=i) from None
+            if len(row) != ncols:
+                extra = next(k for k in row if k not in index)
+                raise InvalidRequest(
+                    f"row {i}: unexpected column {extra!r}; the model takes {self._cols_text()}",
+                    field=extra, row=i,
+                )
+            out.append(values)
+        return self._positional(out, checked_width=True)
+
+    def _positional(self, rows: list, checked_width: bool = False) -> Chunk:
+        ncols = len(self.columns)
+        if self.numeric:
+            try:
+                arr = np.asarray(rows)
+            except ValueError:
+                arr = None
+            if arr is not None and arr.ndim == 2 and arr.shape[1] == ncols and arr.dtype.kind in "biuf":
+                if self.int_cols and arr.dtype.kind == "f":
+                    sub = arr[:, self.int_cols]
+                    if not np.all(sub == np.floor(sub)):
+                        r, c = np.argwhere(sub != np.floor(sub))[0]
+                        name = self.columns[self.int_cols[c]]
+                        raise InvalidRequest(
+                            f"row {r}: column {name!r} expects integer, got {arr[r, self.int_cols[c]]!r}",
+                            field=name, row=int(r),
+                        )
+                return Chunk("array", arr, len(arr))
+        # Slow path: find the cell at fault (or accept mixed types) value by value.
+        types, cols = self.types, self.columns
+        for i, row in enumerate(rows):
+            if not checked_width:
+                if not isinstance(row, (list, tuple)):
+                    raise InvalidRequest(f"row {i} is {_type_name(row)}, expected a list of {ncols} values", row=i)
+                if len(row) != ncols:
+                    raise InvalidRequest(
+                        f"row {i} has {len(row)} values, expected {ncols} ({self._cols_text()})", row=i
+                    )
+            for j, v in enumerate(row):
+                if not _cell_ok(types[j], v):
+                    raise InvalidRequest(
+                        f"row {i}: column {cols[j]!r} expects {types[j]}, got {_type_name(v)} {v!r}",
+                        field=cols[j], row=i,
+                    )
+        return Chunk("rows", rows, len(rows))
+
+    # -- from chunks to the model's input and back ---------------------------------------------
+
+    def model_input(self, chunks: list[Chunk]) -> Any:
+        if len(chunks) == 1 and chunks[0].form == "raw":
+            return chunks[0].data
+        if self.kind == "tensor":
+            return chunks[0].data if len(chunks) == 1 else np.concatenate([c.data for c in chunks])
+        if self.kind == "columns":
+            return self._dataframe(chunks)
+        forms = {c.form for c in chunks}
+        if forms == {"array"}:
+            return chunks[0].data if len(chunks) == 1 else np.concatenate([c.data for c in chunks])
+        if forms == {"records"}:
+            import pandas as pd
+
+            return pd.DataFrame.from_records([r for c in chunks for r in c.data])
+        return [r for c in chunks for r in c.data]
+
+    def _dataframe(self, chunks: list[Chunk]):
+        import pandas as pd
+
+        if all(c.form == "array" for c in chunks):
+            arr = chunks[0].data if len(chunks) == 1 else np.concatenate([c.data for c in chunks])
+            df = pd.DataFrame(arr, columns=self.columns)
+        else:
+            rows = []
+            for c in chunks:
+                rows.extend(c.data.tolist() if c.form == "array" else c.data)
+            df = pd.DataFrame.from_records(rows, columns=self.columns)
+        for name, kind, dtype in zip(self.columns, self.types, self.dtypes):
+            col = df[name]
+            if kind == "integer" and col.dtype.kind != "i":
+                df[name] = col.astype(dtype if dtype and dtype[0] in "iu" else "int64")
+            elif kind == "float" and col.dtype.kind != "f":
+                df[name] = col.astype(dtype if dtype and dtype.startswith("float") else "float64")
+            elif kind == "datetime":
+                df[name] = pd.to_datetime(col)
+        return df
+
+
+def split_output(output: Any, sizes: list[int]) -> list[Any]:
+    """Cut a batch's output into one piece per request (``sizes`` rows each)."""
+    if len(sizes) == 1:
+        return [output]
+    total = sum(sizes)
+    n = len(output) if hasattr(output, "__len__") else None
+    if n != total:
+        raise ValueError(f"the model returned {n} results for {total} rows: it cannot be batched")
+    pieces, start = [], 0
+    iloc = getattr(output, "iloc", None)
+    for size in sizes:
+        pieces.append(iloc[start : start + size] if iloc is not None else output[start : start + size])
+        start += size
+    return pieces
+
+
+def to_jsonable(output: Any) -> Any:
+    """Predictions as something orjson writes (NumPy arrays pass through as they are)."""
+    if isinstance(output, np.ndarray):
+        if output.dtype == object or not output.flags.c_contiguous or output.dtype.kind in "USMm" or output.dtype == np.float16:
+            return output.tolist()
+        return output
+    module = type(output).__module__
+    if module.startswith("pandas"):
+        if hasattr(output, "to_dict") and hasattr(output, "columns"):
+            return output.to_dict("records")
+        return to_jsonable(output.to_numpy())
+    if isinstance(output, np.generic):
+        return output.item()
+    if isinstance(output, float) and math.isnan(output):
+        return None
+    if isinstance(output, (list, tuple)):
+        return [to_jsonable(o) if isinstance(o, (np.ndarray, np.generic)) else o for o in output]
+    return output

@@ -1,0 +1,248 @@
+"""Loaded models inside a scoring server, and the adaptive micro-batcher in front of each.
+
+Batching: concurrent requests for one model are coalesced into one ``predict`` call. The batcher
+never waits on an idle model: the first request runs at once, and the requests that arrive while
+a call runs are joined into the next call (up to ``max_batch_rows`` rows). ``max_wait_ms`` adds a
+bounded wait before each call for users who prefer larger batches to lower latency. A batch that
+fails is retried request by request, so one bad request never fails its neighbours. Models that
+cannot batch (scoring scripts, models whose output has not one result per row) run one request
+per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidRequest, ModelError
+from .inputs import Chunk, InputSpec, split_output, to_jsonable
+
+log = logging.getLogger("mlops_lab.serving")
+
+INLINE_BELOW_S = 0.001  # models faster than this run on the event loop, skipping a thread hop
+
+
+def new_error_id() -> str:
+    return os.urandom(6).hex()
+
+
+@dataclass
+class BatchConfig:
+    enabled: bool = True
+    max_batch_rows: int = 512
+    max_wait_ms: float = 0.0
+
+
+@dataclass
+class ModelStats:
+    requests: int = 0
+    errors: int = 0
+    rows: int = 0
+    latency_s: float = 0.0
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests, "errors": self.errors, "rows": self.rows, "batches": self.batches,
+            "mean_latency_ms": round(1000 * self.latency_s / self.requests, 3) if self.requests else None,
+        }
+
+
+@dataclass
+class ServedModel:
+    """One registered version loaded in the server."""
+
+    name: str
+    version: int
+    model: Any  # LoadedModel
+    meta: dict[str, Any]
+    traffic: float = 100.0
+    batching: BatchConfig = field(default_factory=BatchConfig)
+    stats: ModelStats = field(default_factory=ModelStats)
+
+    def __post_init__(self) -> None:
+        self.ref = f"{self.name}:{self.version}"
+        self.spec = InputSpec(self.meta.get("signature"))
+        self.raw_body = self.meta.get("flavor") == "script"
+        self.output_name = {"predict": "predict", "predict_proba": "predict_proba"}.get(
+            getattr(self.model, "method", ""), "output"
+        )
+        self.inline = False
+        self.can_batch = self.spec.batchable and not self.raw_body and self.batching.enabled
+        self._pending: deque[tuple[Chunk, asyncio.Future]] = deque()
+        self._busy = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{self.name}")
+        self._lock = threading.Lock()
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Score the input example once: proves the model answers, measures it, and decides
+        whether it can batch (one result per row) and run inline (fast enough)."""
+        example = self.meta.get("input_example")
+        if example is None or self.raw_body:
+            return
+        chunk = self.spec.from_rows(example) if isinstance(example, list) else None
+        if chunk is None:
+            return
+        x = self.spec.model_input([chunk])
+        t0 = time.perf_counter()
+        out = self.model.predict(x)
+        elapsed = time.perf_counter() - t0
+        # a second call: the first one pays for lazy imports and caches
+        t0 = time.perf_counter()
+        out = self.model.predict(x)
+        elapsed = min(elapsed, time.perf_counter() - t0)
+        n = len(out) if hasattr(out, "__len__") else None
+        if n != chunk.n:
+            self.can_batch = False
+        self.inline = elapsed < INLINE_BELOW_S
+        log.info("%s warmed up: %.3f ms per call on %d rows, batching %s, %s", self.ref, elapsed * 1000,
+                 chunk.n, "on" if self.can_batch else "off", "inline" if self.inline else "threaded")
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _call(self, chunks: list[Chunk]) -> Any:
+        x = self.spec.model_input(chunks)
+        return self.model.predict(x)
+
+    def _run(self, chunks: list[Chunk]) -> list[Any]:
+        """Predict for several requests in one call and split the result."""
+        out = self._call(chunks)
+        return split_output(out, [c.n for c in chunks])
+
+    def _fail(self, exc: BaseException) -> ModelError:
+        error_id = new_error_id()
+        log.error("error %s in %s: %s\n%s", error_id, self.ref, exc,
+                  "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+        return ModelError(f"the model {self.ref} raised {type(exc).__name__}: {exc}", error_id)
+
+    async def predict(self, chunk: Chunk) -> Any:
+        """The model's answer for one request's rows (possibly scored with others)."""
+        if not self.can_batch:
+            return await self._single(chunk)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.append((chunk, fut))
+        if not self._busy:
+            self._busy = True
+            loop.create_task(self._drain())
+        return await fut
+
+    async def _single(self, chunk: Chunk) -> Any:
+        try:
+            if self.inline:
+                return self.model.predict(self.spec.model_input([chunk]))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._call, [chunk])
+        except Exception as exc:  # noqa: BLE001 - any model failure becomes a 500 with an id
+            raise self._fail(exc) from None
+
+    async def raw(self, body: str) -> Any:
+        """An Azure-style entry script's ``run()`` with the raw request body."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self.model.predict, body)
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc) from None
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.batching.max_wait_ms > 0:
+                await asyncio.sleep(self.batching.max_wait_ms / 1000)
+            pending = self._pending
+            max_rows = self.batching.max_batch_rows
+            while pending:
+                batch = [pending.popleft()]
+                rows = batch[0][0].n
+                while pending and rows + pending[0][0].n <= max_rows:
+                    item = pending.popleft()
+                    batch.append(item)
+                    rows += item[0].n
+                chunks = [c for c, _ in batch]
+                self.stats.batches += 1
+                try:
+                    if self.inline:
+                        outs = self._run(chunks)
+                    else:
+                        outs = await loop.run_in_executor(self._executor, self._run, chunks)
+                except Exception as exc:  # noqa: BLE001
+                    if len(batch) == 1:
+                        _settle(batch[0][1], exc=self._fail(exc))
+                    else:
+                        # Isolate the request at fault: score each one on its own.
+                        for chunk, fut in batch:
+                            try:
+                                _settle(fut, result=await self._single(chunk))
+                            except ModelError as err:
+                                _settle(fut, exc=err)
+                else:
+                    for (_, fut), out in zip(batch, outs):
+                        _settle(fut, result=out)
+                # Let the requests that arrived meanwhile reach the queue: they form the next batch.
+                await asyncio.sleep(0)
+        finally:
+            self._busy = False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _settle(fut: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+class Route:
+    """The models behind one path: one model, or several sharing traffic (a canary)."""
+
+    def __init__(self, name: str, models: list[ServedModel]) -> None:
+        self.name = name
+        self.models = models
+        total = sum(m.traffic for m in models)
+        acc, self._cum = 0.0, []
+        for m in models:
+            acc += m.traffic / total if total else 1 / len(models)
+            self._cum.append(acc)
+        self._rand = random.random
+
+    def pick(self) -> ServedModel:
+        if len(self.models) == 1:
+            return self.models[0]
+        i = bisect.bisect_left(self._cum, self._rand())
+        return self.models[min(i, len(self.models) - 1)]
+
+
+def encode_output(out: Any) -> Any:
+    return to_jsonable(out)
+
+
+def check_rows(out: Any, n: int, ref: str) -> None:
+    if hasattr(out, "__len__") and len(out) != n:
+        raise InvalidRequest(f"{ref} returned {len(out)} results for {n} rows")
+
+
+def served_paths(models: list[ServedModel]) -> dict[str, str]:
+    """ref -> folder, for ``mlops_lab.model_path`` inside entry scripts."""
+    out = {}
+    for m in models:
+        path = getattr(m.model, "path", None) or m.meta.get("_folder")
+        if path:
+            out[m.ref] = str(Path(path))
+    return out

@@ -1,0 +1,177 @@
+"""The scoring server process: ``python -m mlops_lab.serving.server --spec SPEC.json``.
+
+It needs no registry: the spec names folders written by ``download_model`` (each file checked
+against its SHA-256 before loading), so the same process runs locally, in a container, on a
+cluster node or on an edge device.
+
+Sockets: it serves a listening socket inherited from its supervisor (``--fd``), shared with the
+other servers of the deployment so that an update hands traffic over with no refused
+connection, or binds ``--host``/``--port`` itself; and a private loopback port of its own, for
+its supervisor's health probes. Once the models are loaded and warmed up and the sockets are
+served, it prints ``READY <private port>`` on stdout.
+
+Signals: SIGUSR1 starts draining (every response carries ``Connection: close`` so keep-alive
+clients move to the new servers); SIGTERM stops gracefully, finishing requests in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .app import DEFAULT_BODY_LIMIT, ScoringApp
+from .runtime import BatchConfig, Route, ServedModel
+
+log = logging.getLogger("mlops_lab.serving")
+
+#: ref -> folder of the models a server holds, for ``mlops_lab.model_path`` in entry scripts.
+MODEL_PATHS_ENV = "MLOPS_LAB_MODEL_PATHS"
+
+
+def build_app(spec: dict[str, Any]) -> ScoringApp:
+    """Load the models a spec names and build the app around them."""
+    from ..registry.flavors import LoadedModel, ScoringScript, load_folder
+
+    batching = BatchConfig(**spec.get("batching", {}))
+    models: list[dict[str, Any]] = spec["models"]
+    entry = spec.get("entry_script")
+    routes: dict[str, list[ServedModel]] = {}
+    if entry:
+        paths = {}
+        for m in models:
+            paths[f"{m['name']}:{m['version']}"] = m["folder"]
+            paths.setdefault(m["name"], m["folder"])
+        os.environ[MODEL_PATHS_ENV] = orjson.dumps(paths).decode()
+        for m in models:  # check every file before the script reads any
+            load_folder_check(m["folder"])
+        folder = Path(entry["folder"])
+        script = ScoringScript(folder, entry["script"], spec.get("deployment", "entry-script"))
+        meta = {"flavor": "script", "signature": None, "models": [f"{m['name']}:{m['version']}" for m in models]}
+        name = spec.get("route") or "default"
+        served = ServedModel(name, spec.get("revision", 0), LoadedModel(script, "run", name, folder), meta, 100.0, batching)
+        routes[name] = [served]
+    else:
+        for m in models:
+            loaded, meta = load_folder(m["folder"])
+            meta = {**meta, "_folder": m["folder"]}
+            served = ServedModel(meta["name"], meta["version"], loaded, meta, float(m.get("traffic", 100)), batching)
+            routes.setdefault(m.get("route") or meta["name"], []).append(served)
+    for served_models in routes.values():
+        for s in served_models:
+            s.warm_up()
+    return ScoringApp(
+        [Route(name, ms) for name, ms in routes.items()],
+        deployment=spec.get("deployment", ""),
+        revision=spec.get("revision", 0),
+        keys_file=spec.get("keys_file"),
+        body_limit=int(spec.get("body_limit") or DEFAULT_BODY_LIMIT),
+    )
+
+
+def load_folder_check(folder: str) -> None:
+    from ..errors import ArtifactCorrupted
+    from ..registry.artifacts import sha256_file
+    from ..registry.flavors import read_metadata
+
+    root = Path(folder)
+    meta = read_metadata(root)
+    for f in meta["files"]:
+        path = root / f["path"]
+        actual = sha256_file(path) if path.exists() else None
+        if actual != f["sha256"]:
+            raise ArtifactCorrupted(str(path), f["sha256"], actual, ref=f"{meta['name']}:{meta['version']}")
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the supervisor dies, so no server outlives its supervision."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, graceful_s: float = 30.0) -> None:
+    import uvicorn
+
+    private = socket.create_server(("127.0.0.1", 0))
+    loop_name = "asyncio"
+    try:
+        import uvloop  # noqa: F401
+
+        loop_name = "uvloop"
+    except ImportError:
+        pass
+    config = uvicorn.Config(
+        app.asgi, loop=loop_name, http="httptools", lifespan="off", access_log=False,
+        log_level="warning", timeout_graceful_shutdown=graceful_s, timeout_keep_alive=30,
+        server_header=False, date_header=False,
+    )
+    server = uvicorn.Server(config)
+
+    def drain() -> None:
+        app.draining = True
+        log.info("draining: answering with Connection: close")
+
+    async def run() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, drain)
+        task = asyncio.create_task(server.serve(sockets=[shared, private]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.005)
+        if server.started and announce:
+            print(f"READY {private.getsockname()[1]}", flush=True)
+        await task
+
+    if loop_name == "uvloop":
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mlops_lab.serving.server", description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", required=True, help="JSON file naming the models to serve")
+    ap.add_argument("--fd", type=int, help="inherited listening socket")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO,
+        format="%(asctime)s pid=%(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    if args.fd is not None:
+        _die_with_parent()
+    spec = orjson.loads(Path(args.spec).read_bytes())
+    try:
+        app = build_app(spec)
+    except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which reports it to the user
+        log.error("cannot start: %s: %s", type(exc).__name__, exc)
+        print(f"FAILED {type(exc).__name__}: {exc}", flush=True)
+        return 3
+    if args.fd is not None:
+        shared = socket.socket(fileno=args.fd)
+    else:
+        shared = socket.create_server((args.host, args.port), reuse_port=False)
+        log.info("listening on http://%s:%d", args.host, shared.getsockname()[1])
+    log.info("serving %s revision %s: %s", spec.get("deployment"), spec.get("revision"),
+             ", ".join(f"{m.ref} ({m.traffic:g}%)" for r in app.routes.values() for m in r.models))
+    serve(app, shared)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
