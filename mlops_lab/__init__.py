@@ -15,17 +15,23 @@ from .errors import (
     AlreadyExists,
     ArtifactCorrupted,
     Conflict,
+    DeploymentFailed,
     DeploymentNotFound,
     InvalidInput,
     InvalidModel,
     InvalidName,
     InvalidReference,
+    InvalidRequest,
+    MalformedRequest,
     MlopsLabError,
+    ModelError,
     ModelNotFound,
     NotFound,
+    PayloadTooLarge,
     RegistrySchemaError,
     StorageError,
     StorageFull,
+    Unauthorized,
     VersionInUse,
     VersionNotFound,
 )
@@ -52,6 +58,16 @@ _LAZY = {
     "delete_model": "mlops_lab.registry.api",
     "gc": "mlops_lab.registry.api",
     "Registry": "mlops_lab.registry.store",
+    "deploy": "mlops_lab.deploy.api",
+    "get_deployment": "mlops_lab.deploy.api",
+    "list_deployments": "mlops_lab.deploy.api",
+    "update": "mlops_lab.deploy.api",
+    "promote": "mlops_lab.deploy.api",
+    "rollback": "mlops_lab.deploy.api",
+    "delete_deployment": "mlops_lab.deploy.api",
+    "regenerate_key": "mlops_lab.deploy.api",
+    "Deployment": "mlops_lab.deploy.base",
+    "DeploymentStatus": "mlops_lab.deploy.base",
     "ModelVersion": "mlops_lab.registry.entities",
     "RegisteredModel": "mlops_lab.registry.entities",
 }
@@ -78,6 +94,12 @@ __all__ = sorted(
         "StorageError",
         "StorageFull",
         "RegistrySchemaError",
+        "InvalidRequest",
+        "MalformedRequest",
+        "PayloadTooLarge",
+        "Unauthorized",
+        "ModelError",
+        "DeploymentFailed",
         "__version__",
     ]
 )
@@ -97,6 +119,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .deploy.api import (  # noqa: F401
+        delete_deployment,
+        deploy,
+        get_deployment,
+        list_deployments,
+        promote,
+        regenerate_key,
+        rollback,
+        update,
+    )
+    from .deploy.base import Deployment, DeploymentStatus  # noqa: F401
     from .registry.api import (  # noqa: F401
         delete_alias,
         delete_model,

@@ -122,8 +122,12 @@ def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, grac
     server = uvicorn.Server(config)
 
     def drain() -> None:
+        # Stop taking connections from the shared socket (the next generation takes them) and
+        # tell keep-alive clients to reconnect; the private port stays up for health probes.
         app.draining = True
-        log.info("draining: answering with Connection: close")
+        if getattr(server, "servers", None):
+            server.servers[0].close()
+        log.info("draining: no new connections, answering with Connection: close")
 
     async def run() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, drain)

@@ -1,0 +1,1 @@
+"""Deploy targets: one interface (deploy, update, rollback, status, logs, delete), one record."""

@@ -1,0 +1,273 @@
+"""Deploying registered models: the public functions, shared by every target."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .._progress import Progress
+from ..errors import DeploymentFailed, InvalidInput, NotFound
+from ..refs import check_name, parse_ref
+from .base import Deployer, Deployment
+from .keys import SLOTS, key_file, key_hash, new_key, read_keys, write_private
+
+__all__ = [
+    "deploy",
+    "get_deployment",
+    "list_deployments",
+    "update",
+    "promote",
+    "rollback",
+    "delete_deployment",
+    "regenerate_key",
+]
+
+TARGETS = ("local", "docker", "kubernetes")
+
+
+def _registry():
+    from ..registry.store import default_registry
+
+    return default_registry()
+
+
+def _deployer(target: str) -> Deployer:
+    if target == "local":
+        from .local import LocalDeployer
+
+        return LocalDeployer(_registry())
+    if target in TARGETS:
+        raise InvalidInput(f"target {target!r} is not available yet", hint="use target='local'")
+    raise InvalidInput(f"unknown target {target!r}", hint="use one of " + ", ".join(TARGETS))
+
+
+def _write_key_hashes(home: Path, name: str, keys: dict[str, str]) -> dict[str, str]:
+    hashes = {slot: key_hash(k) for slot, k in keys.items()}
+    write_private(home / "deployments" / name / "keys.json", hashes)
+    return hashes
+
+
+def deploy(
+    ref: Any | Sequence[Any],
+    name: str | None = None,
+    target: str = "local",
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    workers: int = 1,
+    auth: bool = True,
+    batching: bool = True,
+    max_batch_rows: int = 512,
+    max_wait_ms: float = 0.0,
+    body_limit: int = 16 * 1024 * 1024,
+    entry_script: str | os.PathLike | None = None,
+    startup_timeout: float = 120.0,
+    drain_seconds: float = 1.0,
+    progress: bool = True,
+) -> Deployment:
+    """Serve one or several registered versions as a web service.
+
+    Parameters
+    ----------
+    ref:
+        ``"churn:3"``, ``"churn@production"``, a ``ModelVersion``, or a list of them: several
+        models on one server, each under ``/models/<name>/...`` (the first also at ``/score``,
+        ``/invocations``), or the models of an ensemble when ``entry_script`` is given.
+    name:
+        The deployment's name (default: the first model's name).
+    target:
+        ``"local"`` (the default: a supervised server process on this machine).
+    host, port:
+        Where to listen; loopback only unless you pass another host. A free port by default.
+    workers:
+        Server processes sharing the port.
+    auth:
+        Require ``Authorization: Bearer <key>`` (a primary and a secondary key are made).
+    batching, max_batch_rows, max_wait_ms:
+        Adaptive micro-batching of concurrent requests.
+    entry_script:
+        An Azure-ML-style ``score.py`` with ``init()`` and ``run(raw_body)``; ``init()`` finds each
+        model with ``mlops_lab.model_path("name:version")``.
+    drain_seconds:
+        On update, how long the old revision keeps answering (with ``Connection: close``) so
+        keep-alive clients move over before it stops.
+
+    Examples
+    --------
+    >>> d = deploy("churn:3", name="churn-svc")  # doctest: +SKIP
+    >>> d.predict([{"age": 31, "plan": "pro"}])  # doctest: +SKIP
+    """
+    reg = _registry()
+    refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
+    if not refs:
+        raise InvalidInput("deploy needs at least one model reference")
+    resolved = [parse_ref(reg.resolve(r)) for r in refs]
+    name = check_name(name or resolved[0].name, "deployment name")
+    if workers < 1:
+        raise InvalidInput(f"workers must be at least 1, got {workers}")
+    if entry_script is not None and not Path(entry_script).is_file():
+        raise InvalidInput(f"entry script {entry_script} is not a file")
+    models: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in resolved:
+        route = r.name if r.name not in seen else f"{r.name}-v{r.version}"
+        seen.add(route)
+        models.append({"name": r.name, "version": r.version, "traffic": 100, "route": route})
+    config: dict[str, Any] = {
+        "host": host, "port": port or 0, "workers": workers, "auth": auth, "body_limit": body_limit,
+        "batching": {"enabled": batching, "max_batch_rows": max_batch_rows, "max_wait_ms": max_wait_ms},
+        "startup_timeout": startup_timeout,
+        "drain_seconds": drain_seconds,
+        "entry_script": str(Path(entry_script).resolve()) if entry_script else None,
+    }
+    deployer = _deployer(target)
+    prog = Progress(f"deploying {', '.join(str(r) for r in resolved)} as {name!r}", progress)
+    keys = None
+    reg.create_deployment(name, target, models, config=config, status="starting", note="deploy")
+    try:
+        if auth:
+            keys = {slot: new_key() for slot in SLOTS}
+            write_private(key_file(reg.home, name), keys)
+            config["key_hashes"] = _write_key_hashes(reg.home, name, keys)
+            reg.update_deployment(name, config=config)
+        record = deployer.deploy(name, models, config, prog)
+    except BaseException as exc:
+        # Nothing half-made stays behind: no record, no files, no keys.
+        try:
+            rec = reg.get_deployment(name)
+            deployer.delete(rec)
+        except Exception:  # noqa: BLE001
+            pass
+        reg.delete_deployment(name)
+        key_file(reg.home, name).unlink(missing_ok=True)
+        shutil.rmtree(reg.home / "deployments" / name, ignore_errors=True)
+        if progress:
+            prog.done(f"failed: {exc}")
+        raise
+    prog.done(f"ready at {record.endpoint}")
+    return Deployment(record, keys)
+
+
+def get_deployment(name: str) -> Deployment:
+    """A deployment by name, with its keys when this user created it."""
+    reg = _registry()
+    record = reg.get_deployment(name)
+    return Deployment(record, read_keys(reg.home, name))
+
+
+def list_deployments() -> list[Deployment]:
+    """Every recorded deployment, by name."""
+    reg = _registry()
+    return [Deployment(r, read_keys(reg.home, r.name)) for r in reg.list_deployments()]
+
+
+def update(name: str, ref: Any, *, traffic: float | None = None, route: str | None = None, progress: bool = True) -> Deployment:
+    """Serve ``ref`` in deployment ``name`` with no downtime; ``traffic=10`` makes it a canary
+    taking 10 % of the requests of its route until :func:`promote`."""
+    reg = _registry()
+    record = reg.get_deployment(name)
+    new = parse_ref(reg.resolve(ref))
+    if traffic is not None and not (0 < traffic < 100):
+        raise InvalidInput(f"traffic must be between 0 and 100 (exclusive), got {traffic}",
+                           hint="leave it out to send all the traffic to the new version")
+    routes = [m.get("route") or m["name"] for m in record.models]
+    if route is None:
+        matches = [m.get("route") or m["name"] for m in record.models if m["name"] == new.name]
+        route = matches[0] if matches else routes[0]
+    elif route not in routes:
+        raise NotFound(f"deployment {name!r} has no route {route!r}", hint="routes: " + ", ".join(dict.fromkeys(routes)))
+    others = [m for m in record.models if (m.get("route") or m["name"]) != route]
+    current = [m for m in record.models if (m.get("route") or m["name"]) == route]
+    if traffic is None:
+        mine = [{"name": new.name, "version": new.version, "traffic": 100, "route": route}]
+        note = f"update to {new}"
+    else:
+        stable = next((m for m in current if not m.get("canary")), current[0])
+        mine = [
+            {"name": stable["name"], "version": stable["version"], "traffic": 100 - traffic, "route": route},
+            {"name": new.name, "version": new.version, "traffic": traffic, "route": route, "canary": True},
+        ]
+        note = f"canary {new} at {traffic:g}%"
+    models = others + mine
+    prog = Progress(f"updating {name!r} to {new}" + (f" ({traffic:g}% canary)" if traffic else ""), progress)
+    try:
+        record = _deployer(record.target).update(record, models, note, prog)
+    except DeploymentFailed as exc:
+        prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
+        raise
+    prog.done(f"revision {record.revision} serving")
+    return Deployment(record, read_keys(reg.home, name))
+
+
+def promote(name: str, *, progress: bool = True) -> Deployment:
+    """Finish a canary: its version takes all the traffic of its route."""
+    reg = _registry()
+    record = reg.get_deployment(name)
+    canaries = [m for m in record.models if m.get("canary")]
+    if not canaries:
+        raise InvalidInput(f"deployment {name!r} has no canary to promote", hint="start one with update(ref, traffic=10)")
+    c = canaries[0]
+    route = c.get("route") or c["name"]
+    models = [m for m in record.models if (m.get("route") or m["name"]) != route]
+    models.append({"name": c["name"], "version": c["version"], "traffic": 100, "route": route})
+    prog = Progress(f"promoting {c['name']}:{c['version']} in {name!r}", progress)
+    record = _deployer(record.target).update(record, models, f"promote {c['name']}:{c['version']}", prog)
+    prog.done(f"revision {record.revision} serving")
+    return Deployment(record, read_keys(reg.home, name))
+
+
+def rollback(name: str, *, progress: bool = True) -> Deployment:
+    """Serve the previous revision of deployment ``name`` again."""
+    reg = _registry()
+    record = reg.get_deployment(name)
+    history = reg.deployment_revisions(name)
+    prog = Progress(f"rolling back {name!r}", progress)
+    try:
+        record = _deployer(record.target).rollback(record, history, prog)
+    except DeploymentFailed as exc:
+        prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
+        raise
+    prog.done(f"revision {record.revision} serving")
+    return Deployment(record, read_keys(reg.home, name))
+
+
+def delete_deployment(name: str) -> bool:
+    """Stop and forget a deployment; returns whether there was one (deleting twice is fine)."""
+    reg = _registry()
+    try:
+        record = reg.get_deployment(name)
+    except NotFound:
+        key_file(reg.home, name).unlink(missing_ok=True)
+        return False
+    try:
+        _deployer(record.target).delete(record)
+    finally:
+        reg.delete_deployment(name)
+        key_file(reg.home, name).unlink(missing_ok=True)
+    return True
+
+
+def regenerate_key(name: str, which: str = "primary") -> str:
+    """Replace the ``primary`` or ``secondary`` key of a deployment; returns the new key.
+
+    The servers take the new hash within a second; the other key keeps working throughout, so
+    clients can move from one key to the other without an outage.
+    """
+    if which not in SLOTS:
+        raise InvalidInput(f"which must be 'primary' or 'secondary', not {which!r}")
+    reg = _registry()
+    record = reg.get_deployment(name)
+    if not record.config.get("auth", True):
+        raise InvalidInput(f"deployment {name!r} was made with auth=False: it has no keys")
+    keys = read_keys(reg.home, name) or {}
+    key = new_key()
+    keys[which] = key
+    write_private(key_file(reg.home, name), keys)
+    hashes = dict(record.config.get("key_hashes", {}))
+    hashes[which] = key_hash(key)
+    write_private(reg.home / "deployments" / name / "keys.json", hashes)
+    reg.update_deployment(name, config={**record.config, "key_hashes": hashes})
+    return key

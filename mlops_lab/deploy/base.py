@@ -1,0 +1,258 @@
+"""What every deploy target shares: the :class:`Deployer` interface, the user-facing
+:class:`Deployment`, and its :class:`DeploymentStatus`.
+
+A deployer turns a list of model versions into a running service and keeps the deployment's
+record in the registry store; the record is the one truth every process (kernel, CLI, Jupyter
+server) reads. Rollback and promote are computed here from the record's revision history, the
+same way for every target.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .. import errors
+from ..errors import DeploymentFailed, InvalidInput, MlopsLabError
+from ..registry.entities import DeploymentRecord, DeploymentRevision
+
+STATES = ("healthy", "starting", "unhealthy", "crashed", "stopped")
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    """The reconciled state of a deployment: ``state`` is one of ``healthy``, ``starting``,
+    ``unhealthy``, ``crashed``, ``stopped``; ``reason`` says why when it is not healthy."""
+
+    state: str
+    reason: str
+    revision: int
+    models: list[dict[str, Any]]
+    url: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "healthy"
+
+    def __str__(self) -> str:
+        return self.state + (f": {self.reason}" if self.reason else "")
+
+
+class Deployer(ABC):
+    """One deploy target (``local``, ``docker``, ``kubernetes``)."""
+
+    target: str
+
+    @abstractmethod
+    def deploy(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], progress) -> DeploymentRecord:
+        """Start serving ``models`` as deployment ``name`` and record it."""
+
+    @abstractmethod
+    def update(self, record: DeploymentRecord, models: list[dict[str, Any]], note: str, progress) -> DeploymentRecord:
+        """Serve ``models`` instead, with no downtime; on failure the current revision stays."""
+
+    @abstractmethod
+    def status(self, record: DeploymentRecord) -> DeploymentStatus:
+        """Reconcile the record with what really runs."""
+
+    @abstractmethod
+    def logs(self, record: DeploymentRecord, tail: int) -> str:
+        """The last ``tail`` lines of the deployment's logs."""
+
+    @abstractmethod
+    def delete(self, record: DeploymentRecord) -> None:
+        """Stop everything and free the resources (idempotent); the caller forgets the record."""
+
+    def rollback(self, record: DeploymentRecord, history: list[DeploymentRevision], progress) -> DeploymentRecord:
+        """Serve the previous revision again (recorded as a new revision)."""
+        earlier = [h for h in history if h.revision < record.revision]
+        if not earlier:
+            raise InvalidInput(f"deployment {record.name!r} has no earlier revision to roll back to")
+        target = earlier[-1]
+        return self.update(record, target.models, f"rollback to revision {target.revision}", progress)
+
+
+class Deployment:
+    """A deployment, as the user holds it.
+
+    Examples
+    --------
+    >>> d = mlops_lab.deploy("churn:3", name="churn-svc")  # doctest: +SKIP
+    >>> d.predict([[0.1, 0.2, ...]])  # doctest: +SKIP
+    >>> d.update("churn:4", traffic=10); d.promote()  # doctest: +SKIP
+    """
+
+    def __init__(self, record: DeploymentRecord, keys: dict[str, str] | None = None) -> None:
+        self._record = record
+        self.keys = keys
+
+    # -- what it is ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def target(self) -> str:
+        return self._record.target
+
+    @property
+    def url(self) -> str:
+        return self._record.endpoint
+
+    @property
+    def revision(self) -> int:
+        return self._record.revision
+
+    @property
+    def models(self) -> list[dict[str, Any]]:
+        return self._record.models
+
+    @property
+    def record(self) -> DeploymentRecord:
+        return self._record
+
+    def refresh(self) -> Deployment:
+        from .api import _registry
+
+        self._record = _registry().get_deployment(self.name)
+        return self
+
+    def __repr__(self) -> str:
+        models = ", ".join(f"{m['name']}:{m['version']}" + (f" ({m['traffic']:g}%)" if "traffic" in m and len(self.models) > 1 else "") for m in self.models)
+        return f"<Deployment {self.name} {self.target} {self.url} revision={self.revision} models=[{models}]>"
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        models = "<br>".join(
+            e(f"{m['name']}:{m['version']}") + (e(f" ({m['traffic']:g}%)") if "traffic" in m and len(self.models) > 1 else "")
+            for m in self.models
+        )
+        rows = [
+            ("deployment", f"<b>{e(self.name)}</b> ({e(self.target)})"),
+            ("url", f"<code>{e(self.url)}</code>"),
+            ("models", models),
+            ("revision", str(self.revision)),
+            ("status", e(self._record.status) + (f": {e(self._record.status_reason)}" if self._record.status_reason else "")),
+        ]
+        body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
+        return f"<table class='mlops-lab-deployment'>{body}</table>"
+
+    # -- operations ------------------------------------------------------------------------
+
+    def status(self) -> DeploymentStatus:
+        from .api import _deployer
+
+        self.refresh()
+        return _deployer(self.target).status(self._record)
+
+    def logs(self, tail: int = 100) -> str:
+        from .api import _deployer
+
+        return _deployer(self.target).logs(self._record, tail)
+
+    def update(self, ref: Any, traffic: float | None = None, *, route: str | None = None, progress: bool = True) -> Deployment:
+        """Serve ``ref`` instead of the current version; with ``traffic=10``, send it 10 % of the
+        requests (a canary) and keep the rest on the current version until :meth:`promote`."""
+        from .api import update
+
+        update(self.name, ref, traffic=traffic, route=route, progress=progress)
+        return self.refresh()
+
+    def promote(self, *, progress: bool = True) -> Deployment:
+        """Complete a canary: the new version takes all the traffic."""
+        from .api import promote
+
+        promote(self.name, progress=progress)
+        return self.refresh()
+
+    def rollback(self, *, progress: bool = True) -> Deployment:
+        """Return to the previous revision."""
+        from .api import rollback
+
+        rollback(self.name, progress=progress)
+        return self.refresh()
+
+    def delete(self) -> None:
+        """Stop the deployment and forget it (idempotent)."""
+        from .api import delete_deployment
+
+        delete_deployment(self.name)
+
+    def revisions(self) -> list[DeploymentRevision]:
+        from .api import _registry
+
+        return _registry().deployment_revisions(self.name)
+
+    def regenerate_key(self, which: str = "primary") -> str:
+        """Replace one key (``primary`` or ``secondary``); the other keeps working."""
+        from .api import regenerate_key
+
+        key = regenerate_key(self.name, which)
+        self.keys = {**(self.keys or {}), which: key}
+        return key
+
+    # -- calling it ------------------------------------------------------------------------
+
+    def predict(self, data: Any, *, path: str = "score", timeout: float = 60.0) -> Any:
+        """Send ``data`` (rows, records, a DataFrame or an array) to ``/score`` and return the
+        predictions. Errors come back as the matching :class:`~mlops_lab.MlopsLabError`."""
+        from ..registry.signature import _is_dataframe, _is_ndarray
+
+        if _is_dataframe(data):
+            data = data.to_dict("records")
+        elif _is_ndarray(data):
+            data = data.tolist()
+        return self.call(path, {"data": data}, timeout=timeout)
+
+    def call(self, path: str, body: Any = None, *, method: str = "POST", timeout: float = 60.0, raw: bytes | None = None, content_type: str = "application/json") -> Any:
+        """Call any route of the deployment with its key; returns the decoded JSON answer."""
+        url = self.url.rstrip("/") + "/" + path.lstrip("/")
+        data = raw if raw is not None else (orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) if body is not None else None)
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Content-Type", content_type)
+        if self.keys:
+            req.add_header("Authorization", f"Bearer {self.keys['primary']}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise _error_from_response(exc.code, exc.read()) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise DeploymentFailed(f"deployment {self.name!r} does not answer at {url}: {getattr(exc, 'reason', exc)}",
+                                   hint="see .status() and .logs()") from None
+
+
+def _error_from_response(status: int, body: bytes) -> MlopsLabError:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = {"message": body.decode(errors="replace")[:500]}
+    cls = getattr(errors, str(doc.get("error")), None)
+    message = doc.get("message", f"HTTP {status}")
+    if isinstance(cls, type) and issubclass(cls, errors.InvalidRequest):
+        return cls(message, field=doc.get("field"), row=doc.get("row"))
+    if cls is errors.ModelError:
+        return errors.ModelError(message, doc.get("error_id", "?"))
+    if cls is errors.Unauthorized:
+        return errors.Unauthorized(message)
+    err = MlopsLabError(message, hint=doc.get("hint"))
+    err.http_status = status
+    return err
+
+
+def wait_until(predicate, timeout: float, every: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()

@@ -1,0 +1,251 @@
+"""The local deployer (``target="local"``), the embedded default.
+
+Each deployment is a supervisor daemon (``mlops_lab.deploy.supervisor``) that outlives the
+process that created it, with its scoring servers; its files live in
+``$MLOPS_LAB_HOME/deployments/<name>/`` (log, key hashes, one folder per prepared revision).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import DeploymentFailed
+from ..registry.entities import DeploymentRecord
+from .base import Deployer, DeploymentStatus
+from .supervisor import control_address
+
+
+def deployment_dir(home: Path, name: str) -> Path:
+    return home / "deployments" / name
+
+
+def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int) -> str:
+    """Write the spec a server runs: the models' checked files and the serving settings."""
+    folder = deployment_dir(registry.home, name) / "revisions" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    entries = []
+    for m in models:
+        ref = f"{m['name']}:{m['version']}"
+        dest = folder / "models" / f"{m['name']}-{m['version']}"
+        if not dest.exists():
+            registry.download_model(ref, dest)
+        entry = {"name": m["name"], "version": m["version"], "traffic": m.get("traffic", 100), "folder": str(dest)}
+        if m.get("route"):
+            entry["route"] = m["route"]
+        entries.append(entry)
+    entry_script = None
+    script = config.get("entry_script")
+    if script:
+        src = Path(script)
+        dest = folder / "entry"
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / src.name)
+        req = src.parent / "requirements.txt"
+        if req.is_file():
+            shutil.copy2(req, dest / "requirements.txt")
+        entry_script = {"folder": str(dest), "script": src.name}
+    spec = {
+        "deployment": name,
+        "revision": revision,
+        "models": entries,
+        "entry_script": entry_script,
+        "keys_file": str(deployment_dir(registry.home, name) / "keys.json") if config.get("auth", True) else None,
+        "body_limit": config.get("body_limit"),
+        "batching": config.get("batching", {}),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.json"
+    path.write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
+    return str(path)
+
+
+def _pid_is(pid: int | None, marker: str) -> bool:
+    """Whether ``pid`` runs and is ours (its command line holds ``marker``), so a recycled PID
+    is never mistaken for the supervisor."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+    return marker in cmdline
+
+
+class LocalDeployer(Deployer):
+    target = "local"
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    # -- control channel -------------------------------------------------------------------
+
+    def _control(self, name: str, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        addr = control_address(self.registry.home, name)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(addr)
+            s.sendall(orjson.dumps(cmd) + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return orjson.loads(buf)
+
+    def _supervisor_alive(self, record: DeploymentRecord) -> bool:
+        return _pid_is(record.state.get("supervisor_pid"), f"--name {record.name} ")
+
+    # -- Deployer --------------------------------------------------------------------------
+
+    def deploy(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], progress) -> DeploymentRecord:
+        folder = deployment_dir(self.registry.home, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        progress.step("preparing the model files")
+        spec = prepare_revision(self.registry, name, models, config, 1)
+        log_path = folder / "deployment.log"
+        read_fd, write_fd = os.pipe()
+        cmd = [
+            sys.executable, "-m", "mlops_lab.deploy.supervisor", "--name", name, "--home", str(self.registry.home),
+            "--spec", spec, "--host", config.get("host", "127.0.0.1"), "--port", str(config.get("port") or 0),
+            "--workers", str(config.get("workers", 1)), "--ready-fd", str(write_fd), "--daemonize",
+            "--startup-timeout", str(config.get("startup_timeout", 120)), "--drain", str(config.get("drain_seconds", 1.0)),
+        ]
+        env = {**os.environ, "MLOPS_LAB_HOME": str(self.registry.home), "MLOPS_LAB_DB": self.registry.url}
+        env.pop("MLOPS_LAB_CRASHPOINT", None)
+        progress.step("starting the server")
+        with open(log_path, "ab") as logf:
+            launcher = subprocess.Popen(
+                cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                start_new_session=True, env=env, cwd=str(folder),
+            )
+        os.close(write_fd)
+        launcher.wait()
+        line = _read_line(read_fd, timeout=float(config.get("startup_timeout", 120)) + 10)
+        os.close(read_fd)
+        if not line.startswith("READY"):
+            reason = line[len("FAILED "):] if line.startswith("FAILED") else "the supervisor exited before it was ready"
+            raise DeploymentFailed(f"deployment {name!r} did not start: {reason}", hint=f"see the log {log_path}")
+        return self.registry.get_deployment(name)
+
+    def update(self, record: DeploymentRecord, models: list[dict[str, Any]], note: str, progress) -> DeploymentRecord:
+        if not self._supervisor_alive(record):
+            raise DeploymentFailed(
+                f"deployment {record.name!r} is not running (its supervisor is gone)",
+                hint="delete it and deploy again",
+            )
+        progress.step("preparing the model files")
+        config = dict(record.config)
+        spec = prepare_revision(self.registry, record.name, models, config, record.revision + 1)
+        progress.step("starting the new revision beside the current one")
+        reply = self._control(
+            record.name,
+            {"op": "switch", "spec": spec, "models": models, "note": note, "config": config, "revision": record.revision + 1},
+            timeout=float(config.get("startup_timeout", 120)) + 60,
+        )
+        if not reply.get("ok"):
+            shutil.rmtree(Path(spec).parent, ignore_errors=True)
+            raise DeploymentFailed(
+                f"the new revision of {record.name!r} failed: {reply.get('error')}",
+                hint=f"revision {record.revision} keeps serving",
+            )
+        return self.registry.get_deployment(record.name)
+
+    def status(self, record: DeploymentRecord) -> DeploymentStatus:
+        def make(state: str, reason: str, details: dict | None = None) -> DeploymentStatus:
+            return DeploymentStatus(state, reason, record.revision, record.models, record.endpoint, details or {})
+
+        if not self._supervisor_alive(record):
+            if record.status == "stopped":
+                return make("stopped", record.status_reason or "stopped")
+            pid = record.state.get("supervisor_pid")
+            return make("crashed" if pid else "stopped",
+                        f"the supervisor (pid {pid}) is not running" if pid else "it was never started")
+        try:
+            reply = self._control(record.name, {"op": "status"}, timeout=5)
+        except OSError as exc:
+            return make("unhealthy", f"the supervisor does not answer: {exc}")
+        state, reason = reply["status"], reply.get("reason", "")
+        if state == "healthy":
+            ok, why = _probe(record.endpoint)
+            if not ok:
+                state, reason = "unhealthy", f"{record.endpoint}/health: {why}"
+        return make(state, reason, {**reply.get("state", {}), "workers": reply.get("workers")})
+
+    def logs(self, record: DeploymentRecord, tail: int) -> str:
+        path = deployment_dir(self.registry.home, record.name) / "deployment.log"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return ""
+        lines = data.decode(errors="replace").splitlines()
+        return "\n".join(lines[-tail:]) if tail else "\n".join(lines)
+
+    def delete(self, record: DeploymentRecord) -> None:
+        if self._supervisor_alive(record):
+            try:
+                self._control(record.name, {"op": "stop"}, timeout=10)
+            except OSError:
+                pass
+            pid = record.state.get("supervisor_pid")
+            end = time.monotonic() + 40
+            while self._supervisor_alive(record) and time.monotonic() < end:
+                time.sleep(0.05)
+            if self._supervisor_alive(record):
+                os.kill(pid, signal.SIGKILL)
+        # Servers left by a supervisor that was killed outright.
+        for server in record.state.get("servers", []):
+            if _pid_is(server.get("pid"), "mlops_lab.serving.server"):
+                try:
+                    os.kill(server["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(deployment_dir(self.registry.home, record.name), ignore_errors=True)
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    import select
+
+    buf = b""
+    end = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = end - time.monotonic()
+        if left <= 0:
+            return "FAILED no answer from the supervisor within the start-up timeout"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def _probe(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
+            return resp.status == 200, f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(getattr(exc, "reason", exc))
