@@ -34,11 +34,11 @@ def _registry():
     return default_registry()
 
 
-def _deployer(target: str) -> Deployer:
+def _deployer(target: str, reg=None) -> Deployer:
     if target == "local":
         from .local import LocalDeployer
 
-        return LocalDeployer(_registry())
+        return LocalDeployer(reg or _registry())
     if target in TARGETS:
         raise InvalidInput(f"target {target!r} is not available yet", hint="use target='local'")
     raise InvalidInput(f"unknown target {target!r}", hint="use one of " + ", ".join(TARGETS))
@@ -123,7 +123,7 @@ def deploy(
         "drain_seconds": drain_seconds,
         "entry_script": str(Path(entry_script).resolve()) if entry_script else None,
     }
-    deployer = _deployer(target)
+    deployer = _deployer(target, reg)
     prog = Progress(f"deploying {', '.join(str(r) for r in resolved)} as {name!r}", progress)
     keys = None
     reg.create_deployment(name, target, models, config=config, status="starting", note="deploy")
@@ -148,26 +148,26 @@ def deploy(
             prog.done(f"failed: {exc}")
         raise
     prog.done(f"ready at {record.endpoint}")
-    return Deployment(record, keys)
+    return Deployment(record, keys, reg)
 
 
 def get_deployment(name: str) -> Deployment:
     """A deployment by name, with its keys when this user created it."""
     reg = _registry()
     record = reg.get_deployment(name)
-    return Deployment(record, read_keys(reg.home, name))
+    return Deployment(record, read_keys(reg.home, name), reg)
 
 
 def list_deployments() -> list[Deployment]:
     """Every recorded deployment, by name."""
     reg = _registry()
-    return [Deployment(r, read_keys(reg.home, r.name)) for r in reg.list_deployments()]
+    return [Deployment(r, read_keys(reg.home, r.name), reg) for r in reg.list_deployments()]
 
 
-def update(name: str, ref: Any, *, traffic: float | None = None, route: str | None = None, progress: bool = True) -> Deployment:
+def update(name: str, ref: Any, *, traffic: float | None = None, route: str | None = None, progress: bool = True, registry=None) -> Deployment:
     """Serve ``ref`` in deployment ``name`` with no downtime; ``traffic=10`` makes it a canary
     taking 10 % of the requests of its route until :func:`promote`."""
-    reg = _registry()
+    reg = registry or _registry()
     record = reg.get_deployment(name)
     new = parse_ref(reg.resolve(ref))
     if traffic is not None and not (0 < traffic < 100):
@@ -194,17 +194,17 @@ def update(name: str, ref: Any, *, traffic: float | None = None, route: str | No
     models = others + mine
     prog = Progress(f"updating {name!r} to {new}" + (f" ({traffic:g}% canary)" if traffic else ""), progress)
     try:
-        record = _deployer(record.target).update(record, models, note, prog)
+        record = _deployer(record.target, reg).update(record, models, note, prog)
     except DeploymentFailed as exc:
         prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
         raise
     prog.done(f"revision {record.revision} serving")
-    return Deployment(record, read_keys(reg.home, name))
+    return Deployment(record, read_keys(reg.home, name), reg)
 
 
-def promote(name: str, *, progress: bool = True) -> Deployment:
+def promote(name: str, *, progress: bool = True, registry=None) -> Deployment:
     """Finish a canary: its version takes all the traffic of its route."""
-    reg = _registry()
+    reg = registry or _registry()
     record = reg.get_deployment(name)
     canaries = [m for m in record.models if m.get("canary")]
     if not canaries:
@@ -214,43 +214,43 @@ def promote(name: str, *, progress: bool = True) -> Deployment:
     models = [m for m in record.models if (m.get("route") or m["name"]) != route]
     models.append({"name": c["name"], "version": c["version"], "traffic": 100, "route": route})
     prog = Progress(f"promoting {c['name']}:{c['version']} in {name!r}", progress)
-    record = _deployer(record.target).update(record, models, f"promote {c['name']}:{c['version']}", prog)
+    record = _deployer(record.target, reg).update(record, models, f"promote {c['name']}:{c['version']}", prog)
     prog.done(f"revision {record.revision} serving")
-    return Deployment(record, read_keys(reg.home, name))
+    return Deployment(record, read_keys(reg.home, name), reg)
 
 
-def rollback(name: str, *, progress: bool = True) -> Deployment:
+def rollback(name: str, *, progress: bool = True, registry=None) -> Deployment:
     """Serve the previous revision of deployment ``name`` again."""
-    reg = _registry()
+    reg = registry or _registry()
     record = reg.get_deployment(name)
     history = reg.deployment_revisions(name)
     prog = Progress(f"rolling back {name!r}", progress)
     try:
-        record = _deployer(record.target).rollback(record, history, prog)
+        record = _deployer(record.target, reg).rollback(record, history, prog)
     except DeploymentFailed as exc:
         prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
         raise
     prog.done(f"revision {record.revision} serving")
-    return Deployment(record, read_keys(reg.home, name))
+    return Deployment(record, read_keys(reg.home, name), reg)
 
 
-def delete_deployment(name: str) -> bool:
+def delete_deployment(name: str, *, registry=None) -> bool:
     """Stop and forget a deployment; returns whether there was one (deleting twice is fine)."""
-    reg = _registry()
+    reg = registry or _registry()
     try:
         record = reg.get_deployment(name)
     except NotFound:
         key_file(reg.home, name).unlink(missing_ok=True)
         return False
     try:
-        _deployer(record.target).delete(record)
+        _deployer(record.target, reg).delete(record)
     finally:
         reg.delete_deployment(name)
         key_file(reg.home, name).unlink(missing_ok=True)
     return True
 
 
-def regenerate_key(name: str, which: str = "primary") -> str:
+def regenerate_key(name: str, which: str = "primary", *, registry=None) -> str:
     """Replace the ``primary`` or ``secondary`` key of a deployment; returns the new key.
 
     The servers take the new hash within a second; the other key keeps working throughout, so
@@ -258,7 +258,7 @@ def regenerate_key(name: str, which: str = "primary") -> str:
     """
     if which not in SLOTS:
         raise InvalidInput(f"which must be 'primary' or 'secondary', not {which!r}")
-    reg = _registry()
+    reg = registry or _registry()
     record = reg.get_deployment(name)
     if not record.config.get("auth", True):
         raise InvalidInput(f"deployment {name!r} was made with auth=False: it has no keys")

@@ -90,9 +90,14 @@ class Deployment:
     >>> d.update("churn:4", traffic=10); d.promote()  # doctest: +SKIP
     """
 
-    def __init__(self, record: DeploymentRecord, keys: dict[str, str] | None = None) -> None:
+    def __init__(self, record: DeploymentRecord, keys: dict[str, str] | None = None, registry=None) -> None:
         self._record = record
         self.keys = keys
+        if registry is None:
+            from ..registry.store import default_registry
+
+            registry = default_registry()
+        self._registry = registry  # the registry it lives in, whatever the environment says later
 
     # -- what it is ------------------------------------------------------------------------
 
@@ -121,9 +126,7 @@ class Deployment:
         return self._record
 
     def refresh(self) -> Deployment:
-        from .api import _registry
-
-        self._record = _registry().get_deployment(self.name)
+        self._record = self._registry.get_deployment(self.name)
         return self
 
     def __repr__(self) -> str:
@@ -152,51 +155,49 @@ class Deployment:
         from .api import _deployer
 
         self.refresh()
-        return _deployer(self.target).status(self._record)
+        return _deployer(self.target, self._registry).status(self._record)
 
     def logs(self, tail: int = 100) -> str:
         from .api import _deployer
 
-        return _deployer(self.target).logs(self._record, tail)
+        return _deployer(self.target, self._registry).logs(self._record, tail)
 
     def update(self, ref: Any, traffic: float | None = None, *, route: str | None = None, progress: bool = True) -> Deployment:
         """Serve ``ref`` instead of the current version; with ``traffic=10``, send it 10 % of the
         requests (a canary) and keep the rest on the current version until :meth:`promote`."""
         from .api import update
 
-        update(self.name, ref, traffic=traffic, route=route, progress=progress)
+        update(self.name, ref, traffic=traffic, route=route, progress=progress, registry=self._registry)
         return self.refresh()
 
     def promote(self, *, progress: bool = True) -> Deployment:
         """Complete a canary: the new version takes all the traffic."""
         from .api import promote
 
-        promote(self.name, progress=progress)
+        promote(self.name, progress=progress, registry=self._registry)
         return self.refresh()
 
     def rollback(self, *, progress: bool = True) -> Deployment:
         """Return to the previous revision."""
         from .api import rollback
 
-        rollback(self.name, progress=progress)
+        rollback(self.name, progress=progress, registry=self._registry)
         return self.refresh()
 
     def delete(self) -> None:
         """Stop the deployment and forget it (idempotent)."""
         from .api import delete_deployment
 
-        delete_deployment(self.name)
+        delete_deployment(self.name, registry=self._registry)
 
     def revisions(self) -> list[DeploymentRevision]:
-        from .api import _registry
-
-        return _registry().deployment_revisions(self.name)
+        return self._registry.deployment_revisions(self.name)
 
     def regenerate_key(self, which: str = "primary") -> str:
         """Replace one key (``primary`` or ``secondary``); the other keeps working."""
         from .api import regenerate_key
 
-        key = regenerate_key(self.name, which)
+        key = regenerate_key(self.name, which, registry=self._registry)
         self.keys = {**(self.keys or {}), which: key}
         return key
 

@@ -84,11 +84,17 @@ def package(model: Any, staging: Path, entry_script: str | os.PathLike | None = 
     import cloudpickle
 
     cls = type(model)
-    with open(staging / MODEL_FILE, "wb") as f:
-        try:
+    local = _local_modules(model)
+    for mod in local:
+        cloudpickle.register_pickle_by_value(mod)
+    try:
+        with open(staging / MODEL_FILE, "wb") as f:
             cloudpickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise InvalidModel(f"the {cls.__name__} could not be serialized: {exc}") from None
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise InvalidModel(f"the {cls.__name__} could not be serialized: {exc}") from None
+    finally:
+        for mod in local:
+            cloudpickle.unregister_pickle_by_value(mod)
     loader = {
         "file": MODEL_FILE,
         "serializer": "cloudpickle",
@@ -96,6 +102,28 @@ def package(model: Any, staging: Path, entry_script: str | os.PathLike | None = 
         "class": f"{cls.__module__}.{cls.__qualname__}",
     }
     return Packaged("python", loader, model)
+
+
+def _local_modules(model: Any) -> list[Any]:
+    """Modules of the project the model was built in (importable here, from no installed
+    distribution): their classes and functions are stored by value, like a notebook's, so the
+    model loads where that code is not on the path (a server, a container)."""
+    from .environment import _collect_modules, _distribution_pin
+
+    found: set[str] = set()
+    _collect_modules(model, found, set(), depth=4)
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    out = []
+    for top in found:
+        if not top or top in stdlib or top in ("__main__", "builtins", "mlops_lab") or top.startswith("_"):
+            continue
+        mod = sys.modules.get(top)
+        if mod is None or _distribution_pin(top) is not None:
+            continue
+        if getattr(mod, "__file__", None) is None:
+            continue
+        out.append(mod)
+    return out
 
 
 def _package_path(path: Path, staging: Path, entry_script: str | os.PathLike | None) -> Packaged:

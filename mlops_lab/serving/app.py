@@ -192,9 +192,13 @@ class ScoringApp:
             content = orjson.dumps(_deep_jsonable(payload), option=_DUMP_OPTS)
         return Response(content, status_code=status, media_type=_JSON, headers=hdrs)
 
-    def _error(self, exc: MlopsLabError, request_id: str) -> Response:
+    def _error(self, exc: MlopsLabError, request_id: str, v2: bool = False) -> Response:
         body = exc.to_dict()
         body["request_id"] = request_id
+        if v2:
+            # Open Inference Protocol: {"error": message}; the details stay beside it.
+            body["type"] = body.pop("error")
+            body["error"] = str(exc)
         headers = {"www-authenticate": "Bearer"} if exc.http_status == 401 else None
         return self._respond(body, request_id, status=exc.http_status, headers=headers)
 
@@ -334,7 +338,7 @@ class ScoringApp:
             if model is not None:
                 model.stats.requests += 1
                 model.stats.errors += 1
-            return self._error(exc, request_id)
+            return self._error(exc, request_id, v2=True)
 
     # -- app -------------------------------------------------------------------------------
 
@@ -414,7 +418,7 @@ class ScoringApp:
             try:
                 route = app._route(request.path_params["model"])
             except MlopsLabError as exc:
-                return app._error(exc, rid)
+                return app._error(exc, rid, v2=True)
             m = route.models[0]
             return app._respond(_v2_model_metadata(route, m), rid)
 

@@ -56,11 +56,11 @@ def _type_name(value: Any) -> str:
 
 
 def _cell_ok(kind: str, value: Any) -> bool:
+    # JSON booleans count as 0/1 in numeric columns, as NumPy and pandas read them; null is a
+    # missing value (NaN) in float columns.
     if kind == "float":
-        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        return value is None or isinstance(value, (int, float))
     if kind == "integer":
-        if isinstance(value, bool):
-            return False
         return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if kind == "boolean":
         return isinstance(value, bool)

@@ -1,0 +1,293 @@
+"""Every protocol with real payloads, over loopback HTTP against deployed servers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from .conftest import auth
+
+
+def test_azure_score_rows_and_records(served, http):
+    d, clf, X = served["iris"], served["clf"], served["X"]
+    rows = X.iloc[:10]
+    expected = clf.predict(rows).tolist()
+    r = http.post(f"{d.url}/score", json={"data": rows.to_dict("records")}, headers=auth(d))
+    assert r.status_code == 200, r.text
+    assert r.json() == expected
+    assert r.headers["x-model-version"] == "iris:1"
+    assert len(r.headers["x-request-id"]) >= 8
+    r = http.post(f"{d.url}/score", json={"data": rows.to_numpy().tolist()}, headers=auth(d))
+    assert r.json() == expected
+    # the Python client says the same
+    assert d.predict(rows) == expected
+
+
+def test_mlflow_invocations_every_format(served, http):
+    d, clf, X = served["iris"], served["clf"], served["X"]
+    rows = X.iloc[20:30]
+    expected = {"predictions": clf.predict(rows).tolist()}
+    bodies = [
+        {"dataframe_split": rows.to_dict("split")},
+        {"dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}},
+        {"dataframe_records": rows.to_dict("records")},
+        {"instances": rows.to_dict("records")},
+        {"instances": rows.to_numpy().tolist()},
+        {"inputs": {c: rows[c].tolist() for c in rows.columns}},
+        {"inputs": rows.to_numpy().tolist()},
+    ]
+    for body in bodies:
+        r = http.post(f"{d.url}/invocations", json=body, headers=auth(d))
+        assert r.status_code == 200, (body, r.text)
+        assert r.json() == expected, body
+    csv = rows.to_csv(index=False)
+    r = http.post(f"{d.url}/invocations", content=csv, headers={**auth(d), "Content-Type": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert r.json() == expected
+
+
+def test_mlflow_client_side_format(served, http):
+    """The payload MLflow's own pyfunc client builds for a DataFrame (pandas split orient with
+    an index) is accepted unchanged."""
+    d, clf, X = served["iris"], served["clf"], served["X"]
+    rows = X.iloc[:4]
+    body = {"dataframe_split": rows.to_dict(orient="split")}
+    assert "index" in body["dataframe_split"]
+    r = http.post(f"{d.url}/invocations", json=body, headers=auth(d))
+    assert r.json() == {"predictions": clf.predict(rows).tolist()}
+
+
+def test_open_inference_v2_with_tritonclient(served):
+    """The v2 protocol driven by NVIDIA's own client, binary tensors and JSON both."""
+    import tritonclient.http as tc
+
+    d, lr, A = served["arr"], served["lr"], served["A"]
+    client = tc.InferenceServerClient(url=d.url.removeprefix("http://"))
+    headers = auth(d)
+    assert client.is_server_live(headers=headers)
+    assert client.is_server_ready(headers=headers)
+    assert client.is_model_ready("arr", headers=headers)
+    meta = client.get_model_metadata("arr", headers=headers)
+    assert meta["name"] == "arr" and meta["inputs"][0]["shape"] == [-1, 20]
+    batch = A[:7].astype(np.float64)
+    for binary in (True, False):
+        inp = tc.InferInput("input-0", list(batch.shape), "FP64")
+        inp.set_data_from_numpy(batch, binary_data=binary)
+        out = tc.InferRequestedOutput("predict", binary_data=binary)
+        # tritonclient writes its own headers into the dict it is given: a fresh one per call
+        res = client.infer("arr", [inp], outputs=[out], headers=dict(headers))
+        np.testing.assert_array_equal(res.as_numpy("predict"), lr.predict(batch))
+
+
+def test_v2_columns_as_named_inputs(served, http):
+    d, clf, X = served["iris"], served["clf"], served["X"]
+    rows = X.iloc[:5]
+    body = {
+        "id": "req-1",
+        "inputs": [{"name": c, "shape": [5], "datatype": "FP64", "data": rows[c].tolist()} for c in rows.columns],
+    }
+    r = http.post(f"{d.url}/v2/models/iris/infer", json=body, headers=auth(d))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["id"] == "req-1" and doc["model_name"] == "iris" and doc["model_version"] == "1"
+    assert doc["outputs"][0]["data"] == clf.predict(rows).tolist()
+    assert doc["outputs"][0]["shape"] == [5]
+    # errors follow the v2 format ({"error": message}) and still name the field
+    body["inputs"] = body["inputs"][:3]
+    r = http.post(f"{d.url}/v2/models/iris/infer", json=body, headers=auth(d))
+    assert r.status_code == 422
+    assert r.json()["error"] == "missing column 'petal width (cm)'" and r.json()["field"] == "petal width (cm)"
+    r = http.post(f"{d.url}/v2/models/nope/infer", json=body, headers=auth(d))
+    assert r.status_code == 404 and "no model named 'nope'" in r.json()["error"]
+
+
+def test_health_metadata_openapi_docs(served, http):
+    d = served["iris"]
+    h = http.get(f"{d.url}/health").json()
+    assert h["status"] == "ok" and h["models"] == ["iris:1"]
+    assert http.get(f"{d.url}/v2/health/live").status_code == 200
+    assert http.get(f"{d.url}/v2/health/ready").status_code == 200
+    assert http.get(f"{d.url}/metadata").status_code == 401
+    meta = http.get(f"{d.url}/metadata", headers=auth(d)).json()
+    model = meta["models"][0]
+    assert model["ref"] == "iris:1"
+    assert [c["name"] for c in model["signature"]["columns"]] == list(served["X"].columns)
+    spec = http.get(f"{d.url}/openapi.json").json()
+    schema = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    record = schema["properties"]["data"]["items"]["oneOf"][1]
+    assert record["required"] == list(served["X"].columns)
+    assert record["properties"]["sepal length (cm)"] == {"type": ["number", "null"]}
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    page = http.get(f"{d.url}/docs")
+    assert page.status_code == 200 and "sepal length (cm)" in page.text and "<script>" in page.text
+
+
+@pytest.mark.parametrize(
+    "body, status, field, row, fragment",
+    [
+        ({"data": [{"sepal length (cm)": 1, "sepal width (cm)": 1, "petal length (cm)": 1}]}, 422, "petal width (cm)", 0, "missing column"),
+        ({"data": [{"sepal length (cm)": 1, "sepal width (cm)": 1, "petal length (cm)": 1, "petal width (cm)": 1, "colour": 2}]}, 422, "colour", 0, "unexpected column"),
+        ({"data": [[1, 2, 3, 4], [1, 2, "wide", 4]]}, 422, "petal length (cm)", 1, "expects float, got string 'wide'"),
+        ({"data": [[1, 2, 3, 4], [1, 2, 3]]}, 422, None, 1, "row 1 has 3 values, expected 4"),
+        ({"data": [[1, 2, 3, 4], [1, 2, True, 4]]}, 200, None, None, ""),  # JSON true reads as 1
+        ({"rows": [[1, 2, 3, 4]]}, 422, "data", None, "no 'data' key"),
+        ({"data": []}, 422, "data", None, "holds no rows"),
+        ({"data": "nope"}, 422, "data", None, "must be a list of rows"),
+        ([1, 2], 422, "body", None, "must be a JSON object"),
+    ],
+)
+def test_bad_inputs_get_a_status_and_the_field_at_fault(served, http, body, status, field, row, fragment):
+    d = served["iris"]
+    r = http.post(f"{d.url}/score", json=body, headers=auth(d))
+    assert r.status_code == status, r.text
+    if status == 200:
+        return
+    doc = r.json()
+    assert doc["error"] == "InvalidRequest"
+    assert fragment in doc["message"]
+    assert doc.get("field") == field
+    assert doc.get("row") == row
+
+
+def test_null_is_a_missing_value_the_model_may_refuse(served, http):
+    d = served["iris"]
+    r = http.post(f"{d.url}/score", json={"data": [[1, 2, None, 4]]}, headers=auth(d))
+    assert r.status_code == 500
+    assert r.json()["error"] == "ModelError" and "NaN" in r.json()["message"]
+
+
+def test_tensor_shape_and_dtype_errors(served, http):
+    d = served["arr"]
+    r = http.post(f"{d.url}/score", json={"data": [[0.1] * 19]}, headers=auth(d))
+    assert r.status_code == 422 and "expected rows of shape N x 20, got shape 1 x 19" in r.json()["message"]
+    r = http.post(f"{d.url}/score", json={"data": [0.1] * 20}, headers=auth(d))
+    assert r.status_code == 422 and r.json()["hint"] == "wrap a single row in a list"
+    r = http.post(f"{d.url}/score", json={"data": [[0.1] * 19 + ["x"]]}, headers=auth(d))
+    doc = r.json()
+    assert r.status_code == 422 and doc["row"] == 0 and doc["field"] == "data[0][19]"
+
+
+def test_malformed_bodies(served, http):
+    d = served["iris"]
+    r = http.post(f"{d.url}/score", content=b'{"data": [[1,2', headers={**auth(d), "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"] == "MalformedRequest" and r.json()["field"] == "body"
+    r = http.post(f"{d.url}/score", content=b"", headers=auth(d))
+    assert r.status_code == 400 and "empty" in r.json()["message"]
+    r = http.post(f"{d.url}/invocations", json={"dataframe_records": [], "instances": []}, headers=auth(d))
+    assert r.status_code == 422 and "exactly one of" in r.json()["message"]
+    r = http.post(f"{d.url}/invocations", content=b"a,b\n1", headers={**auth(d), "Content-Type": "application/xml"})
+    assert r.status_code == 422 and r.json()["field"] == "Content-Type"
+    assert http.get(f"{d.url}/nowhere").status_code == 404
+    assert http.get(f"{d.url}/score").status_code == 405
+
+
+def test_body_over_the_limit_gets_413(served, http):
+    d = served["iris"]  # deployed with body_limit=64 KiB
+    rows = [[1.0, 2.0, 3.0, 4.0]] * 5000
+    r = http.post(f"{d.url}/score", json={"data": rows}, headers=auth(d))
+    assert r.status_code == 413
+    assert "over this deployment's limit of 65536" in r.json()["message"]
+
+    def chunks():
+        yield b'{"data": ['
+        for _ in range(5000):
+            yield b"[1.0, 2.0, 3.0, 4.0],"
+        yield b"[1, 2, 3, 4]]}"
+
+    r = http.post(f"{d.url}/score", content=chunks(), headers=auth(d))
+    assert r.status_code == 413
+
+
+def test_model_that_raises_gets_500_with_an_error_id_in_the_logs(served, http):
+    d = served["flaky"]
+    r = http.post(f"{d.url}/score", json={"data": [[-1, 0, 0]]}, headers=auth(d))
+    assert r.status_code == 500
+    doc = r.json()
+    assert doc["error"] == "ModelError" and "negative input" in doc["message"]
+    error_id = doc["error_id"]
+    assert error_id in d.logs(tail=200)
+    # and it keeps serving
+    r = http.post(f"{d.url}/score", json={"data": [[2, 0, 0]]}, headers=auth(d))
+    assert r.status_code == 200 and r.json() == [4.0]
+
+
+def test_auth_keys(served, http):
+    d = served["arr"]
+    url = f"{d.url}/score"
+    body = {"data": [[0.5] * 20]}
+    r = http.post(url, json=body)
+    assert r.status_code == 401 and "Authorization: Bearer" in r.json()["message"]
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert http.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert http.post(url, json=body, headers={"Authorization": "Basic abc"}).status_code == 401
+    assert http.post(url, json=body, headers={"Authorization": f"Bearer {d.keys['secondary']}"}).status_code == 200
+    # only hashes are stored: neither key appears in the registry database or the server's files
+    from mlops_lab.deploy.keys import read_keys
+
+    reg = d._registry
+    db = b"".join(p.read_bytes() for p in reg.home.glob("registry.db*"))
+    for key in d.keys.values():
+        assert key.encode() not in db
+        for f in (reg.home / "deployments").rglob("*"):
+            if f.is_file():
+                assert key.encode() not in f.read_bytes()
+    # regenerate the primary: the old one stops working, the secondary never does
+    old = d.keys["primary"]
+    new = d.regenerate_key("primary")
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if http.post(url, json=body, headers={"Authorization": f"Bearer {old}"}).status_code == 401:
+            break
+        time.sleep(0.1)
+    assert http.post(url, json=body, headers={"Authorization": f"Bearer {old}"}).status_code == 401
+    assert http.post(url, json=body, headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    assert http.post(url, json=body, headers={"Authorization": f"Bearer {d.keys['secondary']}"}).status_code == 200
+    assert read_keys(reg.home, "arr")["primary"] == new  # what get_deployment hands out
+
+
+def test_concurrent_callers_each_get_their_own_rows(served):
+    """64 concurrent callers with distinct rows: every answer holds exactly the caller's rows,
+    and the server did coalesce them into fewer predict calls than requests."""
+    import asyncio
+
+    import httpx
+
+    d = served["echo"]
+    headers = auth(d)
+
+    async def one(client, i):
+        n = 1 + i % 5
+        rows = [[i * 1000 + j, 0, 0, 0] for j in range(n)]
+        r = await client.post(f"{d.url}/score", json={"data": rows}, headers=headers)
+        assert r.status_code == 200, r.text
+        return i, r.json(), [row[0] for row in rows]
+
+    async def run():
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(1500)))
+
+    before = httpx.get(f"{d.url}/metrics", headers=headers).json()["models"]["echo:1"]
+    results = asyncio.run(run())
+    for _i, got, sent in results:
+        assert got == [float(v) for v in sent]
+    after = httpx.get(f"{d.url}/metrics", headers=headers).json()["models"]["echo:1"]
+    requests = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests == 1500
+    assert batches < requests  # coalesced
+
+
+def test_no_auth_deployment(module_home, http):
+    import mlops_lab as ml
+
+    ml.register_model(lambda X: [sum(r) for r in X], "summer", sample_input=[[1.0, 2.0]])
+    d = ml.deploy("summer", auth=False, progress=False)
+    try:
+        assert d.keys is None
+        r = http.post(f"{d.url}/score", json={"data": [[1, 2], [3, 4.5]]})
+        assert r.status_code == 200 and r.json() == [3.0, 7.5]
+    finally:
+        d.delete()
