@@ -46,6 +46,7 @@ _LAZY = {
     "list_models": "mlops_lab.registry.api",
     "search_model_versions": "mlops_lab.registry.api",
     "load_model": "mlops_lab.registry.api",
+    "load_model_from": "mlops_lab.registry.api",
     "download_model": "mlops_lab.registry.api",
     "model_path": "mlops_lab.registry.api",
     "get_baseline": "mlops_lab.registry.api",
@@ -58,16 +59,16 @@ _LAZY = {
     "delete_model": "mlops_lab.registry.api",
     "gc": "mlops_lab.registry.api",
     "Registry": "mlops_lab.registry.store",
-    "deploy": "mlops_lab.deploy.api",
-    "get_deployment": "mlops_lab.deploy.api",
-    "list_deployments": "mlops_lab.deploy.api",
-    "update": "mlops_lab.deploy.api",
-    "promote": "mlops_lab.deploy.api",
-    "rollback": "mlops_lab.deploy.api",
-    "delete_deployment": "mlops_lab.deploy.api",
-    "regenerate_key": "mlops_lab.deploy.api",
-    "Deployment": "mlops_lab.deploy.base",
-    "DeploymentStatus": "mlops_lab.deploy.base",
+    "deploy": "mlops_lab.deployers.api",
+    "get_deployment": "mlops_lab.deployers.api",
+    "list_deployments": "mlops_lab.deployers.api",
+    "update": "mlops_lab.deployers.api",
+    "promote": "mlops_lab.deployers.api",
+    "rollback": "mlops_lab.deployers.api",
+    "delete_deployment": "mlops_lab.deployers.api",
+    "regenerate_key": "mlops_lab.deployers.api",
+    "Deployment": "mlops_lab.deployers.base",
+    "DeploymentStatus": "mlops_lab.deployers.base",
     "ModelVersion": "mlops_lab.registry.entities",
     "RegisteredModel": "mlops_lab.registry.entities",
 }
@@ -119,7 +120,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .deploy.api import (  # noqa: F401
+    from .deployers.api import (  # noqa: F401
         delete_deployment,
         deploy,
         get_deployment,
@@ -129,7 +130,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         rollback,
         update,
     )
-    from .deploy.base import Deployment, DeploymentStatus  # noqa: F401
+    from .deployers.base import Deployment, DeploymentStatus  # noqa: F401
     from .registry.api import (  # noqa: F401
         delete_alias,
         delete_model,
@@ -141,6 +142,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         get_model,
         list_models,
         load_model,
+        load_model_from,
         model_path,
         register_model,
         search_model_versions,

@@ -78,6 +78,14 @@ def registry(backend):
     return reg
 
 
+@pytest.fixture
+def sqlite_registry(_isolated_home):
+    """The default registry on SQLite only, for tests whose subject is not the database."""
+    from mlops_lab.registry.store import default_registry
+
+    return default_registry()
+
+
 @pytest.fixture(scope="session")
 def iris():
     from sklearn.datasets import load_iris

@@ -20,6 +20,7 @@ __all__ = [
     "list_models",
     "search_model_versions",
     "load_model",
+    "load_model_from",
     "download_model",
     "model_path",
     "get_baseline",
@@ -127,6 +128,18 @@ def load_model(ref: Any):
     nothing is loaded. Loading a pickle runs code: load only from a registry you trust.
     """
     return default_registry().load_model(ref)
+
+
+def load_model_from(folder: str | os.PathLike):
+    """Load a model from a folder written by :func:`download_model` (inside a scoring server,
+    :func:`model_path` gives such folders),
+    without a registry; every file is checked against its recorded SHA-256 first.
+
+    Entry scripts use it in ``init()``: ``load_model_from(model_path("a:3"))``.
+    """
+    from .flavors import load_folder
+
+    return load_folder(folder)[0]
 
 
 def download_model(ref: Any, folder: str | os.PathLike) -> Path:

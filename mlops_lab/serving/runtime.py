@@ -137,7 +137,8 @@ class ServedModel:
         self._pending.append((chunk, fut))
         if not self._busy:
             self._busy = True
-            loop.create_task(self._drain())
+            # Keep a reference: the loop holds tasks only weakly.
+            self._drainer = loop.create_task(self._drain())
         return await fut
 
     async def _single(self, chunk: Chunk) -> Any:

@@ -222,7 +222,7 @@ def test_auth_keys(served, http):
     assert http.post(url, json=body, headers={"Authorization": "Basic abc"}).status_code == 401
     assert http.post(url, json=body, headers={"Authorization": f"Bearer {d.keys['secondary']}"}).status_code == 200
     # only hashes are stored: neither key appears in the registry database or the server's files
-    from mlops_lab.deploy.keys import read_keys
+    from mlops_lab.deployers.keys import read_keys
 
     reg = d._registry
     db = b"".join(p.read_bytes() for p in reg.home.glob("registry.db*"))

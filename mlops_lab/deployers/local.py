@@ -1,6 +1,6 @@
 """The local deployer (``target="local"``), the embedded default.
 
-Each deployment is a supervisor daemon (``mlops_lab.deploy.supervisor``) that outlives the
+Each deployment is a supervisor daemon (``mlops_lab.deployers.supervisor``) that outlives the
 process that created it, with its scoring servers; its files live in
 ``$MLOPS_LAB_HOME/deployments/<name>/`` (log, key hashes, one folder per prepared revision).
 """
@@ -122,7 +122,7 @@ class LocalDeployer(Deployer):
         log_path = folder / "deployment.log"
         read_fd, write_fd = os.pipe()
         cmd = [
-            sys.executable, "-m", "mlops_lab.deploy.supervisor", "--name", name, "--home", str(self.registry.home),
+            sys.executable, "-m", "mlops_lab.deployers.supervisor", "--name", name, "--home", str(self.registry.home),
             "--spec", spec, "--host", config.get("host", "127.0.0.1"), "--port", str(config.get("port") or 0),
             "--workers", str(config.get("workers", 1)), "--ready-fd", str(write_fd), "--daemonize",
             "--startup-timeout", str(config.get("startup_timeout", 120)), "--drain", str(config.get("drain_seconds", 1.0)),

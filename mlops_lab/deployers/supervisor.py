@@ -1,4 +1,4 @@
-"""The supervisor of one local deployment: ``python -m mlops_lab.deploy.supervisor``.
+"""The supervisor of one local deployment: ``python -m mlops_lab.deployers.supervisor``.
 
 A daemon (its own session, detached from the kernel or CLI that started it) that
 
@@ -91,6 +91,7 @@ class Supervisor:
         self.status = "starting"
         self.reason = ""
         self._registry = None
+        self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self.sock = socket.create_server((args.host, args.port), backlog=2048)
         self.port = self.sock.getsockname()[1]
         self.host = args.host
@@ -171,8 +172,14 @@ class Supervisor:
             await self.stop_servers(gen.servers, drain=False)
             raise StartFailed(str(errors[0]))
         for s in gen.servers:
-            asyncio.create_task(self.watch(gen, s))
+            self._spawn_task(self.watch(gen, s))
         return gen
+
+    def _spawn_task(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def watch(self, gen: Generation, server: Server) -> None:
         code = await server.proc.wait()
@@ -199,7 +206,7 @@ class Supervisor:
                 continue
             gen.failures = 0
             gen.servers.append(new)
-            asyncio.create_task(self.watch(gen, new))
+            self._spawn_task(self.watch(gen, new))
             log.info("server restarted as pid %d", new.proc.pid)
             await self._record("healthy", f"restarted after: {self.last_exit}")
             return
@@ -334,7 +341,7 @@ class Supervisor:
         await self._record("healthy", "", endpoint=f"http://{shown}:{self.port}")
         _tell(ready_fd, f"READY {self.port}")
         log.info("deployment %s ready on http://%s:%d with %d server(s)", self.name, self.host, self.port, self.workers)
-        health = asyncio.create_task(self.health_loop())
+        health = self._spawn_task(self.health_loop())
         await self.stopping.wait()
         log.info("stopping")
         control.close()
@@ -365,7 +372,7 @@ def _tell(fd: int | None, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mlops_lab.deploy.supervisor")
+    ap = argparse.ArgumentParser(prog="mlops_lab.deployers.supervisor")
     ap.add_argument("--name", required=True)
     ap.add_argument("--home", required=True)
     ap.add_argument("--spec", required=True)

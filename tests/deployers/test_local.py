@@ -1,0 +1,289 @@
+"""The local deployer's life cycle with real supervisors, servers and signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+
+import httpx
+import numpy as np
+import pytest
+
+import mlops_lab as ml
+from mlops_lab import DeploymentFailed, DeploymentNotFound, ModelNotFound, VersionInUse
+from mlops_lab.deployers.base import wait_until
+
+
+class Const:
+    """Answers a constant per row: which version answered is visible in the output."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def predict(self, X):
+        return np.full(len(X), self.value, dtype=float)
+
+
+class BrokenAtStart:
+    """Loads, but raises on its input example: the server fails its readiness check."""
+
+    def predict(self, X):
+        raise RuntimeError("this version is broken")
+
+
+def _register_three(reg):
+    sample = np.zeros((3, 2))
+    ml.register_model(Const(1.0), "m", sample_input=sample)
+    ml.register_model(Const(2.0), "m", sample_input=sample)
+    ml.register_model(BrokenAtStart(), "m", sample_input=sample)
+    yield reg
+    for d in ml.list_deployments():
+        d.delete()
+
+
+@pytest.fixture
+def models(sqlite_registry):
+    """m:1 answers 1.0, m:2 answers 2.0, m:3 fails its readiness check; SQLite registry."""
+    yield from _register_three(sqlite_registry)
+
+
+@pytest.fixture
+def models_both(registry):
+    """The same models, on SQLite and on PostgreSQL: the deployment record works on both."""
+    yield from _register_three(registry)
+
+
+def _score(d, client=None, rows=1):
+    c = client or httpx
+    return c.post(f"{d.url}/score", json={"data": [[0.0, 0.0]] * rows}, headers={"Authorization": f"Bearer {d.keys['primary']}"}, timeout=30)
+
+
+def test_deploy_predict_status_and_logs(models_both):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    assert d.url.startswith("http://127.0.0.1:")
+    assert d.predict([[0, 0], [1, 1]]) == [1.0, 1.0]
+    st = d.status()
+    assert st.state == "healthy" and st.reason == "" and st.revision == 1
+    assert st.details["supervisor_pid"] > 0 and len(st.details["servers"]) == 1
+    assert "ready on http://127.0.0.1" in d.logs(tail=50)
+    assert ml.get_deployment("svc").keys == d.keys
+    assert [x.name for x in ml.list_deployments()] == ["svc"]
+    with pytest.raises(VersionInUse, match="'svc'"):
+        ml.delete_model_version("m:1")
+
+
+def test_deployment_outlives_the_process_that_made_it(models):
+    code = textwrap.dedent(
+        """
+        import mlops_lab as ml
+        d = ml.deploy("m:2", name="orphan", progress=False)
+        print(d.url, flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    url = out.stdout.strip()
+    d = ml.get_deployment("orphan")
+    assert d.url == url
+    assert d.status().state == "healthy"
+    assert d.predict([[0, 0]]) == [2.0]
+
+
+def test_killed_server_is_restarted(models):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    old_pid = d.status().details["servers"][0]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    seen = []
+
+    def restarted():
+        st = d.status()
+        seen.append(st.state)
+        servers = st.details.get("servers", [])
+        return st.state == "healthy" and servers and servers[0]["pid"] != old_pid
+
+    assert wait_until(restarted, timeout=30), seen
+    st = d.status()
+    assert st.details["restarts"] == 1
+    assert st.details["last_exit"] == f"server pid {old_pid} exited with signal 9"
+    assert f"restarted after: server pid {old_pid} exited with signal 9" in st.reason
+    assert d.predict([[0, 0]]) == [1.0]
+
+
+def test_update_under_load_fails_no_request(models_both):
+    """Given steady concurrent load over keep-alive connections, when the deployment is updated,
+    then every request succeeds, and answers move from version 1 to version 2."""
+    d = ml.deploy("m:1", name="svc", progress=False, workers=2, drain_seconds=0.5)
+    stop = threading.Event()
+    results: list[tuple[int, str]] = []
+    errors: list[str] = []
+
+    def hammer():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    r = _score(d, client)
+                    results.append((r.status_code, r.headers.get("x-model-version", "")))
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    d.update("m:2", progress=False)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    statuses = Counter(s for s, _ in results)
+    assert statuses == {200: len(results)} and len(results) > 200
+    versions = [v for _, v in results]
+    assert versions[0] == "m:1" and versions[-1] == "m:2"
+    assert d.revision == 2 and d.models[0]["version"] == 2
+    # after update() returns, only the new version answers
+    assert {_score(d).headers["x-model-version"] for _ in range(20)} == {"m:2"}
+
+
+def test_failing_new_version_leaves_the_old_one_serving(models):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    before = ml.get_deployment("svc").record
+    with pytest.raises(DeploymentFailed) as info:
+        d.update("m:3", progress=False)
+    assert "this version is broken" in str(info.value)
+    assert "revision 1 keeps serving" in str(info.value)
+    after = ml.get_deployment("svc").record
+    assert (after.revision, after.models, after.endpoint) == (before.revision, before.models, before.endpoint)
+    assert len(d.revisions()) == 1
+    assert d.predict([[0, 0]]) == [1.0]
+    assert d.status().state == "healthy"
+
+
+def test_rollback_returns_to_the_previous_revision(models):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    with pytest.raises(ml.InvalidInput, match="no earlier revision"):
+        d.rollback(progress=False)
+    d.update("m:2", progress=False)
+    assert d.predict([[0, 0]]) == [2.0]
+    d.rollback(progress=False)
+    assert d.predict([[0, 0]]) == [1.0]
+    assert d.revision == 3
+    assert [(r.revision, r.models[0]["version"], r.note) for r in d.revisions()] == [
+        (1, 1, "deploy"), (2, 2, "update to m:2"), (3, 1, "rollback to revision 1"),
+    ]
+    # the version no longer served can be deleted; the served one cannot
+    ml.delete_model_version("m:2")
+    with pytest.raises(VersionInUse):
+        ml.delete_model_version("m:1")
+
+
+def test_canary_split_and_promote(models):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    d.update("m:2", traffic=20, progress=False)
+    assert [(m["version"], m["traffic"]) for m in d.models] == [(1, 80), (2, 20)]
+    counts: Counter[str] = Counter()
+    with httpx.Client(timeout=30) as client:
+        for _ in range(2000):
+            r = _score(d, client)
+            assert r.status_code == 200
+            counts[r.headers["x-model-version"]] += 1
+    share = counts["m:2"] / 2000
+    assert 0.15 <= share <= 0.25, counts
+    metrics = d.call("metrics", method="GET")["models"]
+    assert metrics["m:1"]["requests"] + metrics["m:2"]["requests"] >= 2000
+    assert metrics["m:2"]["requests"] == counts["m:2"]
+    d.promote(progress=False)
+    assert [(m["version"], m["traffic"]) for m in d.models] == [(2, 100)]
+    assert {_score(d).headers["x-model-version"] for _ in range(10)} == {"m:2"}
+    with pytest.raises(ml.InvalidInput, match="no canary"):
+        d.promote(progress=False)
+
+
+def test_delete_is_idempotent_and_frees_port_and_version(models):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    port = int(d.url.rsplit(":", 1)[1])
+    pids = [s["pid"] for s in d.status().details["servers"]] + [d.status().details["supervisor_pid"]]
+    d.delete()
+    assert ml.delete_deployment("svc") is False
+    with pytest.raises(DeploymentNotFound):
+        ml.get_deployment("svc")
+    for pid in pids:
+        assert wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), timeout=10)
+    with socket.create_server(("127.0.0.1", port)):
+        pass  # the port is free again
+    assert ml.delete_model_version("m:1") == "m:1"
+
+
+def _is_zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_supervisor_killed_is_reported_and_cleaned_up(models):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    st = d.status()
+    os.kill(st.details["supervisor_pid"], signal.SIGKILL)
+    assert wait_until(lambda: d.status().state == "crashed", timeout=10)
+    assert "supervisor" in d.status().reason
+    with pytest.raises(DeploymentFailed, match="not running"):
+        d.update("m:2", progress=False)
+    d.delete()
+    assert ml.list_deployments() == []
+
+
+def test_deploy_errors_leave_nothing_behind(models):
+    with pytest.raises(ModelNotFound):
+        ml.deploy("nope:1", progress=False)
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(DeploymentFailed, match=f"cannot listen on 127.0.0.1:{port}"):
+            ml.deploy("m:1", name="svc", port=port, progress=False)
+    with pytest.raises(DeploymentFailed, match="this version is broken"):
+        ml.deploy("m:3", name="broken", progress=False)
+    assert ml.list_deployments() == []
+    assert not (models.home / "deployments" / "svc").exists()
+    assert ml.delete_model_version("m:3") == "m:3"
+    d = ml.deploy("m:1", name="svc", progress=False)
+    with pytest.raises(ml.AlreadyExists):
+        ml.deploy("m:2", name="svc", progress=False)
+    assert d.predict([[0, 0]]) == [1.0]
+
+
+def test_several_models_on_one_server_and_an_ensemble_script(models, tmp_path):
+    ml.register_model(Const(7.0), "other", sample_input=np.zeros((2, 2)))
+    d = ml.deploy(["m:1", "other:1"], name="multi", progress=False)
+    h = {"Authorization": f"Bearer {d.keys['primary']}"}
+    body = {"data": [[0, 0]]}
+    assert httpx.post(f"{d.url}/models/m/score", json=body, headers=h).json() == [1.0]
+    assert httpx.post(f"{d.url}/models/other/score", json=body, headers=h).json() == [7.0]
+    assert httpx.post(f"{d.url}/score", json=body, headers=h).json() == [1.0]
+    assert httpx.post(f"{d.url}/models/zzz/score", json=body, headers=h).status_code == 404
+
+    script = tmp_path / "score.py"
+    script.write_text(textwrap.dedent(
+        """
+        import json, mlops_lab
+        models = {}
+        def init():
+            for ref in ("m:1", "other:1"):
+                models[ref] = mlops_lab.load_model_from(mlops_lab.model_path(ref))
+        def run(raw):
+            rows = json.loads(raw)["data"]
+            a = models["m:1"].predict(rows)
+            b = models["other:1"].predict(rows)
+            return {"mean": [(x + y) / 2 for x, y in zip(a, b)]}
+        """
+    ))
+    e = ml.deploy(["m:1", "other:1"], name="ensemble", entry_script=script, progress=False)
+    r = httpx.post(f"{e.url}/score", json={"data": [[0, 0], [1, 1]]}, headers={"Authorization": f"Bearer {e.keys['primary']}"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"mean": [4.0, 4.0]}
