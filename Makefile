@@ -11,3 +11,4 @@ test:  ## install, start PostgreSQL, run the whole test suite
 bench:  ## the benchmarks against MLflow (see bench/README.md)
 	bash .ci/setup.sh bench
 	.venv/bin/python bench/registry.py
+	.venv/bin/python bench/serving.py

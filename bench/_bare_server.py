@@ -1,0 +1,30 @@
+"""The bare ceiling for bench/serving.py: uvicorn + Starlette + orjson, the model called on a NumPy
+array, no auth, no validation, no collection. Physical reference only, not a product.
+
+Run: MODEL_PICKLE=path uvicorn bench._bare_server:app --workers 2 --loop uvloop --http httptools
+"""
+
+import os
+import pickle
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+with open(os.environ["MODEL_PICKLE"], "rb") as f:
+    MODEL = pickle.load(f)
+
+
+async def invocations(request):
+    doc = orjson.loads(await request.body())
+    out = MODEL.predict(np.asarray(doc["inputs"], dtype=np.float64))
+    return Response(orjson.dumps({"predictions": out}, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+async def ping(request):
+    return Response(b"ok")
+
+
+app = Starlette(routes=[Route("/invocations", invocations, methods=["POST"]), Route("/ping", ping)])
