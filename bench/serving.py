@@ -132,7 +132,10 @@ def save_mlflow_model(root: Path, model, X, name: str) -> Path:
     from mlflow.models import infer_signature
 
     path = root / f"mlflow-{name}"
-    mlflow.sklearn.save_model(model, str(path), signature=infer_signature(X[:5], model.predict(X[:5])), input_example=X[:2])
+    mlflow.sklearn.save_model(
+        model, str(path), signature=infer_signature(X[:5], model.predict(X[:5])), input_example=X[:2],
+        serialization_format="cloudpickle",  # MLflow 3 refuses trees with its default (skops)
+    )
     return path
 
 

@@ -175,6 +175,9 @@ class LocalDeployer(Deployer):
             if record.status == "stopped":
                 return make("stopped", record.status_reason or "stopped")
             pid = record.state.get("supervisor_pid")
+            limit = float(record.config.get("startup_timeout", 120)) + 10
+            if record.status == "starting" and time.time() - record.created_at < limit:
+                return make("starting", "the supervisor is starting the servers")
             return make("crashed" if pid else "stopped",
                         f"the supervisor (pid {pid}) is not running" if pid else "it was never started")
         try:
