@@ -68,6 +68,11 @@ _LAZY = {
     "delete_deployment": "mlops_lab.deployers.api",
     "regenerate_key": "mlops_lab.deployers.api",
     "Deployment": "mlops_lab.deployers.base",
+    "collected_data": "mlops_lab.monitoring.api",
+    "metrics": "mlops_lab.monitoring.api",
+    "drift": "mlops_lab.monitoring.api",
+    "monitor": "mlops_lab.monitoring.api",
+    "record_feedback": "mlops_lab.monitoring.api",
     "DeploymentStatus": "mlops_lab.deployers.base",
     "ModelVersion": "mlops_lab.registry.entities",
     "RegisteredModel": "mlops_lab.registry.entities",
@@ -131,6 +136,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         update,
     )
     from .deployers.base import Deployment, DeploymentStatus  # noqa: F401
+    from .monitoring.api import collected_data, drift, metrics, monitor, record_feedback  # noqa: F401
     from .registry.api import (  # noqa: F401
         delete_alias,
         delete_model,

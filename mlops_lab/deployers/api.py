@@ -66,6 +66,7 @@ def deploy(
     entry_script: str | os.PathLike | None = None,
     startup_timeout: float = 120.0,
     drain_seconds: float = 1.0,
+    collect: bool | dict[str, Any] = True,
     progress: bool = True,
 ) -> Deployment:
     """Serve one or several registered versions as a web service.
@@ -94,6 +95,10 @@ def deploy(
     drain_seconds:
         On update, how long the old revision keeps answering (with ``Connection: close``) so
         keep-alive clients move over before it stops.
+    collect:
+        Record every request's inputs, predictions, latency and status (on by default);
+        ``False`` turns it off; a dict sets ``rate`` (sampling, 0-1), ``exclude`` (columns
+        never stored), ``flush_seconds``, ``flush_rows``, ``max_queue_rows``.
 
     Examples
     --------
@@ -121,6 +126,7 @@ def deploy(
         "batching": {"enabled": batching, "max_batch_rows": max_batch_rows, "max_wait_ms": max_wait_ms},
         "startup_timeout": startup_timeout,
         "drain_seconds": drain_seconds,
+        "collect": _check_collect(collect),
         "entry_script": str(Path(entry_script).resolve()) if entry_script else None,
     }
     deployer = _deployer(target, reg)
@@ -149,6 +155,23 @@ def deploy(
         raise
     prog.done(f"ready at {record.endpoint}")
     return Deployment(record, keys, reg)
+
+
+def _check_collect(collect: Any) -> Any:
+    if collect is True:
+        return {}
+    if collect is False:
+        return False
+    if not isinstance(collect, dict):
+        raise InvalidInput(f"collect must be True, False or a dict of settings, not {type(collect).__name__}")
+    allowed = {"rate", "exclude", "flush_seconds", "flush_rows", "max_queue_rows"}
+    unknown = set(collect) - allowed
+    if unknown:
+        raise InvalidInput(f"unknown collect setting {sorted(unknown)[0]!r}", hint="settings: " + ", ".join(sorted(allowed)))
+    rate = collect.get("rate", 1.0)
+    if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise InvalidInput(f"collect rate must be in (0, 1], got {rate!r}")
+    return dict(collect)
 
 
 def get_deployment(name: str) -> Deployment:

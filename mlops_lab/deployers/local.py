@@ -62,11 +62,19 @@ def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: 
         "keys_file": str(deployment_dir(registry.home, name) / "keys.json") if config.get("auth", True) else None,
         "body_limit": config.get("body_limit"),
         "batching": config.get("batching", {}),
+        "collect": _collect_spec(registry.home, config.get("collect")),
     }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "spec.json"
     path.write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
     return str(path)
+
+
+def _collect_spec(home: Path, collect: Any) -> dict[str, Any] | None:
+    if collect is False or collect is None:
+        return None
+    settings = dict(collect) if isinstance(collect, dict) else {}
+    return {"enabled": True, "folder": str(home / "collected"), **settings}
 
 
 def _pid_is(pid: int | None, marker: str) -> bool:
@@ -140,8 +148,12 @@ class LocalDeployer(Deployer):
         line = _read_line(read_fd, timeout=float(config.get("startup_timeout", 120)) + 10)
         os.close(read_fd)
         if not line.startswith("READY"):
-            reason = line[len("FAILED "):] if line.startswith("FAILED") else "the supervisor exited before it was ready"
-            raise DeploymentFailed(f"deployment {name!r} did not start: {reason}", hint=f"see the log {log_path}")
+            if line.startswith("FAILED"):
+                reason = line[len("FAILED "):]
+            else:
+                reason = "the supervisor exited before it was ready: " + _last_error(log_path)
+            # The deployment's folder (and log) goes with the failed deployment: say why here.
+            raise DeploymentFailed(f"deployment {name!r} did not start: {reason}")
         return self.registry.get_deployment(name)
 
     def update(self, record: DeploymentRecord, models: list[dict[str, Any]], note: str, progress) -> DeploymentRecord:
@@ -220,6 +232,18 @@ class LocalDeployer(Deployer):
                 except ProcessLookupError:
                     pass
         shutil.rmtree(deployment_dir(self.registry.home, record.name), ignore_errors=True)
+
+
+def _last_error(log_path: Path) -> str:
+    """The most telling line of a log's end: the last exception line, else the last line."""
+    try:
+        lines = log_path.read_bytes()[-20000:].decode(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    for line in reversed(lines):
+        if line and not line.startswith((" ", "\t", "Traceback")) and ("Error" in line or "Exception" in line):
+            return line.strip()
+    return lines[-1].strip() if lines else "(empty log)"
 
 
 def _read_line(fd: int, timeout: float) -> str:

@@ -329,7 +329,18 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        control = await asyncio.start_unix_server(self.handle, path=control_address(self.home, self.name))
+        try:
+            control = await asyncio.start_unix_server(self.handle, path=control_address(self.home, self.name))
+        except OSError as exc:
+            holder = await _control_holder(self.home, self.name)
+            msg = (
+                f"another supervisor of deployment {self.name!r} for this home folder is running"
+                + (f" (pid {holder})" if holder else "")
+                + ": delete that deployment first, or stop that process"
+            ) if exc.errno == 98 else f"cannot open the control channel: {exc}"
+            log.error(msg)
+            _tell(ready_fd, f"FAILED {msg}")
+            return 2
         # Open the registry (SQLAlchemy's import is a fifth of a second) while the servers boot.
         opening = asyncio.ensure_future(asyncio.to_thread(lambda: self.registry))
         try:
@@ -358,6 +369,19 @@ class Supervisor:
         await self._record("stopped", "stopped on request")
         log.info("stopped")
         return 0
+
+
+async def _control_holder(home: Path, name: str) -> int | None:
+    """The PID of the supervisor already listening on this deployment's control channel."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(control_address(home, name)), 2)
+        writer.write(orjson.dumps({"op": "status"}) + b"\n")
+        await writer.drain()
+        reply = orjson.loads(await asyncio.wait_for(reader.readline(), 2))
+        writer.close()
+        return reply.get("state", {}).get("supervisor_pid")
+    except (OSError, asyncio.TimeoutError, orjson.JSONDecodeError):
+        return None
 
 
 def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:

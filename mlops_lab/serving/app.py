@@ -126,6 +126,7 @@ class ScoringApp:
         revision: int = 0,
         keys_file: str | None = None,
         body_limit: int = DEFAULT_BODY_LIMIT,
+        collector: Any = None,
     ) -> None:
         if not routes:
             raise ValueError("a scoring server needs at least one model")
@@ -137,6 +138,7 @@ class ScoringApp:
         self.body_limit = body_limit
         self.draining = False
         self.started = time.time()
+        self.collector = collector if collector is not None and collector.enabled else None
         self.asgi = self._build()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -202,9 +204,37 @@ class ScoringApp:
         headers = {"www-authenticate": "Bearer"} if exc.http_status == 401 else None
         return self._respond(body, request_id, status=exc.http_status, headers=headers)
 
+    def _collect(self, model: ServedModel | None, request_id: str, t0: float, status: int, chunk=None, out=None, error_id: str | None = None) -> None:
+        """Hand the request's record to the collector (sampled); never blocks."""
+        from ..monitoring.collector import Record
+
+        collector = self.collector
+        if collector is None or model is None or not collector.sampled():
+            return
+        inputs = None
+        n = 0
+        columns, types = model.collect_columns, model.collect_types
+        if chunk is not None:
+            n = chunk.n
+            if chunk.form in ("array", "rows"):
+                inputs = chunk.data
+            elif chunk.form == "records" and chunk.data:
+                columns, types = list(chunk.data[0]), None
+                inputs = [[r.get(c) for c in columns] for r in chunk.data]
+            if columns is None and isinstance(inputs, np.ndarray) and inputs.ndim == 2:
+                columns = [f"f{i}" for i in range(inputs.shape[1])]
+                types = ["float"] * inputs.shape[1]
+        if n and out is not None and (not hasattr(out, "__len__") or len(out) != n):
+            out = None  # not one result per row: keep the inputs, leave the prediction out
+        collector.add(Record(
+            time.time(), request_id, model.ref, status, (time.perf_counter() - t0) * 1000.0, error_id,
+            inputs, columns, types, out, n,
+        ))
+
     async def _score(self, request: Request, route_name: str | None, protocol: str) -> Response:
         request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
         model = None
+        chunk = None
         t0 = time.perf_counter()
         try:
             self.keys.check(request.headers.get("authorization"))
@@ -214,21 +244,26 @@ class ScoringApp:
             if model.raw_body:
                 out = await model.raw(body.decode("utf-8", "replace"))
                 payload = to_jsonable(out)
+                raw_out = None
             else:
                 if protocol == "score":
                     chunk = self._parse_score(model, body)
                 else:
                     chunk = self._parse_invocations(model, body, request.headers.get("content-type", ""))
                 model.stats.rows += chunk.n
-                out = to_jsonable(await model.predict(chunk))
+                raw_out = await model.predict(chunk)
+                out = to_jsonable(raw_out)
                 payload = out if protocol == "score" else {"predictions": out}
             model.stats.requests += 1
             model.stats.latency_s += time.perf_counter() - t0
-            return self._respond(payload, request_id, model)
+            response = self._respond(payload, request_id, model)
+            self._collect(model, request_id, t0, 200, chunk, raw_out)
+            return response
         except MlopsLabError as exc:
             if model is not None:
                 model.stats.requests += 1
                 model.stats.errors += 1
+            self._collect(model, request_id, t0, exc.http_status, None, None, getattr(exc, "error_id", None))
             return self._error(exc, request_id)
 
     # -- protocols -------------------------------------------------------------------------
@@ -282,6 +317,7 @@ class ScoringApp:
     async def _v2_infer(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
         model = None
+        t0 = time.perf_counter()
         try:
             self.keys.check(request.headers.get("authorization"))
             route = self._route(request.path_params["model"])
@@ -315,6 +351,7 @@ class ScoringApp:
             out = await model.predict(chunk)
             arr = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out)
             model.stats.requests += 1
+            self._collect(model, request_id, t0, 200, chunk, out)
             want_binary = bool(doc.get("parameters", {}).get("binary_data_output"))
             for o in doc.get("outputs") or []:
                 if o.get("parameters", {}).get("binary_data"):
@@ -338,6 +375,7 @@ class ScoringApp:
             if model is not None:
                 model.stats.requests += 1
                 model.stats.errors += 1
+            self._collect(model, request_id, t0, exc.http_status, None, None, getattr(exc, "error_id", None))
             return self._error(exc, request_id, v2=True)
 
     # -- app -------------------------------------------------------------------------------
@@ -396,11 +434,43 @@ class ScoringApp:
                 app.keys.check(request.headers.get("authorization"))
             except MlopsLabError as exc:
                 return app._error(exc, rid)
+            col = app.collector
+            collection = None if col is None else {
+                "queued_rows": col.queued_rows, "written_rows": col.written_rows, "files": col.files,
+                "dropped_rows": col.dropped_total,
+            }
             return app._respond(
                 {"pid": os.getpid(), "revision": app.revision,
-                 "models": {m.ref: m.stats.as_dict() for r in app.routes.values() for m in r.models}},
+                 "models": {m.ref: m.stats.as_dict() for r in app.routes.values() for m in r.models},
+                 "collection": collection},
                 rid,
             )
+
+        async def feedback(request: Request) -> Response:
+            rid = request.headers.get("x-request-id") or os.urandom(8).hex()
+            try:
+                app.keys.check(request.headers.get("authorization"))
+                if app.collector is None:
+                    raise InvalidRequest("this deployment does not collect data, so it takes no feedback", field="path")
+                doc = app._json(await app._body(request))
+                items = doc.get("feedback") if isinstance(doc, dict) and "feedback" in doc else [doc]
+                if not isinstance(items, list) or not items:
+                    raise InvalidRequest("send {\"request_id\": ..., \"label\": ...} or {\"feedback\": [...]}", field="feedback")
+                clean = []
+                for i, it in enumerate(items):
+                    if not isinstance(it, dict):
+                        raise InvalidRequest(f"feedback item {i} must be an object", field="feedback", row=i)
+                    for key in ("request_id", "label"):
+                        if key not in it:
+                            raise InvalidRequest(f"feedback item {i} has no {key!r}", field=key, row=i)
+                    row = it.get("row", 0)
+                    if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+                        raise InvalidRequest(f"feedback item {i}: 'row' must be a row index", field="row", row=i)
+                    clean.append({"request_id": str(it["request_id"]), "label": it["label"], "row": row})
+                app.collector.add_feedback(clean)
+                return app._respond({"recorded": len(clean)}, rid)
+            except MlopsLabError as exc:
+                return app._error(exc, rid)
 
         async def v2_live(request: Request) -> Response:
             return Response(status_code=200)
@@ -459,6 +529,7 @@ class ScoringApp:
             StarletteRoute("/health", health, methods=["GET"]),
             StarletteRoute("/metadata", metadata, methods=["GET"]),
             StarletteRoute("/metrics", metrics, methods=["GET"]),
+            StarletteRoute("/feedback", feedback, methods=["POST"]),
             StarletteRoute("/models/{model}/score", score, methods=["POST"]),
             StarletteRoute("/models/{model}/invocations", invocations, methods=["POST"]),
             StarletteRoute("/models/{model}/metadata", metadata, methods=["GET"]),

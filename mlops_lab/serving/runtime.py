@@ -80,6 +80,18 @@ class ServedModel:
         )
         self.inline = False
         self.can_batch = self.spec.batchable and not self.raw_body and self.batching.enabled
+        # Names of the input columns in collected data.
+        self.collect_types: list[str] | None = None
+        if self.spec.kind == "columns":
+            self.collect_columns: list[str] | None = list(self.spec.columns)
+            self.collect_types = [
+                "float" if t in ("integer", "float") else "bool" if t == "boolean" else "string" for t in self.spec.types
+            ]
+        elif self.spec.kind == "tensor" and len(self.spec.shape) == 2 and isinstance(self.spec.shape[1], int) and self.spec.shape[1] > 0:
+            self.collect_columns = [f"f{i}" for i in range(self.spec.shape[1])]
+            self.collect_types = ["float"] * self.spec.shape[1]
+        else:
+            self.collect_columns = None
         self._pending: deque[tuple[Chunk, asyncio.Future]] = deque()
         self._busy = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{self.name}")

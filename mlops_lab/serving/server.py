@@ -70,12 +70,17 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
     for served_models in routes.values():
         for s in served_models:
             s.warm_up()
+    from ..monitoring.collector import CollectConfig, Collector
+
+    collect = CollectConfig.from_spec(spec.get("collect"))
+    collector = Collector(spec.get("deployment", "default"), collect) if collect.enabled and collect.folder else None
     return ScoringApp(
         [Route(name, ms) for name, ms in routes.items()],
         deployment=spec.get("deployment", ""),
         revision=spec.get("revision", 0),
         keys_file=spec.get("keys_file"),
         body_limit=int(spec.get("body_limit") or DEFAULT_BODY_LIMIT),
+        collector=collector,
     )
 
 
@@ -120,7 +125,15 @@ def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, grac
         log_level="warning", timeout_graceful_shutdown=graceful_s, timeout_keep_alive=30,
         server_header=False, date_header=False,
     )
-    server = uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            await super().shutdown(sockets)
+            # After the last request has been answered: write out everything collected.
+            if app.collector is not None:
+                app.collector.close()
+                log.info("collection flushed: %d rows written", app.collector.written_rows)
+
+    server = Server(config)
 
     def drain() -> None:
         # Stop taking connections from the shared socket (the next generation takes them) and

@@ -1,0 +1,1 @@
+"""Monitoring: collection inside the scoring server, reading it back, drift and charts."""

@@ -1,0 +1,182 @@
+"""Reading collected data back: the rows, request metrics, feedback and accuracy.
+
+Everything reads the Parquet files with ``pyarrow.dataset``, with the day partition and the
+time, version and column filters pushed down, so only the files and columns asked for are read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput
+
+_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | float | int | _dt.timedelta) -> float:
+    """``"90s"``, ``"5min"``, ``"1h"``, ``"7d"`` (or seconds, or a timedelta) -> seconds."""
+    if isinstance(text, _dt.timedelta):
+        return text.total_seconds()
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h|d|w)\s*", str(text))
+    if not m:
+        raise InvalidInput(f"cannot read the duration {text!r}", hint="use e.g. '30s', '5min', '1h', '7d'")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def to_utc(value: Any, *, now: _dt.datetime | None = None) -> _dt.datetime | None:
+    """A bound for ``since``/``until``: a datetime, an ISO string, or a duration before now."""
+    if value is None:
+        return None
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    if isinstance(value, _dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+    if isinstance(value, _dt.date):
+        return _dt.datetime(value.year, value.month, value.day, tzinfo=_dt.timezone.utc)
+    if isinstance(value, (int, float, _dt.timedelta)):
+        return now - _dt.timedelta(seconds=parse_duration(value))
+    text = str(value)
+    try:
+        return now - _dt.timedelta(seconds=parse_duration(text))
+    except InvalidInput:
+        pass
+    try:
+        dt = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"cannot read the time {value!r}", hint="give a datetime, an ISO date, or a duration such as '1h'") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=_dt.timezone.utc)
+
+
+def collection_root(home: Path, deployment: str) -> Path:
+    return home / "collected" / deployment
+
+
+def _dataset(folder: Path):
+    import pyarrow.dataset as ds
+
+    if not folder.exists():
+        return None
+    return ds.dataset(str(folder), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+
+
+def read_requests(
+    root: Path,
+    since: _dt.datetime | None = None,
+    until: _dt.datetime | None = None,
+    version: str | None = None,
+    columns: list[str] | None = None,
+    first_rows_only: bool = False,
+):
+    """The collected records as a pyarrow Table (empty Table if there is none)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    dataset = _dataset(root / "requests")
+    if dataset is None:
+        return pa.table({})
+    cond = None
+
+    def both(a, b):
+        return b if a is None else a & b
+
+    if since is not None:
+        cond = both(cond, ds.field("date") >= since.strftime("%Y-%m-%d"))
+        cond = both(cond, ds.field("request_time") >= pa.scalar(since, pa.timestamp("us", tz="UTC")))
+    if until is not None:
+        cond = both(cond, ds.field("date") <= until.strftime("%Y-%m-%d"))
+        cond = both(cond, ds.field("request_time") < pa.scalar(until, pa.timestamp("us", tz="UTC")))
+    if version is not None:
+        cond = both(cond, ds.field("model_version") == version)
+    if first_rows_only:
+        cond = both(cond, ds.field("row") == 0)
+    names = dataset.schema.names
+    if columns is not None:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise InvalidInput(f"no collected column {missing[0]!r}", hint="columns: " + ", ".join(n for n in names if n != "date"))
+        cols = columns
+    else:
+        cols = [n for n in names if n != "date"]
+    table = dataset.to_table(columns=cols, filter=cond)
+    if "request_time" in table.column_names and table.num_rows:
+        table = table.take(pc.sort_indices(table, [("request_time", "ascending")]))
+    return table
+
+
+def read_feedback(root: Path):
+    import pyarrow as pa
+
+    dataset = _dataset(root / "feedback")
+    if dataset is None:
+        return pa.table({})
+    return dataset.to_table(columns=[n for n in dataset.schema.names if n != "date"])
+
+
+def read_drops(root: Path):
+    import pyarrow as pa
+
+    dataset = _dataset(root / "drops")
+    if dataset is None:
+        return pa.table({"time": [], "dropped": []})
+    return dataset.to_table(columns=["time", "dropped"])
+
+
+def request_metrics(root: Path, every: str = "1min", since=None, until=None):
+    """Per time bucket and model version: requests, errors, rows, latency p50/p95/p99 (ms)."""
+    import pandas as pd
+
+    seconds = parse_duration(every)
+    table = read_requests(root, since, until, columns=["request_time", "row", "model_version", "status_code", "latency_ms"])
+    cols = ["time", "model_version", "requests", "errors", "rows", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"]
+    if table.num_rows == 0:
+        return pd.DataFrame(columns=cols)
+    df = table.to_pandas()
+    rows_per_bucket = df.assign(time=df["request_time"].dt.floor(f"{int(seconds)}s")).groupby(["time", "model_version"]).size()
+    first = df[df["row"] == 0]
+    first = first.assign(time=first["request_time"].dt.floor(f"{int(seconds)}s"), error=first["status_code"] >= 400)
+    g = first.groupby(["time", "model_version"])
+    out = g.agg(requests=("row", "size"), errors=("error", "sum"))
+    lat = g["latency_ms"].quantile([0.5, 0.95, 0.99]).unstack()
+    lat.columns = ["latency_p50_ms", "latency_p95_ms", "latency_p99_ms"]
+    out = out.join(lat)
+    out["rows"] = rows_per_bucket.reindex(out.index).fillna(0).astype(int)
+    out = out.reset_index()
+    out["errors"] = out["errors"].astype(int)
+    return out[cols]
+
+
+def accuracy(root: Path, every: str = "1h", since=None, until=None):
+    """Live accuracy per time bucket and version, where feedback labels have arrived."""
+    import pandas as pd
+
+    fb = read_feedback(root)
+    cols = ["time", "model_version", "labelled", "accuracy"]
+    if fb.num_rows == 0:
+        return pd.DataFrame(columns=cols)
+    req = read_requests(root, since, until, columns=["request_time", "request_id", "row", "model_version", "prediction"])
+    if req.num_rows == 0:
+        return pd.DataFrame(columns=cols)
+    joined = join_feedback(req.to_pandas(), fb.to_pandas())
+    joined = joined.dropna(subset=["label"])
+    if joined.empty:
+        return pd.DataFrame(columns=cols)
+    seconds = parse_duration(every)
+    joined["correct"] = joined["prediction"].astype(str) == joined["label"].astype(str)
+    num = pd.to_numeric(joined["prediction"], errors="coerce")
+    lab = pd.to_numeric(joined["label"], errors="coerce")
+    both = num.notna() & lab.notna()
+    joined.loc[both, "correct"] = num[both] == lab[both]
+    joined["time"] = joined["request_time"].dt.floor(f"{int(seconds)}s")
+    out = joined.groupby(["time", "model_version"]).agg(labelled=("correct", "size"), accuracy=("correct", "mean")).reset_index()
+    return out[cols]
+
+
+def join_feedback(requests, feedback):
+    """Requests with their label, matched on request id and row (the latest label wins)."""
+    fb = feedback.sort_values("feedback_time").drop_duplicates(["request_id", "row"], keep="last")
+    return requests.merge(fb[["request_id", "row", "label", "feedback_time"]], on=["request_id", "row"], how="left")
