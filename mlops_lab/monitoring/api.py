@@ -33,11 +33,13 @@ def _root(deployment: str, registry=None, must_exist: bool = True):
 
 
 def collected_data(deployment: str, since: Any = None, until: Any = None, version: str | None = None,
-                   columns: list[str] | None = None):
+                   columns: list[str] | None = None, with_feedback: bool = False):
     """Everything deployment ``deployment`` collected, one row per input row, as a DataFrame.
 
     ``since``/``until`` take a datetime, an ISO string or a duration before now (``"1h"``);
     ``version`` a ``"name:version"``; ``columns`` a subset. Filters are pushed down to the files.
+    ``with_feedback=True`` adds the ``label`` (and ``feedback_time``) recorded for each row, the
+    data set to retrain on.
 
     Examples
     --------
@@ -45,8 +47,17 @@ def collected_data(deployment: str, since: Any = None, until: Any = None, versio
     >>> df[df.status_code == 200].drop(columns=["request_id"])  # doctest: +SKIP
     """
     _, root = _root(deployment)
+    if with_feedback and columns is not None:
+        columns = list(dict.fromkeys([*columns, "request_id", "row"]))
     table = D.read_requests(root, D.to_utc(since), D.to_utc(until), version, columns)
-    return table.to_pandas()
+    df = table.to_pandas()
+    if with_feedback:
+        fb = D.read_feedback(root)
+        if fb.num_rows:
+            df = D.join_feedback(df, fb.to_pandas())
+        else:
+            df = df.assign(label=None, feedback_time=None)
+    return df
 
 
 def metrics(deployment: str, every: str = "1min", since: Any = None, until: Any = None):

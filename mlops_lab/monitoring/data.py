@@ -77,7 +77,7 @@ def read_requests(
     import pyarrow.dataset as ds
 
     dataset = _dataset(root / "requests")
-    if dataset is None:
+    if dataset is None or not dataset.files:
         return pa.table({})
     cond = None
 
@@ -112,7 +112,7 @@ def read_feedback(root: Path):
     import pyarrow as pa
 
     dataset = _dataset(root / "feedback")
-    if dataset is None:
+    if dataset is None or not dataset.files:
         return pa.table({})
     return dataset.to_table(columns=[n for n in dataset.schema.names if n != "date"])
 
@@ -121,7 +121,7 @@ def read_drops(root: Path):
     import pyarrow as pa
 
     dataset = _dataset(root / "drops")
-    if dataset is None:
+    if dataset is None or not dataset.files:
         return pa.table({"time": [], "dropped": []})
     return dataset.to_table(columns=["time", "dropped"])
 
