@@ -43,6 +43,7 @@ from ..errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from ..monitoring.collector import Record
 from .inputs import to_jsonable
 from .runtime import Route, ServedModel, new_error_id
 
@@ -206,8 +207,6 @@ class ScoringApp:
 
     def _collect(self, model: ServedModel | None, request_id: str, t0: float, status: int, chunk=None, out=None, error_id: str | None = None) -> None:
         """Hand the request's record to the collector (sampled); never blocks."""
-        from ..monitoring.collector import Record
-
         collector = self.collector
         if collector is None or model is None or not collector.sampled():
             return

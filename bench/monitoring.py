@@ -1,0 +1,151 @@
+"""Monitoring benchmark.
+
+(a) What collection costs: the same LogisticRegression (20 features) deployed twice with
+    ``workers=2``, collection on and off, driven by wrk at 8 and 64 connections with 1-row and
+    100-row requests; runs alternate (off, on, off, on, ...) and the median of each is kept.
+    Target: collection costs under 10 % of throughput.
+(b) Reading back 1,000,000 collected rows (one day, 10 features, 1 row per request, two
+    versions): ``collected_data`` for the day, ``metrics``, ``drift`` and ``monitor``, each
+    timed (best of 3). Target: under 2 s each.
+
+Run: ``python bench/monitoring.py [--duration 5] [--rows 1000000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from registry import machine  # noqa: E402
+from serving import wrk  # noqa: E402
+
+
+def collection_cost(duration: float, rounds: int) -> list[tuple]:
+    import mlops_lab as ml
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.RandomState(0)
+    X = rng.rand(2000, 20)
+    model = LogisticRegression().fit(X, (X[:, 0] + X[:, 1] > 1).astype(int))
+    ml.register_model(model, "lr", sample_input=X[:5], baseline=X)
+    on = ml.deploy("lr", name="collect-on", workers=2, progress=False)
+    off = ml.deploy("lr", name="collect-off", workers=2, collect=False, progress=False)
+    out = []
+    try:
+        for rows in (1, 100):
+            body = json.dumps({"data": X[:rows].round(6).tolist()})
+            for conns in (8, 64):
+                runs: dict[str, list[float]] = {"off": [], "on": []}
+                for _ in range(rounds):
+                    for label, d in (("off", off), ("on", on)):
+                        r = wrk(f"{d.url}/score", body, conns, duration, {"Authorization": f"Bearer {d.keys['primary']}"})
+                        assert r["non2xx"] == 0, r
+                        runs[label].append(r["rps"])
+                rps_off, rps_on = statistics.median(runs["off"]), statistics.median(runs["on"])
+                cost = 100 * (1 - rps_on / rps_off)
+                print(f"  rows={rows:<3} conns={conns:<3} off {rps_off:>9.0f} req/s  on {rps_on:>9.0f} req/s  cost {cost:5.1f}%", flush=True)
+                out.append((rows, conns, rps_off, rps_on, cost))
+        stats = on.call("metrics", method="GET")["collection"]
+        print(f"  collected by one server process: {stats['written_rows']} rows in {stats['files']} files, {stats['dropped_rows']} dropped")
+    finally:
+        on.delete()
+        off.delete()
+    return out
+
+
+def reading(rows: int) -> dict[str, float]:
+    import pandas as pd
+
+    import importlib.util
+
+    import mlops_lab as ml
+
+    spec = importlib.util.spec_from_file_location("_traffic", ROOT / "tests" / "monitoring" / "conftest.py")
+    traffic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(traffic)
+    write_traffic = traffic.write_traffic
+
+    class Linear:
+        def predict(self, X):
+            return X.to_numpy() @ np.linspace(-1, 1, X.shape[1])
+
+    rng = np.random.default_rng(0)
+    cols = [f"x{i}" for i in range(10)]
+    base = pd.DataFrame(rng.normal(0, 1, (20_000, 10)), columns=cols)
+    ml.register_model(Linear(), "lin", sample_input=base.head(), baseline=base)
+    ml.register_model(Linear(), "lin", sample_input=base.head(), baseline=base)
+    home = Path(os.environ["MLOPS_LAB_HOME"])
+    now = time.time()
+    day_start = now - (now % 86400)  # today, UTC: every row falls in one day partition
+    t0 = time.perf_counter()
+    chunk = 100_000
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        live = pd.DataFrame(rng.normal(0.3, 1, (n, 10)), columns=cols)
+        times = np.sort(rng.uniform(day_start, now - 1, n))
+        version = "lin:2" if start >= rows * 0.8 else "lin:1"
+        write_traffic(home, "big", live, times, version, Linear().predict(live))
+    print(f"  wrote {rows} rows in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    def best(fn, repeat=3):
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t)
+        return min(times), result
+
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    out = {}
+    out["collected_data (one day)"], df = best(lambda: ml.collected_data("big", since=today))
+    assert len(df) == rows, len(df)
+    out["metrics (1min buckets)"], m = best(lambda: ml.metrics("big", every="1min", since=today))
+    assert m["requests"].sum() == rows
+    out["drift (1h window)"], _ = best(lambda: ml.drift("big", window="1h"))
+    out["monitor (24h chart)"], chart = best(lambda: ml.monitor("big", since="24h").to_dict())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    args = ap.parse_args(argv)
+    print(f"machine: {machine()}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
+    os.environ["MLOPS_LAB_HOME"] = str(tmp / "home")
+    os.environ.pop("MLOPS_LAB_DB", None)
+    try:
+        print("(a) collection on against off, LogisticRegression, 2 workers, wrk:")
+        cost = collection_cost(args.duration, args.rounds)
+        print(f"(b) reading back {args.rows} collected rows:")
+        times = reading(args.rows)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print("| rows/request | conns | collection off req/s | on req/s | cost |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for rows, conns, off, on, c in cost:
+        print(f"| {rows} | {conns} | {off:.0f} | {on:.0f} | {c:.1f}% |")
+    print()
+    print(f"| operation on {args.rows:,} collected rows | seconds |")
+    print("| --- | ---: |")
+    for name, secs in times.items():
+        print(f"| {name} | {secs:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
