@@ -35,6 +35,8 @@ import numpy as np
 
 log = logging.getLogger("mlops_lab.collector")
 
+CHUNK_RECORDS = 4096
+
 META_COLUMNS = ("request_time", "request_id", "row", "model_version", "status_code", "latency_ms", "error_id")
 
 
@@ -191,7 +193,13 @@ class Collector:
         for r in records:
             by_day.setdefault(_partition_date(r.time), []).append(r)
         for day_records in by_day.values():
-            table = self._table(day_records, pa)
+            # In slices: each NumPy/Arrow call then holds the GIL for a few milliseconds at
+            # most, so the event loop answering requests is never held up for longer.
+            tables = []
+            for start in range(0, len(day_records), CHUNK_RECORDS):
+                tables.append(self._table(day_records[start : start + CHUNK_RECORDS], pa))
+                time.sleep(0)  # hand the GIL over between slices
+            table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
             self._write("requests", day_records[0].time, {}, table)
             self.written_rows += table.num_rows
 

@@ -291,3 +291,44 @@ def test_no_auth_deployment(module_home, http):
         assert r.status_code == 200 and r.json() == [3.0, 7.5]
     finally:
         d.delete()
+
+
+class Slow:
+    """20 ms per call whatever the rows: a model whose calls are worth sharing."""
+
+    def predict(self, X):
+        import time as _t
+
+        _t.sleep(0.02)
+        return [0.0] * len(X)
+
+
+def test_slow_model_under_concurrent_load_gets_full_batches(module_home):
+    """Given 8 callers in a loop against a 20 ms model, the batcher waits a little for the
+    callers it just answered, so calls serve about all 8 at once instead of alternating."""
+    import asyncio
+
+    import httpx
+
+    import mlops_lab as ml
+
+    ml.register_model(Slow(), "slow", sample_input=[[0.0, 0.0]])
+    d = ml.deploy("slow", progress=False, collect=False)
+    headers = auth(d)
+
+    async def caller(client):
+        for _ in range(25):
+            r = await client.post(f"{d.url}/score", json={"data": [[1.0, 2.0]]}, headers=headers)
+            assert r.status_code == 200
+
+    async def run():
+        async with httpx.AsyncClient(timeout=30) as client:
+            await asyncio.gather(*(caller(client) for _ in range(8)))
+
+    try:
+        asyncio.run(run())
+        stats = httpx.get(f"{d.url}/metrics", headers=headers).json()["models"]["slow:1"]
+        assert stats["requests"] == 200
+        assert stats["requests"] / stats["batches"] >= 5, stats
+    finally:
+        d.delete()
