@@ -305,8 +305,9 @@ class Slow:
 
 def test_slow_model_under_concurrent_load_gets_full_batches(module_home):
     """Given 8 callers in a loop against a 20 ms model, the batcher waits a little for the
-    callers it just answered, so calls serve about all 8 at once instead of alternating."""
-    import asyncio
+    callers it just answered, so calls serve about all 8 at once instead of alternating
+    between one caller and the seven that queued meanwhile."""
+    import threading
 
     import httpx
 
@@ -315,18 +316,38 @@ def test_slow_model_under_concurrent_load_gets_full_batches(module_home):
     ml.register_model(Slow(), "slow", sample_input=[[0.0, 0.0]])
     d = ml.deploy("slow", progress=False, collect=False)
     headers = auth(d)
+    codes = []
+    host, port = d.url.removeprefix("http://").split(":")
+    body = b'{"data": [[1.0, 2.0]]}'
+    request = (
+        f"POST /score HTTP/1.1\r\nHost: {host}\r\nAuthorization: {headers['Authorization']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
-    async def caller(client):
-        for _ in range(25):
-            r = await client.post(f"{d.url}/score", json={"data": [[1.0, 2.0]]}, headers=headers)
-            assert r.status_code == 200
+    def caller():
+        # A raw keep-alive client, as quick to send its next request as a load generator:
+        # a Python HTTP library would be slower than the wait being tested.
+        import socket
 
-    async def run():
-        async with httpx.AsyncClient(timeout=30) as client:
-            await asyncio.gather(*(caller(client) for _ in range(8)))
+        with socket.create_connection((host, int(port))) as sock:
+            reader = sock.makefile("rb")
+            for _ in range(25):
+                sock.sendall(request)
+                status = int(reader.readline().split()[1])
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                reader.read(length)
+                codes.append(status)
 
     try:
-        asyncio.run(run())
+        threads = [threading.Thread(target=caller) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes == [200] * 200
         stats = httpx.get(f"{d.url}/metrics", headers=headers).json()["models"]["slow:1"]
         assert stats["requests"] == 200
         assert stats["requests"] / stats["batches"] >= 5, stats
