@@ -32,8 +32,9 @@ from serving import wrk  # noqa: E402
 
 
 def collection_cost(duration: float, rounds: int) -> list[tuple]:
-    import mlops_lab as ml
     from sklearn.linear_model import LogisticRegression
+
+    import mlops_lab as ml
 
     rng = np.random.RandomState(0)
     X = rng.rand(2000, 20)
@@ -65,9 +66,9 @@ def collection_cost(duration: float, rounds: int) -> list[tuple]:
 
 
 def reading(rows: int) -> dict[str, float]:
-    import pandas as pd
-
     import importlib.util
+
+    import pandas as pd
 
     import mlops_lab as ml
 
