@@ -1,0 +1,283 @@
+"""``mlops-lab``: the same operations from a shell or a CI pipeline.
+
+Every command takes ``--json`` for machine-readable output. Exit codes a pipeline can branch on:
+0 ok, 3 not found, 4 invalid input, 5 conflict, 6 artifact corrupted, 7 storage error,
+8 unauthorized, 9 deployment failed, 10 unhealthy (``status``), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+EXIT_UNHEALTHY = 10
+
+
+def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _kv(pairs: list[str] | None) -> dict[str, str]:
+    from .errors import InvalidInput
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"{pair!r} is not KEY=VALUE", hint="e.g. --tag stage=staging")
+        out[key] = value
+    return out
+
+
+def _version_dict(mv) -> dict[str, Any]:
+    return {
+        "ref": mv.ref, "name": mv.name, "version": mv.version, "flavor": mv.flavor, "tags": mv.tags,
+        "properties": mv.properties, "aliases": mv.aliases, "description": mv.description,
+        "deployments": mv.deployments, "created_at": mv.created_at, "size": mv.size,
+    }
+
+
+def _deployment_dict(d) -> dict[str, Any]:
+    r = d.record
+    return {
+        "name": d.name, "target": d.target, "url": d.url, "revision": d.revision, "models": d.models,
+        "status": r.status, "status_reason": r.status_reason,
+    }
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_register(args) -> int:
+    import mlops_lab as ml
+
+    mv = ml.register_model(
+        args.path, args.name, tags=_kv(args.tag), properties=_kv(args.property),
+        description=args.description or "", entry_script=args.entry_script,
+    )
+    _out(args, _version_dict(mv), f"registered {mv.ref} ({mv.flavor}, {mv.size} bytes)")
+    return 0
+
+
+def cmd_models(args) -> int:
+    import mlops_lab as ml
+
+    if args.name:
+        versions = ml.search_model_versions(name=args.name)
+        if not versions:
+            ml.get_model(args.name)  # raises ModelNotFound with suggestions
+        _out(args, [_version_dict(v) for v in versions],
+             "\n".join(f"{v.ref:<30} {v.flavor:<8} aliases={','.join(v.aliases) or '-'} tags={v.tags}" for v in versions))
+    else:
+        models = ml.list_models()
+        data = [{"name": m.name, "versions": m.versions, "latest_version": m.latest_version, "aliases": m.aliases} for m in models]
+        _out(args, data, "\n".join(f"{m.name:<30} versions={m.versions:<4} latest={m.latest_version} aliases={m.aliases}" for m in models) or "no models yet")
+    return 0
+
+
+def cmd_alias(args) -> int:
+    import mlops_lab as ml
+
+    mv = ml.set_alias(args.name, args.alias, int(args.version))
+    _out(args, _version_dict(mv), f"{args.name}@{args.alias} -> {mv.ref}")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    import mlops_lab as ml
+
+    d = ml.deploy(
+        args.refs if len(args.refs) > 1 else args.refs[0], name=args.name, host=args.host, port=args.port,
+        workers=args.workers, auth=not args.no_auth, collect=not args.no_collect, progress=not args.json,
+    )
+    data = {**_deployment_dict(d), "keys": d.keys}
+    _out(args, data, f"{d.name}: {d.url}" + (f"\nprimary key: {d.keys['primary']}" if d.keys else ""))
+    return 0
+
+
+def cmd_update(args) -> int:
+    import mlops_lab as ml
+
+    d = ml.update(args.deployment, args.ref, traffic=args.traffic, progress=not args.json)
+    _out(args, _deployment_dict(d), f"{d.name}: revision {d.revision}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    import mlops_lab as ml
+
+    d = ml.rollback(args.deployment, progress=not args.json)
+    _out(args, _deployment_dict(d), f"{d.name}: revision {d.revision}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    import mlops_lab as ml
+
+    d = ml.promote(args.deployment, progress=not args.json)
+    _out(args, _deployment_dict(d), f"{d.name}: revision {d.revision}")
+    return 0
+
+
+def cmd_deployments(args) -> int:
+    import mlops_lab as ml
+
+    ds = ml.list_deployments()
+    _out(args, [_deployment_dict(d) for d in ds],
+         "\n".join(f"{d.name:<24} {d.target:<7} {d.url:<28} rev={d.revision} {d.record.status}" for d in ds) or "no deployments")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import mlops_lab as ml
+
+    st = ml.get_deployment(args.deployment).status()
+    data = {"state": st.state, "reason": st.reason, "revision": st.revision, "models": st.models, "url": st.url}
+    _out(args, data, str(st))
+    return 0 if st.healthy else EXIT_UNHEALTHY
+
+
+def cmd_logs(args) -> int:
+    import mlops_lab as ml
+
+    text = ml.get_deployment(args.deployment).logs(tail=args.tail)
+    _out(args, {"logs": text.splitlines()}, text)
+    return 0
+
+
+def cmd_undeploy(args) -> int:
+    import mlops_lab as ml
+
+    existed = ml.delete_deployment(args.deployment)
+    _out(args, {"deleted": existed}, f"{args.deployment}: " + ("deleted" if existed else "was not deployed"))
+    return 0
+
+
+def cmd_score(args) -> int:
+    import mlops_lab as ml
+
+    from .errors import InvalidInput
+
+    raw = args.data
+    if raw.startswith("@"):
+        with open(raw[1:], encoding="utf-8") as f:
+            raw = f.read()
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--data is not JSON: {exc}") from None
+    if isinstance(data, dict) and "data" in data:
+        data = data["data"]
+    out = ml.get_deployment(args.deployment).predict(data)
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    import mlops_lab as ml
+
+    chart = ml.monitor(args.deployment, since=args.since)
+    if args.export:
+        chart.save(args.export)
+        _out(args, {"exported": args.export}, f"chart saved to {args.export}")
+    else:
+        m = ml.metrics(args.deployment, every=args.every, since=args.since)
+        _out(args, json.loads(m.to_json(orient="records", date_format="iso")), m.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    ap = argparse.ArgumentParser(prog="mlops-lab", description=__doc__.splitlines()[0], parents=[common])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("register", parents=[common], help="register a model file or folder")
+    p.add_argument("path")
+    p.add_argument("--name", required=True)
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    p.add_argument("--property", action="append", metavar="KEY=VALUE")
+    p.add_argument("--description")
+    p.add_argument("--entry-script")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("models", parents=[common], help="list models, or the versions of one")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("alias", parents=[common], help="point NAME@ALIAS to a version")
+    p.add_argument("name")
+    p.add_argument("alias")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser("deploy", parents=[common], help="deploy one or several model versions")
+    p.add_argument("refs", nargs="+")
+    p.add_argument("--name")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-auth", action="store_true")
+    p.add_argument("--no-collect", action="store_true")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("update", parents=[common], help="serve another version, with no downtime")
+    p.add_argument("deployment")
+    p.add_argument("ref")
+    p.add_argument("--traffic", type=float, help="canary share in percent")
+    p.set_defaults(func=cmd_update)
+
+    for name, func, text in (("rollback", cmd_rollback, "serve the previous revision"),
+                             ("promote", cmd_promote, "complete a canary"),
+                             ("status", cmd_status, "reconciled state; exit 10 unless healthy"),
+                             ("undeploy", cmd_undeploy, "stop and forget a deployment")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("deployment")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("deployments", parents=[common], help="list deployments")
+    p.set_defaults(func=cmd_deployments)
+
+    p = sub.add_parser("logs", parents=[common], help="a deployment's log")
+    p.add_argument("deployment")
+    p.add_argument("--tail", type=int, default=100)
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("score", parents=[common], help="send rows to a deployment")
+    p.add_argument("deployment")
+    p.add_argument("--data", required=True, help="JSON rows, or @file.json")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("monitor", parents=[common], help="metrics, or the chart with --export")
+    p.add_argument("deployment")
+    p.add_argument("--since", default="24h")
+    p.add_argument("--every", default="1h")
+    p.add_argument("--export", metavar="FILE", help="save the chart (.html, .png, .svg, .json)")
+    p.set_defaults(func=cmd_monitor)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import MlopsLabError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MlopsLabError as exc:
+        if args.debug:
+            raise
+        if args.json:
+            print(json.dumps(exc.to_dict()), file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

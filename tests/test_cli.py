@@ -1,0 +1,68 @@
+"""The CLI as a CI pipeline uses it: real processes, JSON output, exit codes to branch on."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, check_code=0):
+    proc = subprocess.run([sys.executable, "-m", "mlops_lab.cli", *args], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == check_code, (proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+def test_register_deploy_score_promote_undeploy(sqlite_registry, tmp_path, iris, trained):
+    X, _ = iris
+    (tmp_path / "clf.pkl").write_bytes(pickle.dumps(trained))
+    out = json.loads(run("register", str(tmp_path / "clf.pkl"), "--name", "iris", "--tag", "stage=ci", "--json").stdout)
+    assert out["ref"] == "iris:1" and out["tags"] == {"stage": "ci"}
+    run("register", str(tmp_path / "clf.pkl"), "--name", "iris")
+    models = json.loads(run("models", "--json").stdout)
+    assert models == [{"name": "iris", "versions": 2, "latest_version": 2, "aliases": {}}]
+
+    dep = json.loads(run("deploy", "iris:1", "--name", "staging", "--json").stdout)
+    assert dep["url"].startswith("http://127.0.0.1:") and dep["keys"]["primary"]
+    rows = X.iloc[:3].to_numpy().tolist()
+    scored = json.loads(run("score", "staging", "--data", json.dumps({"data": rows})).stdout)
+    assert scored == trained.predict(X.iloc[:3].to_numpy()).tolist()
+    status = json.loads(run("status", "staging", "--json").stdout)
+    assert status["state"] == "healthy" and status["revision"] == 1
+
+    # promote by moving the production alias, then point the deployment at it
+    run("alias", "iris", "production", "2")
+    upd = json.loads(run("update", "staging", "iris@production", "--json").stdout)
+    assert upd["revision"] == 2 and upd["models"][0]["version"] == 2
+    assert json.loads(run("deployments", "--json").stdout)[0]["name"] == "staging"
+    assert "ready on http://127.0.0.1" in run("logs", "staging").stdout
+    metrics = json.loads(run("monitor", "staging", "--json").stdout)
+    assert isinstance(metrics, list)
+    run("monitor", "staging", "--export", str(tmp_path / "chart.json"))
+    assert json.loads((tmp_path / "chart.json").read_text())["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
+    assert json.loads(run("undeploy", "staging", "--json").stdout) == {"deleted": True}
+    assert json.loads(run("undeploy", "staging", "--json").stdout) == {"deleted": False}
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (("models", "irsi"), 3, "did you mean 'iris'"),
+        (("status", "nowhere"), 3, "no deployment named 'nowhere'"),
+        (("register", "missing.pkl", "--name", "x"), 4, "no such file or folder"),
+        (("register", "missing.pkl", "--name", "bad/name"), 4, "invalid model name"),
+        (("deploy", "iris:7"), 3, "has no version 7"),
+        (("score", "nowhere", "--data", "[[1"), 4, "--data is not JSON"),
+    ],
+)
+def test_errors_are_one_line_with_distinct_exit_codes(sqlite_registry, tmp_path, trained, args, code, fragment):
+    (tmp_path / "clf.pkl").write_bytes(pickle.dumps(trained))
+    run("register", str(tmp_path / "clf.pkl"), "--name", "iris")
+    proc = run(*args, check_code=code)
+    assert fragment in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    doc = json.loads(run(*args, "--json", check_code=code).stderr)
+    assert fragment in doc["message"] or fragment in doc.get("hint", "") or fragment in str(doc)
