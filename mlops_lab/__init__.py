@@ -111,6 +111,13 @@ __all__ = sorted(
 )
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext mlops_lab``: registers the magics (``%register_model``, ``%deploy``, ...)."""
+    from .magics import load
+
+    load(ipython)
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:

@@ -1,0 +1,168 @@
+"""IPython magics: ``%load_ext mlops_lab``.
+
+They only parse, call the core API and return its object (so ``v = %register_model clf --name
+churn`` works, and the notebook shows the object's rich summary). An error is one line (a
+``UsageError`` with the reason and the fix); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .errors import MlopsLabError
+
+
+def _pairs(items):
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{item!r} is not KEY=VALUE (e.g. --tags team=growth)")
+        out[key] = value
+    return out
+
+
+def _friendly(method):
+    """Parse the line with the method's magic_arguments; turn mlops_lab errors into one line."""
+
+    @functools.wraps(method)
+    def wrapper(self, line=""):
+        args = parse_argstring(wrapper, line)
+        try:
+            return method(self, args)
+        except MlopsLabError as exc:
+            if getattr(args, "debug", False):
+                raise
+            raise UsageError(f"{exc}") from None
+
+    return wrapper
+
+
+@magics_class
+class MlopsLabMagics(Magics):
+    def _var(self, name):
+        if name is None:
+            return None
+        try:
+            return self.shell.user_ns[name]
+        except KeyError:
+            raise UsageError(f"no variable named {name!r} in this notebook") from None
+
+    @line_magic
+    @magic_arguments()
+    @argument("var", help="the variable holding the model (an object, or a file or folder path)")
+    @argument("--name", required=True, help="model name")
+    @argument("--tags", nargs="*", metavar="KEY=VALUE", help="tags")
+    @argument("--sample", metavar="VAR", help="variable with a sample input (gives the signature)")
+    @argument("--baseline", metavar="VAR", help="variable with training data (reference for drift)")
+    @argument("--description", default="", help="description")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def register_model(self, args):
+        """Register the model held by a variable as the next version of --name."""
+        from .registry.api import register_model
+
+        return register_model(
+            self._var(args.var), args.name, tags=_pairs(args.tags), description=args.description,
+            sample_input=self._var(args.sample), baseline=self._var(args.baseline),
+        )
+
+    @line_magic
+    @magic_arguments()
+    @argument("ref", help="model reference: name, name:VERSION or name@ALIAS")
+    @argument("--name", help="deployment name (default: the model's)")
+    @argument("--target", default="local", help="local (docker and kubernetes: later)")
+    @argument("--port", type=int, help="port (default: a free one)")
+    @argument("--workers", type=int, default=1, help="server processes")
+    @argument("--no-auth", action="store_true", help="serve without keys")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def deploy(self, args):
+        """Deploy a registered version as a web service; returns the Deployment."""
+        from .deployers.api import deploy
+
+        return deploy(args.ref, name=args.name, target=args.target, port=args.port, workers=args.workers, auth=not args.no_auth)
+
+    @line_magic
+    @magic_arguments()
+    @argument("deployment")
+    @argument("ref", help="the version to serve")
+    @argument("--traffic", type=float, help="canary share in percent (then %%promote or %%rollback)")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def update(self, args):
+        """Serve another version with no downtime (a canary with --traffic)."""
+        from .deployers.api import update
+
+        return update(args.deployment, args.ref, traffic=args.traffic)
+
+    @line_magic
+    @magic_arguments()
+    @argument("deployment")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def rollback(self, args):
+        """Serve the previous revision again."""
+        from .deployers.api import rollback
+
+        return rollback(args.deployment)
+
+    @line_magic
+    @magic_arguments()
+    @argument("deployment")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def undeploy(self, args):
+        """Stop and forget a deployment."""
+        from .deployers.api import delete_deployment
+
+        return delete_deployment(args.deployment)
+
+    @line_magic
+    @magic_arguments()
+    @argument("name", nargs="?", help="a model name: its versions")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def models(self, args):
+        """The registered models, or the versions of one."""
+        from .registry.api import get_model, list_models, search_model_versions
+
+        if args.name:
+            found = search_model_versions(name=args.name)
+            if not found:
+                get_model(args.name)  # ModelNotFound, with the closest names
+            return found
+        return list_models()
+
+    @line_magic
+    @magic_arguments()
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def deployments(self, args):
+        """Every deployment."""
+        from .deployers.api import list_deployments
+
+        return list_deployments()
+
+    @line_magic
+    @magic_arguments()
+    @argument("deployment")
+    @argument("--since", default="24h", help="how far back: 30min, 1h, 7d")
+    @argument("--drift", action="store_true", help="the drift table instead of the chart")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def monitor(self, args):
+        """The monitoring chart of a deployment (or, with --drift, its drift table)."""
+        from .monitoring.api import drift, monitor
+
+        if args.drift:
+            return drift(args.deployment)
+        return monitor(args.deployment, since=args.since)
+
+
+def load(ipython) -> None:
+    ipython.register_magics(MlopsLabMagics)
