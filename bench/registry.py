@@ -59,6 +59,17 @@ def tags_for(i: int) -> dict[str, str]:
     return {"run": f"r{i % 1000}", "team": f"team{i % 10}"}
 
 
+def time_searches(search, searches: int, seed: int) -> tuple[float, int]:
+    """Time ``searches`` tag searches for the same random ``run`` values on either system."""
+    rng = random.Random(seed)
+    values = [f"r{rng.randrange(1000)}" for _ in range(searches)]
+    hits = 0
+    t0 = time.perf_counter()
+    for v in values:
+        hits += len(search(v))
+    return time.perf_counter() - t0, hits
+
+
 def bench_mlops_lab(root: Path, clf, n_register: int, total: int, searches: int, seed: int) -> dict:
     os.environ["MLOPS_LAB_HOME"] = str(root / "mlops_lab_home")
     os.environ.pop("MLOPS_LAB_DB", None)
@@ -77,13 +88,7 @@ def bench_mlops_lab(root: Path, clf, n_register: int, total: int, searches: int,
         done += 1
     fill_s = time.perf_counter() - t0
 
-    rng = random.Random(seed)
-    values = [f"r{rng.randrange(1000)}" for _ in range(searches)]
-    hits = 0
-    t0 = time.perf_counter()
-    for v in values:
-        hits += len(ml.search_model_versions(tags={"run": v}))
-    search_s = time.perf_counter() - t0
+    search_s, hits = time_searches(lambda v: ml.search_model_versions(tags={"run": v}), searches, seed)
     return {"register_s": reg_s, "fill_s": fill_s, "search_s": search_s, "hits": hits}
 
 
@@ -146,13 +151,7 @@ def bench_mlflow(root: Path, clf, n_register: int, total: int, searches: int, se
         done += 1
     fill_s = time.perf_counter() - t0
 
-    rng = random.Random(seed)
-    values = [f"r{rng.randrange(1000)}" for _ in range(searches)]
-    hits = 0
-    t0 = time.perf_counter()
-    for v in values:
-        hits += len(client.search_model_versions(f"tags.run = '{v}'"))
-    search_s = time.perf_counter() - t0
+    search_s, hits = time_searches(lambda v: client.search_model_versions(f"tags.run = '{v}'"), searches, seed)
     return {"register_s": full_s, "meta_s": meta_s, "fill_s": fill_s, "search_s": search_s, "hits": hits}
 
 

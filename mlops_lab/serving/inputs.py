@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
+from ..registry.signature import _type_of_value
 
 _NUMERIC = {"integer", "float"}
 
@@ -38,21 +39,14 @@ class Chunk:
 
 
 def _type_name(value: Any) -> str:
+    """The JSON type of a request value, in the signature's words (``integer``, ``string``...)."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
     if isinstance(value, (list, tuple)):
         return "array"
     if isinstance(value, dict):
         return "object"
-    return type(value).__name__
+    return _type_of_value(value)
 
 
 def _cell_ok(kind: str, value: Any) -> bool:
