@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import errors as _errors
 from .errors import (
     AliasNotFound,
     AlreadyExists,
@@ -78,37 +79,7 @@ _LAZY = {
     "RegisteredModel": "mlops_lab.registry.entities",
 }
 
-__all__ = sorted(
-    [
-        *_LAZY,
-        "ModelRef",
-        "parse_ref",
-        "MlopsLabError",
-        "NotFound",
-        "ModelNotFound",
-        "VersionNotFound",
-        "AliasNotFound",
-        "DeploymentNotFound",
-        "InvalidInput",
-        "InvalidName",
-        "InvalidReference",
-        "InvalidModel",
-        "Conflict",
-        "VersionInUse",
-        "AlreadyExists",
-        "ArtifactCorrupted",
-        "StorageError",
-        "StorageFull",
-        "RegistrySchemaError",
-        "InvalidRequest",
-        "MalformedRequest",
-        "PayloadTooLarge",
-        "Unauthorized",
-        "ModelError",
-        "DeploymentFailed",
-        "__version__",
-    ]
-)
+__all__ = sorted([*_LAZY, "ModelRef", "parse_ref", *_errors.__all__, "__version__"])
 
 
 def load_ipython_extension(ipython: Any) -> None:

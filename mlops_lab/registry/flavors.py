@@ -345,11 +345,9 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         raise InvalidModel(f"{folder} holds no {METADATA_FILE}: not a downloaded model") from None
 
 
-def load_folder(folder: str | os.PathLike) -> tuple[LoadedModel, dict[str, Any]]:
-    """Load a model downloaded with ``download_model`` (no registry needed), checking every
-    file against the SHA-256 recorded in its metadata first."""
-    import hashlib
-
+def verify_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """Check every file of a downloaded model against the SHA-256 in its metadata; return the
+    metadata, or raise :class:`ArtifactCorrupted` naming the file."""
     from .artifacts import sha256_file
 
     root = Path(folder)
@@ -363,6 +361,17 @@ def load_folder(folder: str | os.PathLike) -> tuple[LoadedModel, dict[str, Any]]
             raise ArtifactCorrupted(str(path), f["sha256"], None, ref=ref) from None
         if actual != f["sha256"]:
             raise ArtifactCorrupted(str(path), f["sha256"], actual, ref=ref)
+    return meta
+
+
+def load_folder(folder: str | os.PathLike) -> tuple[LoadedModel, dict[str, Any]]:
+    """Load a model downloaded with ``download_model`` (no registry needed), checking every
+    file against the SHA-256 recorded in its metadata first."""
+    import hashlib
+
+    root = Path(folder)
+    meta = verify_folder(root)
+    ref = f"{meta['name']}:{meta['version']}"
 
     def read_file(rel: str) -> bytes:
         data = (root / rel).read_bytes()

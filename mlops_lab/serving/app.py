@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import io
 import logging
 import os
@@ -639,6 +638,3 @@ def _unpack_bytes(buf: bytes) -> list[str]:
         i += n
     return items
 
-
-def escape(text: str) -> str:
-    return html.escape(text)

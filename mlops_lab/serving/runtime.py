@@ -22,11 +22,10 @@ import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidRequest, ModelError
-from .inputs import Chunk, InputSpec, split_output, to_jsonable
+from ..errors import ModelError
+from .inputs import Chunk, InputSpec, split_output
 
 log = logging.getLogger("mlops_lab.serving")
 
@@ -259,22 +258,3 @@ class Route:
             return self.models[0]
         i = bisect.bisect_left(self._cum, self._rand())
         return self.models[min(i, len(self.models) - 1)]
-
-
-def encode_output(out: Any) -> Any:
-    return to_jsonable(out)
-
-
-def check_rows(out: Any, n: int, ref: str) -> None:
-    if hasattr(out, "__len__") and len(out) != n:
-        raise InvalidRequest(f"{ref} returned {len(out)} results for {n} rows")
-
-
-def served_paths(models: list[ServedModel]) -> dict[str, str]:
-    """ref -> folder, for ``mlops_lab.model_path`` inside entry scripts."""
-    out = {}
-    for m in models:
-        path = getattr(m.model, "path", None) or m.meta.get("_folder")
-        if path:
-            out[m.ref] = str(Path(path))
-    return out

@@ -41,7 +41,7 @@ MODEL_PATHS_ENV = "MLOPS_LAB_MODEL_PATHS"
 
 def build_app(spec: dict[str, Any]) -> ScoringApp:
     """Load the models a spec names and build the app around them."""
-    from ..registry.flavors import LoadedModel, ScoringScript, load_folder
+    from ..registry.flavors import LoadedModel, ScoringScript, load_folder, verify_folder
 
     batching = BatchConfig(**spec.get("batching", {}))
     models: list[dict[str, Any]] = spec["models"]
@@ -54,7 +54,7 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
             paths.setdefault(m["name"], m["folder"])
         os.environ[MODEL_PATHS_ENV] = orjson.dumps(paths).decode()
         for m in models:  # check every file before the script reads any
-            load_folder_check(m["folder"])
+            verify_folder(m["folder"])
         folder = Path(entry["folder"])
         script = ScoringScript(folder, entry["script"], spec.get("deployment", "entry-script"))
         meta = {"flavor": "script", "signature": None, "models": [f"{m['name']}:{m['version']}" for m in models]}
@@ -82,20 +82,6 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
         body_limit=int(spec.get("body_limit") or DEFAULT_BODY_LIMIT),
         collector=collector,
     )
-
-
-def load_folder_check(folder: str) -> None:
-    from ..errors import ArtifactCorrupted
-    from ..registry.artifacts import sha256_file
-    from ..registry.flavors import read_metadata
-
-    root = Path(folder)
-    meta = read_metadata(root)
-    for f in meta["files"]:
-        path = root / f["path"]
-        actual = sha256_file(path) if path.exists() else None
-        if actual != f["sha256"]:
-            raise ArtifactCorrupted(str(path), f["sha256"], actual, ref=f"{meta['name']}:{meta['version']}")
 
 
 def _die_with_parent() -> None:
