@@ -77,6 +77,9 @@ _LAZY = {
     "DeploymentStatus": "mlops_lab.deployers.base",
     "ModelVersion": "mlops_lab.registry.entities",
     "RegisteredModel": "mlops_lab.registry.entities",
+    "RegistryPanel": "mlops_lab.widgets",
+    "DeploymentPanel": "mlops_lab.widgets",
+    "MonitorPanel": "mlops_lab.widgets",
 }
 
 __all__ = sorted([*_LAZY, "ModelRef", "parse_ref", *_errors.__all__, "__version__"])
@@ -136,3 +139,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .registry.entities import ModelVersion, RegisteredModel  # noqa: F401
     from .registry.store import Registry  # noqa: F401
+    from .widgets import DeploymentPanel, MonitorPanel, RegistryPanel  # noqa: F401

@@ -153,6 +153,7 @@ class MlopsLabMagics(Magics):
     @argument("deployment")
     @argument("--since", default="24h", help="how far back: 30min, 1h, 7d")
     @argument("--drift", action="store_true", help="the drift table instead of the chart")
+    @argument("--refresh", type=float, metavar="SECONDS", help="a live panel that redraws every SECONDS")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
     def monitor(self, args):
@@ -161,8 +162,77 @@ class MlopsLabMagics(Magics):
 
         if args.drift:
             return drift(args.deployment)
+        if args.refresh:
+            from .deployers.api import get_deployment
+            from .widgets import MonitorPanel
+
+            get_deployment(args.deployment)  # DeploymentNotFound as one line, before a panel exists
+            if args.refresh < 1:
+                raise UsageError("--refresh takes seconds, at least 1")
+            return MonitorPanel(args.deployment, since=args.since, refresh=args.refresh)
         return monitor(args.deployment, since=args.since)
+
+
+# -- tab completion ---------------------------------------------------------------------------
+# What each magic's positional arguments name, in order.
+_POSITIONALS = {
+    "deploy": ["ref"], "update": ["deployment", "ref"], "rollback": ["deployment"], "undeploy": ["deployment"],
+    "monitor": ["deployment"], "models": ["model"], "register_model": ["variable"],
+}
+
+
+def _candidates(kind: str, word: str, shell) -> list[str]:
+    if kind == "deployment":
+        from .deployers.api import list_deployments
+
+        return [d.name for d in list_deployments()]
+    if kind == "variable":
+        return [k for k in shell.user_ns if not k.startswith("_")]
+    from .registry.api import list_models, search_model_versions
+
+    models = list_models()
+    if kind == "model":
+        return [m.name for m in models]
+    name, sep, _ = word.partition(":")
+    if sep:
+        return [v.ref for v in search_model_versions(name=name)]
+    return [m.name for m in models] + [f"{m.name}@{a}" for m in models for a in m.aliases] + \
+        [f"{m.name}:" for m in models if m.latest_version]
+
+
+def complete(magic: str, line: str, symbol: str, shell) -> list[str]:
+    """Completions for the word under the cursor of ``%magic ...line``: options, model names,
+    references (``name``, ``name:VERSION``, ``name@ALIAS``) and deployment names."""
+    words = line.split()
+    word = "" if not words or line.endswith((" ", "\t")) else words[-1]
+    done = [x for x in words[1:] if not x.startswith("-")]
+    if word:
+        done = done[:-1] if done and done[-1] == word else done
+    method = getattr(MlopsLabMagics, magic)
+    if word.startswith("-"):
+        options = [o for a in method.parser._actions for o in a.option_strings if o.startswith("--")]
+        found = options
+    else:
+        kinds = _POSITIONALS.get(magic, [])
+        if len(done) >= len(kinds):
+            return []
+        found = _candidates(kinds[len(done)], word, shell)
+    # IPython replaces only the text after the last delimiter (``:``, ``@``...): trim the rest.
+    cut = len(word) - len(symbol)
+    return sorted(c[cut:] for c in found if c.startswith(word))
+
+
+def _completer(magic: str):
+    def hook(shell, event):
+        try:
+            return complete(magic, event.text_until_cursor, event.symbol, shell)
+        except Exception:  # never break the user's tab key
+            return []
+
+    return hook
 
 
 def load(ipython) -> None:
     ipython.register_magics(MlopsLabMagics)
+    for magic in _POSITIONALS:
+        ipython.set_hook("complete_command", _completer(magic), str_key=f"%{magic}")

@@ -79,3 +79,81 @@ def test_errors_are_one_line_usage_errors(shell):
 def test_magics_have_real_help(shell):
     doc = shell.find_line_magic("deploy").__doc__
     assert "--no-auth" in doc and "deployment name" in doc
+
+
+def _complete(shell, line):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # IPython's Completer.complete
+        _, found = shell.complete("", line, len(line))
+    return found
+
+
+def test_tab_completes_names_references_deployments_and_options(shell, iris, trained):
+    import mlops_lab as ml
+
+    X, _ = iris
+    ml.register_model(trained, "iris", sample_input=X.iloc[:2])
+    ml.register_model(trained, "iris")
+    ml.register_model(trained, "churn")
+    ml.set_alias("iris", "production", 1)
+    ml.deploy("iris:1", name="svc")
+    # Given models and a deployment, then the reference of %deploy completes names, aliases, versions
+    assert _complete(shell, "%deploy ir") == ["iris", "iris:", "iris@production"]
+    assert _complete(shell, "%deploy iris:") == ["1", "2"]  # IPython replaces the text after ':'
+    assert _complete(shell, "%deploy iris@") == ["production"]
+    assert _complete(shell, "%deploy --n") == ["--name", "--no-auth"]
+    # The first argument of %update is a deployment, the second a reference
+    assert _complete(shell, "%update s") == ["svc"]
+    assert _complete(shell, "%update svc ch") == ["churn", "churn:"]
+    from mlops_lab.magics import complete
+
+    assert complete("update", "%update svc churn ", "", shell) == []  # nothing more to name
+    assert _complete(shell, "%rollback ") == ["svc"]
+    assert _complete(shell, "%monitor s") == ["svc"]
+    assert _complete(shell, "%models c") == ["churn"]
+    shell.user_ns["clf_var"] = trained
+    assert "clf_var" in _complete(shell, "%register_model clf")
+
+
+def test_tab_completion_never_raises(shell, monkeypatch):
+    from mlops_lab.deployers import api
+
+    def broken():
+        raise RuntimeError("registry unreachable")
+
+    from types import SimpleNamespace
+
+    from mlops_lab.magics import _completer
+
+    monkeypatch.setattr(api, "list_deployments", broken)
+    event = SimpleNamespace(text_until_cursor="%rollback s", symbol="s")
+    assert _completer("rollback")(shell, event) == []
+    with pytest.raises(RuntimeError):  # the hook is what stands between the error and the tab key
+        from mlops_lab.magics import complete
+
+        complete("rollback", "%rollback s", "s", shell)
+
+
+def test_deploy_shows_progress_and_monitor_refresh_returns_a_live_panel(shell, iris, trained, capfd):
+    pytest.importorskip("ipywidgets")
+    from IPython.core.error import UsageError
+
+    X, _ = iris
+    shell.user_ns.update(clf=trained, X=X)
+    shell.run_line_magic("register_model", "clf --name iris --sample X")
+    shell.run_line_magic("deploy", "iris:1 --name svc")
+    err = capfd.readouterr().err
+    assert "deploying iris:1 as 'svc'" in err and "ready at http://127.0.0.1:" in err
+    panel = shell.run_line_magic("monitor", "svc --refresh 30 --since 1h")
+    try:
+        assert type(panel).__name__ == "MonitorPanel" and panel.refreshing and panel.window.value == "1h"
+        assert panel.chart.to_dict()["title"]["text"] == "Deployment svc"
+    finally:
+        panel.close()
+    assert not panel.refreshing
+    with pytest.raises(UsageError, match="no deployment named 'nope'"):
+        shell.run_line_magic("monitor", "nope --refresh 5")
+    with pytest.raises(UsageError, match="at least 1"):
+        shell.run_line_magic("monitor", "svc --refresh 0.1")
