@@ -15,6 +15,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from ._html import table
 from .errors import MlopsLabError
 
 _E = html.escape
@@ -25,12 +26,6 @@ def badge(state: str) -> str:
     color = _BADGE.get(state, "#6e7781")
     return (f"<span class='mlops-lab-badge' style='background:{color};color:white;border-radius:8px;"
             f"padding:0 6px;font-size:85%'>{_E(state)}</span>")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th style='text-align:left;padding-right:1em'>{_E(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em'>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class _Panel(w.VBox):
@@ -136,9 +131,7 @@ class RegistryPanel(_Panel):
             self.table.value = "<i>No model versions match. Register one: <code>%register_model clf --name churn</code></i>" \
                 if not (name or tags) else "<i>No model versions match this filter.</i>"
         else:
-            self.table.value = _table(["version", "aliases", "tags", "deployed in", "created"], [
-                [f"<b>{_E(v.ref)}</b>", _E(", ".join(v.aliases)), _E(", ".join(f"{k}={x}" for k, x in v.tags.items())),
-                 _E(", ".join(v.deployments)), _E(_fmt(v.created_at))] for v in found])
+            self.table.value = found._repr_html_()
         keep = self.versions.value
         self._found = {v.ref: v for v in found}
         self.versions.options = list(self._found)
@@ -180,12 +173,6 @@ class RegistryPanel(_Panel):
         if mv is not None:
             self.reload()
         return mv
-
-
-def _fmt(ts: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
 class DeploymentPanel(_Panel):
@@ -235,10 +222,9 @@ class DeploymentPanel(_Panel):
                 state, reason = st.state, st.reason
             except MlopsLabError as exc:
                 state, reason = "unhealthy", str(exc)
-            models = "<br>".join(_E(f"{m['name']}:{m['version']}") + (f" ({m.get('traffic', 100):g}%)" if len(d.models) > 1 else "") for m in d.models)
             rows.append([f"<b>{_E(d.name)}</b>", badge(state) + (f" <small>{_E(reason)}</small>" if reason else ""),
-                         f"<code>{_E(d.url)}</code>", models, str(d.revision)])
-        self.table.value = (_table(["deployment", "status", "url", "models (traffic)", "revision"], rows) if rows else
+                         f"<code>{_E(d.url)}</code>", d._models_html(), str(d.revision)])
+        self.table.value = (table(["deployment", "status", "url", "models (traffic)", "revision"], rows) if rows else
                             "<i>No deployments yet. Deploy a version: <code>%deploy churn:1</code></i>")
         keep = self.selected.value
         self.selected.options = [d.name for d in deployments]

@@ -52,10 +52,16 @@ def test_register_deploy_update_rollback_undeploy(shell, iris, trained):
     assert [(m["version"], m["traffic"]) for m in d.models] == [(1, 90), (2, 10)]
     d = shell.run_line_magic("rollback", "svc")
     assert [m["version"] for m in d.models] == [1]
-    assert [x.name for x in shell.run_line_magic("deployments", "")] == ["svc"]
+    listing = shell.run_line_magic("deployments", "")
+    assert [x.name for x in listing] == ["svc"]
+    assert "<td style='text-align:left;padding-right:1em'><b>svc</b></td>" in listing._repr_html_()
+    models = shell.run_line_magic("models", "")
+    assert "<b>iris</b>" in models._repr_html_() and "<td style='text-align:left;padding-right:1em'>2</td>" in models._repr_html_()
+    assert "<b>iris:2</b>" in shell.run_line_magic("models", "iris")._repr_html_()
     chart = shell.run_line_magic("monitor", "svc --since 1h")
     assert chart.to_dict()["title"]["text"] == "Deployment svc"
     assert shell.run_line_magic("undeploy", "svc") is True
+    assert "No deployments yet" in shell.run_line_magic("deployments", "")._repr_html_()
 
 
 def test_errors_are_one_line_usage_errors(shell):

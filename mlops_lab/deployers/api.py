@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._html import Listing
 from .._progress import Progress
 from ..errors import DeploymentFailed, InvalidInput, NotFound
 from ..refs import check_name, parse_ref
@@ -184,7 +185,8 @@ def get_deployment(name: str) -> Deployment:
 def list_deployments() -> list[Deployment]:
     """Every recorded deployment, by name."""
     reg = _registry()
-    return [Deployment(r, read_keys(reg.home, r.name), reg) for r in reg.list_deployments()]
+    return Listing((Deployment(r, read_keys(reg.home, r.name), reg) for r in reg.list_deployments()),
+                   empty="No deployments yet: deploy a version with %deploy NAME:VERSION or mlops_lab.deploy()")
 
 
 def update(name: str, ref: Any, *, traffic: float | None = None, route: str | None = None, progress: bool = True, registry=None) -> Deployment:

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from .. import errors
+from .._html import kv_table
 from ..errors import DeploymentFailed, InvalidInput, MlopsLabError
 from ..registry.entities import DeploymentRecord, DeploymentRevision
 
@@ -133,21 +134,30 @@ class Deployment:
         models = ", ".join(f"{m['name']}:{m['version']}" + (f" ({m['traffic']:g}%)" if "traffic" in m and len(self.models) > 1 else "") for m in self.models)
         return f"<Deployment {self.name} {self.target} {self.url} revision={self.revision} models=[{models}]>"
 
-    def _repr_html_(self) -> str:
+    def _models_html(self) -> str:
         e = html.escape
-        models = "<br>".join(
+        return "<br>".join(
             e(f"{m['name']}:{m['version']}") + (e(f" ({m['traffic']:g}%)") if "traffic" in m and len(self.models) > 1 else "")
             for m in self.models
         )
+
+    def _repr_html_(self) -> str:
+        e = html.escape
         rows = [
             ("deployment", f"<b>{e(self.name)}</b> ({e(self.target)})"),
             ("url", f"<code>{e(self.url)}</code>"),
-            ("models", models),
+            ("models", self._models_html()),
             ("revision", str(self.revision)),
             ("status", e(self._record.status) + (f": {e(self._record.status_reason)}" if self._record.status_reason else "")),
         ]
-        body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
-        return f"<table class='mlops-lab-deployment'>{body}</table>"
+        return kv_table(rows, "mlops-lab-deployment")
+
+    _html_header = ("deployment", "target", "url", "models (traffic)", "revision", "recorded status")
+
+    def _html_row(self) -> list[str]:
+        e = html.escape
+        return [f"<b>{e(self.name)}</b>", e(self.target), f"<code>{e(self.url)}</code>", self._models_html(),
+                str(self.revision), e(self._record.status)]
 
     # -- operations ------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._html import Listing
 from .entities import ModelVersion, RegisteredModel
 from .store import default_registry
 
@@ -99,7 +100,8 @@ def get_model(ref: Any) -> ModelVersion:
 
 def list_models(name_contains: str | None = None) -> list[RegisteredModel]:
     """Every registered model (optionally those whose name contains a text), by name."""
-    return default_registry().list_models(name_contains)
+    return Listing(default_registry().list_models(name_contains),
+                   empty="No models yet: register one with %register_model VAR --name NAME or mlops_lab.register_model()")
 
 
 def search_model_versions(
@@ -118,7 +120,7 @@ def search_model_versions(
     >>> search_model_versions(tags={"team": "growth"})  # doctest: +SKIP
     [<ModelVersion churn:2 ...>, <ModelVersion churn:1 ...>]
     """
-    return default_registry().search_model_versions(name, tags, properties, max_results)
+    return Listing(default_registry().search_model_versions(name, tags, properties, max_results), empty="No model versions match.")
 
 
 def load_model(ref: Any):

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._html import kv_table
+
 
 def _fmt_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
@@ -99,11 +101,15 @@ class ModelVersion:
             rows.append(("requirements", e(", ".join(self.requirements))))
         if self.deployments:
             rows.append(("deployed as", e(", ".join(self.deployments))))
-        body = "".join(
-            f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td style='text-align:left'>{v}</td></tr>"
-            for k, v in rows
-        )
-        return f"<table class='mlops-lab-model-version'>{body}</table>"
+        return kv_table(rows, "mlops-lab-model-version")
+
+    _html_header = ("version", "aliases", "tags", "flavor", "deployed as", "registered")
+
+    def _html_row(self) -> list[str]:
+        e = html.escape
+        return [f"<b>{e(self.ref)}</b>", e(", ".join("@" + a for a in self.aliases)),
+                e(", ".join(f"{k}={v}" for k, v in self.tags.items())), e(self.flavor),
+                e(", ".join(self.deployments)), e(_fmt_time(self.created_at))]
 
 
 def describe_signature(sig: dict[str, Any]) -> str:
@@ -132,6 +138,13 @@ class RegisteredModel:
             f"<RegisteredModel {self.name} versions={self.versions} "
             f"latest={self.latest_version} aliases={self.aliases}>"
         )
+
+    _html_header = ("model", "versions", "latest", "aliases", "description", "updated")
+
+    def _html_row(self) -> list[str]:
+        e = html.escape
+        return [f"<b>{e(self.name)}</b>", str(self.versions), str(self.latest_version or ""),
+                e(", ".join(f"@{a}={v}" for a, v in self.aliases.items())), e(self.description), e(_fmt_time(self.updated_at))]
 
 
 @dataclass(frozen=True)
