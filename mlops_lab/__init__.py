@@ -71,6 +71,7 @@ _LAZY = {
     "Deployment": "mlops_lab.deployers.base",
     "collected_data": "mlops_lab.monitoring.api",
     "metrics": "mlops_lab.monitoring.api",
+    "summary": "mlops_lab.monitoring.api",
     "drift": "mlops_lab.monitoring.api",
     "monitor": "mlops_lab.monitoring.api",
     "record_feedback": "mlops_lab.monitoring.api",
@@ -117,7 +118,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         update,
     )
     from .deployers.base import Deployment, DeploymentStatus  # noqa: F401
-    from .monitoring.api import collected_data, drift, metrics, monitor, record_feedback  # noqa: F401
+    from .monitoring.api import collected_data, drift, metrics, monitor, record_feedback, summary  # noqa: F401
     from .registry.api import (  # noqa: F401
         delete_alias,
         delete_model,

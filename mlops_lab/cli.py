@@ -34,22 +34,6 @@ def _kv(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _version_dict(mv) -> dict[str, Any]:
-    return {
-        "ref": mv.ref, "name": mv.name, "version": mv.version, "flavor": mv.flavor, "tags": mv.tags,
-        "properties": mv.properties, "aliases": mv.aliases, "description": mv.description,
-        "deployments": mv.deployments, "created_at": mv.created_at, "size": mv.size,
-    }
-
-
-def _deployment_dict(d) -> dict[str, Any]:
-    r = d.record
-    return {
-        "name": d.name, "target": d.target, "url": d.url, "revision": d.revision, "models": d.models,
-        "status": r.status, "status_reason": r.status_reason,
-    }
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -60,7 +44,7 @@ def cmd_register(args) -> int:
         args.path, args.name, tags=_kv(args.tag), properties=_kv(args.property),
         description=args.description or "", entry_script=args.entry_script,
     )
-    _out(args, _version_dict(mv), f"registered {mv.ref} ({mv.flavor}, {mv.size} bytes)")
+    _out(args, mv.to_dict(), f"registered {mv.ref} ({mv.flavor}, {mv.size} bytes)")
     return 0
 
 
@@ -71,11 +55,11 @@ def cmd_models(args) -> int:
         versions = ml.search_model_versions(name=args.name)
         if not versions:
             ml.get_model(args.name)  # raises ModelNotFound with suggestions
-        _out(args, [_version_dict(v) for v in versions],
+        _out(args, [v.to_dict() for v in versions],
              "\n".join(f"{v.ref:<30} {v.flavor:<8} aliases={','.join(v.aliases) or '-'} tags={v.tags}" for v in versions))
     else:
         models = ml.list_models()
-        data = [{"name": m.name, "versions": m.versions, "latest_version": m.latest_version, "aliases": m.aliases} for m in models]
+        data = [m.to_dict() for m in models]
         _out(args, data, "\n".join(f"{m.name:<30} versions={m.versions:<4} latest={m.latest_version} aliases={m.aliases}" for m in models) or "no models yet")
     return 0
 
@@ -84,7 +68,7 @@ def cmd_alias(args) -> int:
     import mlops_lab as ml
 
     mv = ml.set_alias(args.name, args.alias, int(args.version))
-    _out(args, _version_dict(mv), f"{args.name}@{args.alias} -> {mv.ref}")
+    _out(args, mv.to_dict(), f"{args.name}@{args.alias} -> {mv.ref}")
     return 0
 
 
@@ -95,7 +79,7 @@ def cmd_deploy(args) -> int:
         args.refs if len(args.refs) > 1 else args.refs[0], name=args.name, host=args.host, port=args.port,
         workers=args.workers, auth=not args.no_auth, collect=not args.no_collect, progress=not args.json,
     )
-    data = {**_deployment_dict(d), "keys": d.keys}
+    data = {**d.to_dict(), "keys": d.keys}
     _out(args, data, f"{d.name}: {d.url}" + (f"\nprimary key: {d.keys['primary']}" if d.keys else ""))
     return 0
 
@@ -104,7 +88,7 @@ def cmd_update(args) -> int:
     import mlops_lab as ml
 
     d = ml.update(args.deployment, args.ref, traffic=args.traffic, progress=not args.json)
-    _out(args, _deployment_dict(d), f"{d.name}: revision {d.revision}")
+    _out(args, d.to_dict(), f"{d.name}: revision {d.revision}")
     return 0
 
 
@@ -112,7 +96,7 @@ def cmd_rollback(args) -> int:
     import mlops_lab as ml
 
     d = ml.rollback(args.deployment, progress=not args.json)
-    _out(args, _deployment_dict(d), f"{d.name}: revision {d.revision}")
+    _out(args, d.to_dict(), f"{d.name}: revision {d.revision}")
     return 0
 
 
@@ -120,7 +104,7 @@ def cmd_promote(args) -> int:
     import mlops_lab as ml
 
     d = ml.promote(args.deployment, progress=not args.json)
-    _out(args, _deployment_dict(d), f"{d.name}: revision {d.revision}")
+    _out(args, d.to_dict(), f"{d.name}: revision {d.revision}")
     return 0
 
 
@@ -128,7 +112,7 @@ def cmd_deployments(args) -> int:
     import mlops_lab as ml
 
     ds = ml.list_deployments()
-    _out(args, [_deployment_dict(d) for d in ds],
+    _out(args, [d.to_dict() for d in ds],
          "\n".join(f"{d.name:<24} {d.target:<7} {d.url:<28} rev={d.revision} {d.record.status}" for d in ds) or "no deployments")
     return 0
 
@@ -137,8 +121,7 @@ def cmd_status(args) -> int:
     import mlops_lab as ml
 
     st = ml.get_deployment(args.deployment).status()
-    data = {"state": st.state, "reason": st.reason, "revision": st.revision, "models": st.models, "url": st.url}
-    _out(args, data, str(st))
+    _out(args, st.to_dict(), str(st))
     return 0 if st.healthy else EXIT_UNHEALTHY
 
 

@@ -23,7 +23,8 @@ def test_register_deploy_score_promote_undeploy(sqlite_registry, tmp_path, iris,
     assert out["ref"] == "iris:1" and out["tags"] == {"stage": "ci"}
     run("register", str(tmp_path / "clf.pkl"), "--name", "iris")
     models = json.loads(run("models", "--json").stdout)
-    assert models == [{"name": "iris", "versions": 2, "latest_version": 2, "aliases": {}}]
+    assert [{k: m[k] for k in ("name", "versions", "latest_version", "aliases", "description")} for m in models] == [
+        {"name": "iris", "versions": 2, "latest_version": 2, "aliases": {}, "description": ""}]
 
     dep = json.loads(run("deploy", "iris:1", "--name", "staging", "--json").stdout)
     assert dep["url"].startswith("http://127.0.0.1:") and dep["keys"]["primary"]

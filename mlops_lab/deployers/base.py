@@ -46,6 +46,10 @@ class DeploymentStatus:
     def __str__(self) -> str:
         return self.state + (f": {self.reason}" if self.reason else "")
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "revision": self.revision, "models": self.models,
+                "url": self.url, "details": self.details}
+
 
 class Deployer(ABC):
     """One deploy target (``local``, ``docker``, ``kubernetes``)."""
@@ -151,6 +155,13 @@ class Deployment:
             ("status", e(self._record.status) + (f": {e(self._record.status_reason)}" if self._record.status_reason else "")),
         ]
         return kv_table(rows, "mlops-lab-deployment")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recorded deployment as JSON-ready data (never its keys)."""
+        r = self._record
+        return {"name": self.name, "target": self.target, "url": self.url, "revision": self.revision,
+                "models": self.models, "status": r.status, "status_reason": r.status_reason,
+                "created_at": r.created_at, "updated_at": r.updated_at}
 
     _html_header = ("deployment", "target", "url", "models (traffic)", "revision", "recorded status")
 

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import DeploymentNotFound, InvalidInput, NotFound
 from . import data as D
 
-__all__ = ["collected_data", "metrics", "drift", "monitor", "record_feedback"]
+__all__ = ["collected_data", "metrics", "summary", "drift", "monitor", "record_feedback"]
 
 
 def _registry():
@@ -64,6 +64,30 @@ def metrics(deployment: str, every: str = "1min", since: Any = None, until: Any 
     """Requests, errors, rows and latency p50/p95/p99 per time bucket and model version."""
     _, root = _root(deployment)
     return D.request_metrics(root, every, D.to_utc(since), D.to_utc(until))
+
+
+def summary(deployment: str, window: str = "5min") -> dict[str, Any]:
+    """One line of numbers for a status view: requests, errors, requests per minute and latency
+    p50/p99 (ms) over the last ``window``, from the collected data (all server processes)."""
+    _, root = _root(deployment)
+    seconds = D.parse_duration(window)
+    table = D.read_requests(root, D.to_utc(window), None, columns=["row", "status_code", "latency_ms"])
+    out: dict[str, Any] = {"window": window, "requests": 0, "errors": 0, "requests_per_minute": 0.0,
+                           "latency_p50_ms": None, "latency_p99_ms": None}
+    if table.num_rows == 0:
+        return out
+    import numpy as np
+    import pyarrow.compute as pc
+
+    first = table.filter(pc.equal(table["row"], 0))
+    status = first["status_code"].to_numpy()
+    latency = first["latency_ms"].to_numpy()
+    p50, p99 = np.percentile(latency, [50, 99]) if len(latency) else (None, None)
+    out.update(requests=int(len(status)), errors=int((status >= 400).sum()),
+               requests_per_minute=round(len(status) * 60.0 / seconds, 2),
+               latency_p50_ms=None if p50 is None else round(float(p50), 2),
+               latency_p99_ms=None if p99 is None else round(float(p99), 2))
+    return out
 
 
 def record_feedback(deployment: str, request_id: str | list[str], label: Any, row: int = 0) -> int:

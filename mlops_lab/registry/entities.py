@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._html import kv_table
@@ -103,6 +103,15 @@ class ModelVersion:
             rows.append(("deployed as", e(", ".join(self.deployments))))
         return kv_table(rows, "mlops-lab-model-version")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The version as JSON-ready data (no input example, no file list)."""
+        return {
+            "ref": self.ref, "name": self.name, "version": self.version, "flavor": self.flavor, "tags": self.tags,
+            "properties": self.properties, "aliases": self.aliases, "description": self.description,
+            "deployments": self.deployments, "created_at": self.created_at, "size": self.size,
+            "signature": self.signature, "requirements": self.requirements, "lineage": self.lineage,
+        }
+
     _html_header = ("version", "aliases", "tags", "flavor", "deployed as", "registered")
 
     def _html_row(self) -> list[str]:
@@ -139,6 +148,9 @@ class RegisteredModel:
             f"latest={self.latest_version} aliases={self.aliases}>"
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     _html_header = ("model", "versions", "latest", "aliases", "description", "updated")
 
     def _html_row(self) -> list[str]:
@@ -172,3 +184,6 @@ class DeploymentRevision:
     config: dict[str, Any]
     created_at: float
     note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
