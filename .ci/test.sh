@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: install, start the services the tests need
-# (PostgreSQL), run pytest. Extra arguments go to pytest.
+# (PostgreSQL) and the browser the UI tests drive (Chromium), run pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup.sh dev
+bash .ci/chromium.sh
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 MLOPS_LAB_TEST_PG_URL="$(bash .ci/postgres.sh)"
 export MLOPS_LAB_TEST_PG_URL
 exec .venv/bin/python -m pytest "$@"

@@ -93,6 +93,16 @@ def load_ipython_extension(ipython: Any) -> None:
     load(ipython)
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab sidebar (also installed to share/jupyter/labextensions)."""
+    return [{"src": "labextension", "dest": "mlops-lab-jupyterlab"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """The server extension lives in :mod:`mlops_lab.server` (imports Jupyter only when loaded)."""
+    return [{"module": "mlops_lab.server"}]
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:

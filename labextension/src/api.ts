@@ -1,0 +1,108 @@
+// Calls to the mlops_lab server extension ({base_url}/mlops-lab/api/...), with Jupyter's auth.
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+export interface IRegisteredModel {
+  name: string;
+  description: string;
+  latest_version: number | null;
+  versions: number;
+  aliases: { [alias: string]: number };
+  updated_at: number;
+}
+
+export interface IModelVersion {
+  ref: string;
+  version: number;
+  aliases: string[];
+  tags: { [key: string]: string };
+  deployments: string[];
+  flavor: string;
+  created_at: number;
+}
+
+export interface IModelDetail extends IRegisteredModel {
+  model_versions: IModelVersion[];
+}
+
+export interface IServedModel {
+  name: string;
+  version: number;
+  traffic?: number;
+}
+
+export interface ISummary {
+  window: string;
+  requests: number;
+  errors: number;
+  requests_per_minute: number;
+  latency_p50_ms: number | null;
+  latency_p99_ms: number | null;
+}
+
+export interface IDeployment {
+  name: string;
+  target: string;
+  url: string;
+  revision: number;
+  models: IServedModel[];
+  status: string;
+  status_reason: string;
+  proxy_url: string;
+  summary: ISummary | null;
+}
+
+/** An error of the server extension: its message (and hint) as the server wrote them. */
+export class ApiError extends Error {
+  constructor(
+    message: string,
+    readonly status: number
+  ) {
+    super(message);
+  }
+}
+
+export async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, 'mlops-lab', 'api', path);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new ApiError(`the Jupyter server does not answer (${error})`, 0);
+  }
+  const text = await response.text();
+  let data: any = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const message =
+      data && data.message
+        ? data.message + (data.hint ? ` (${data.hint})` : '')
+        : response.status === 404
+          ? 'the mlops_lab server extension is not enabled: run `jupyter server extension enable mlops_lab.server` and restart JupyterLab'
+          : `HTTP ${response.status}`;
+    throw new ApiError(message, response.status);
+  }
+  return data as T;
+}
+
+export const listModels = () =>
+  request<{ models: IRegisteredModel[] }>('models').then(r => r.models);
+export const getModel = (name: string) =>
+  request<IModelDetail>(`models/${encodeURIComponent(name)}`);
+export const listDeployments = () =>
+  request<{ deployments: IDeployment[] }>('deployments').then(
+    r => r.deployments
+  );
+export const rollback = (name: string) =>
+  request<IDeployment>(`deployments/${encodeURIComponent(name)}/rollback`, {
+    method: 'POST'
+  });
+export const deleteDeployment = (name: string) =>
+  request<{ deleted: boolean }>(`deployments/${encodeURIComponent(name)}`, {
+    method: 'DELETE'
+  });

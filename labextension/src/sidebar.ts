@@ -1,0 +1,292 @@
+// The left-area panel: models (expandable to versions, tags, aliases) and deployments with live
+// status badges, traffic split and request rate, and the actions on a deployment.
+import { Clipboard, Dialog, showDialog } from '@jupyterlab/apputils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { Widget } from '@lumino/widgets';
+
+import {
+  IDeployment,
+  IRegisteredModel,
+  deleteDeployment,
+  getModel,
+  listDeployments,
+  listModels,
+  rollback
+} from './api';
+
+const ROCKET =
+  '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16"><path class="jp-icon3" fill="#616161" ' +
+  'd="M12 2c3.5 1.6 5.5 5 5.5 9 0 1.3-.2 2.6-.6 3.8l2.1 2.6-3 2.6-2-2.4h-4l-2 2.4-3-2.6 2.1-2.6A11.9 11.9 0 0 1 6.5 11' +
+  'c0-4 2-7.4 5.5-9zm0 6.5a2 2 0 1 0 0 4 2 2 0 0 0 0-4zM10 20h4l-2 2.5z"/></svg>';
+
+export const rocketIcon = new LabIcon({
+  name: 'mlops-lab:rocket',
+  svgstr: ROCKET
+});
+
+type Attrs = { [key: string]: string };
+
+/** A DOM element with attributes (``data-test-id``, ``class``, ...) and children. */
+function h(
+  tag: string,
+  attrs: Attrs = {},
+  ...children: (Node | string | null)[]
+): HTMLElement {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    el.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child !== null) {
+      el.append(child);
+    }
+  }
+  return el;
+}
+
+function button(
+  label: string,
+  testId: string,
+  title: string,
+  onClick: () => void
+): HTMLButtonElement {
+  const b = h(
+    'button',
+    { class: 'mlops-lab-action', 'data-test-id': testId, title },
+    label
+  ) as HTMLButtonElement;
+  b.addEventListener('click', event => {
+    event.stopPropagation();
+    onClick();
+  });
+  return b;
+}
+
+export interface ISidebarOptions {
+  notebooks: INotebookTracker | null;
+  refreshSeconds: number;
+}
+
+export class MlopsSidebar extends Widget {
+  constructor(options: ISidebarOptions) {
+    super();
+    this.id = 'mlops-lab-sidebar';
+    this.addClass('mlops-lab-sidebar');
+    this.title.icon = rocketIcon;
+    this.title.caption = 'mlops_lab: models and deployments';
+    this._notebooks = options.notebooks;
+    this._message = h('div', { class: 'mlops-lab-message', 'data-test-id': 'mlops-message' });
+    this._models = h('div', { class: 'mlops-lab-list', 'data-test-id': 'mlops-models' });
+    this._deployments = h('div', { class: 'mlops-lab-list', 'data-test-id': 'mlops-deployments' });
+    const refresh = button('↻', 'mlops-refresh', 'Refresh now', () => void this.refresh());
+    this.node.append(
+      h('header', { class: 'mlops-lab-header' }, h('h2', {}, 'mlops_lab'), refresh),
+      this._message,
+      h('h3', {}, 'Deployments'),
+      this._deployments,
+      h('h3', {}, 'Models'),
+      this._models
+    );
+    this._timer = window.setInterval(() => {
+      if (this.isVisible) {
+        void this.refresh();
+      }
+    }, options.refreshSeconds * 1000);
+    void this.refresh();
+  }
+
+  dispose(): void {
+    window.clearInterval(this._timer);
+    super.dispose();
+  }
+
+  protected onAfterShow(): void {
+    void this.refresh();
+  }
+
+  /** Fetch models and deployments and redraw; errors go to the message line. */
+  async refresh(): Promise<void> {
+    try {
+      const [models, deployments] = await Promise.all([listModels(), listDeployments()]);
+      this._renderDeployments(deployments);
+      this._renderModels(models);
+      this.node.dataset.loaded = 'true';
+      if (this._message.dataset.kind === 'error') {
+        this._say('');
+      }
+    } catch (error) {
+      this._say(`Cannot load mlops_lab: ${(error as Error).message}`, true);
+    }
+  }
+
+  private _say(text: string, error = false): void {
+    this._message.textContent = text;
+    this._message.dataset.kind = error ? 'error' : 'info';
+  }
+
+  private _renderModels(models: IRegisteredModel[]): void {
+    const open = new Set(
+      Array.from(this._models.querySelectorAll('details[open]')).map(d => (d as HTMLElement).dataset.name)
+    );
+    this._models.replaceChildren();
+    if (models.length === 0) {
+      this._models.append(
+        h('p', { class: 'mlops-lab-empty', 'data-test-id': 'mlops-models-empty' },
+          'No models yet: in a notebook, run ',
+          h('code', {}, '%load_ext mlops_lab'), ' then ',
+          h('code', {}, '%register_model clf --name NAME'), '.')
+      );
+      return;
+    }
+    for (const m of models) {
+      const aliases = Object.entries(m.aliases).map(([a, v]) => `@${a}→${v}`).join(' ');
+      const versions = h('div', { class: 'mlops-lab-versions' });
+      const details = h(
+        'details',
+        { class: 'mlops-lab-model', 'data-test-id': `mlops-model-${m.name}`, 'data-name': m.name },
+        h('summary', {},
+          h('span', { class: 'mlops-lab-name' }, m.name),
+          h('span', { class: 'mlops-lab-dim' }, ` v${m.latest_version ?? '-'} · ${m.versions} version${m.versions === 1 ? '' : 's'} `),
+          aliases ? h('span', { class: 'mlops-lab-alias' }, aliases) : null),
+        versions
+      ) as HTMLDetailsElement;
+      details.addEventListener('toggle', () => {
+        if (details.open) {
+          void this._loadVersions(m.name, versions);
+        }
+      });
+      if (open.has(m.name)) {
+        details.open = true;
+      }
+      this._models.append(details);
+    }
+  }
+
+  private async _loadVersions(name: string, into: HTMLElement): Promise<void> {
+    try {
+      const model = await getModel(name);
+      into.replaceChildren(
+        ...model.model_versions.map(v =>
+          h('div', { class: 'mlops-lab-version', 'data-test-id': `mlops-version-${v.ref}` },
+            h('span', { class: 'mlops-lab-name' }, v.ref),
+            v.aliases.length ? h('span', { class: 'mlops-lab-alias' }, ' ' + v.aliases.map(a => '@' + a).join(' ')) : null,
+            Object.keys(v.tags).length
+              ? h('div', { class: 'mlops-lab-dim' }, Object.entries(v.tags).map(([k, x]) => `${k}=${x}`).join(', '))
+              : null,
+            v.deployments.length ? h('div', { class: 'mlops-lab-dim' }, 'deployed in ' + v.deployments.join(', ')) : null)
+        )
+      );
+    } catch (error) {
+      into.replaceChildren(h('p', { class: 'mlops-lab-error' }, (error as Error).message));
+    }
+  }
+
+  private _renderDeployments(deployments: IDeployment[]): void {
+    this._deployments.replaceChildren();
+    if (deployments.length === 0) {
+      this._deployments.append(
+        h('p', { class: 'mlops-lab-empty', 'data-test-id': 'mlops-deployments-empty' },
+          'No deployments yet: run ', h('code', {}, '%deploy NAME:VERSION'), ' in a notebook.')
+      );
+      return;
+    }
+    for (const d of deployments) {
+      const served = d.models
+        .map(m => `${m.name}:${m.version}` + (d.models.length > 1 && m.traffic !== undefined ? ` (${m.traffic}%)` : ''))
+        .join(', ');
+      const s = d.summary;
+      const rate = s
+        ? `${s.requests_per_minute} req/min` +
+          (s.latency_p50_ms !== null ? ` · p50 ${s.latency_p50_ms} ms` : '') +
+          (s.errors ? ` · ${s.errors} errors` : '') + ` (last ${s.window})`
+        : '';
+      this._deployments.append(
+        h('div', { class: 'mlops-lab-deployment', 'data-test-id': `mlops-deployment-${d.name}` },
+          h('div', { class: 'mlops-lab-row' },
+            h('span', { class: 'mlops-lab-name' }, d.name),
+            h('span', {
+              class: `mlops-lab-badge mlops-lab-state-${d.status}`,
+              'data-test-id': 'mlops-status',
+              title: d.status_reason || d.status
+            }, d.status)),
+          h('div', { class: 'mlops-lab-dim', 'data-test-id': 'mlops-served' }, `${served} · revision ${d.revision} · ${d.target}`),
+          rate ? h('div', { class: 'mlops-lab-dim', 'data-test-id': 'mlops-rate' }, rate) : null,
+          h('div', { class: 'mlops-lab-actions' },
+            button('Copy URL', 'mlops-copy-url', 'Copy the scoring URL (through this Jupyter server)', () => this._copyUrl(d)),
+            button('Docs', 'mlops-open-docs', "Open the endpoint's API docs", () => this._openDocs(d)),
+            button('%monitor', 'mlops-insert-monitor', 'Insert a %monitor cell into the active notebook', () => this._insertMonitor(d)),
+            button('Roll back', 'mlops-rollback', 'Serve the previous revision again', () => void this._rollback(d)),
+            button('Delete', 'mlops-delete', 'Stop and delete this deployment', () => void this._delete(d))))
+      );
+    }
+  }
+
+  /** The proxied address of a route of a deployment, as the browser reaches it. */
+  private _proxied(d: IDeployment, route: string): string {
+    const base = d.proxy_url.startsWith('/') ? window.location.origin + d.proxy_url : URLExt.join(PageConfig.getBaseUrl(), d.proxy_url);
+    return base + route;
+  }
+
+  private _copyUrl(d: IDeployment): void {
+    const url = this._proxied(d, 'score');
+    Clipboard.copyToSystem(url);
+    this.node.dataset.copied = url;
+    this._say(`Copied ${url}`);
+  }
+
+  private _openDocs(d: IDeployment): void {
+    window.open(this._proxied(d, 'docs'), '_blank', 'noopener');
+  }
+
+  private _insertMonitor(d: IDeployment): void {
+    const panel = this._notebooks?.currentWidget;
+    if (!panel) {
+      this._say('Open a notebook first: the %monitor cell goes into the active notebook.', true);
+      return;
+    }
+    const notebook = panel.content;
+    const loaded = panel.model?.sharedModel.cells.some(c => c.getSource().includes('load_ext mlops_lab'));
+    NotebookActions.insertBelow(notebook);
+    const source = (loaded ? '' : '%load_ext mlops_lab\n') + `%monitor ${d.name} --since 1h`;
+    notebook.activeCell?.model.sharedModel.setSource(source);
+    this._say(`Inserted a %monitor cell for ${d.name} into ${panel.title.label}.`);
+  }
+
+  private async _rollback(d: IDeployment): Promise<void> {
+    this._say(`Rolling back ${d.name}…`);
+    try {
+      const after = await rollback(d.name);
+      this._say(`${d.name} serves revision ${after.revision}: ${after.models.map(m => `${m.name}:${m.version}`).join(', ')}`);
+    } catch (error) {
+      this._say(`Roll back ${d.name}: ${(error as Error).message}`, true);
+    }
+    await this.refresh();
+  }
+
+  private async _delete(d: IDeployment): Promise<void> {
+    const answer = await showDialog({
+      title: `Delete deployment ${d.name}?`,
+      body: 'It stops serving, and its model versions can be deleted again. Collected data stays.',
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
+    });
+    if (!answer.button.accept) {
+      return;
+    }
+    this._say(`Deleting ${d.name}…`);
+    try {
+      await deleteDeployment(d.name);
+      this._say(`Deleted ${d.name}.`);
+    } catch (error) {
+      this._say(`Delete ${d.name}: ${(error as Error).message}`, true);
+    }
+    await this.refresh();
+  }
+
+  private _notebooks: INotebookTracker | null;
+  private _message: HTMLElement;
+  private _models: HTMLElement;
+  private _deployments: HTMLElement;
+  private _timer: number;
+}

@@ -1,0 +1,179 @@
+"""The JupyterLab sidebar in a real JupyterLab and a real headless Chromium (Debian's, driven by
+Playwright): it shows a model and a healthy deployment that the test created, and its actions work.
+Screenshots go to ``test-output/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+import mlops_lab as ml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "test-output"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TOKEN = "mlops-lab-ui-test"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"), reason="no chromium: `apt-get install chromium` (make test does)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(request, tmp_path, _isolated_home):
+    """A JupyterLab server on loopback, sharing the test's MLOPS_LAB_HOME (``server_extension=False``
+    through indirect parametrization: with the mlops_lab server extension disabled)."""
+    port = _free_port()
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    config = tmp_path / "jcfg"
+    (config / "labconfig").mkdir(parents=True)
+    # No "get Jupyter news?" toast over the screenshots.
+    (config / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    if not getattr(request, "param", {}).get("server_extension", True):
+        (config / "jupyter_server_config.json").write_text(
+            json.dumps({"ServerApp": {"jpserver_extensions": {"mlops_lab.server": False}}}))
+    log = open(tmp_path / "lab.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
+         "--ServerApp.disable_check_xsrf=False"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "JUPYTER_CONFIG_DIR": str(config)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError((tmp_path / "lab.log").read_text()[-3000:])
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def test_sidebar_shows_models_and_a_healthy_deployment_and_its_actions_work(lab, browser, iris, trained):
+    # Given a registered model with two versions and a deployment serving a canary
+    X, _ = iris
+    ml.register_model(trained, "iris", tags={"team": "growth"}, sample_input=X.iloc[:3])
+    ml.register_model(trained, "iris", sample_input=X.iloc[:3])
+    ml.set_alias("iris", "production", 1)
+    ml.deploy("iris:1", name="svc", collect={"flush_seconds": 0.5})
+    ml.update("svc", "iris:2", traffic=20)
+    try:
+        OUT.mkdir(exist_ok=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{lab}/lab?token={TOKEN}")
+        # When the user opens the sidebar from its icon in the left area
+        page.locator("li[data-id='mlops-lab-sidebar']").click(timeout=60_000)
+        sidebar = page.locator("#mlops-lab-sidebar")
+        svc = sidebar.locator("[data-test-id='mlops-deployment-svc']")
+        # Then the deployment shows as healthy, with its versions and traffic split
+        playwright.expect(svc.locator("[data-test-id='mlops-status']")).to_have_text("healthy", timeout=30_000)
+        playwright.expect(svc.locator("[data-test-id='mlops-served']")).to_contain_text("iris:1 (80%), iris:2 (20%)")
+        # and the model expands to its versions, tags and aliases
+        model = sidebar.locator("[data-test-id='mlops-model-iris']")
+        playwright.expect(model).to_contain_text("@production→1")
+        model.locator("summary").click()
+        playwright.expect(model.locator("[data-test-id='mlops-version-iris:1']")).to_contain_text("team=growth")
+        playwright.expect(model.locator("[data-test-id='mlops-version-iris:1']")).to_contain_text("deployed in svc")
+
+        # Copy URL gives the proxied endpoint, and that address scores from the browser
+        svc.locator("[data-test-id='mlops-copy-url']").click()
+        copied = sidebar.get_attribute("data-copied")
+        assert copied == f"{lab}/mlops-lab/proxy/svc/score"
+        answer = page.evaluate(
+            """async ([url, rows]) => {
+                 const xsrf = document.cookie.split('; ').find(c => c.startsWith('_xsrf=')).split('=')[1];
+                 const r = await fetch(url, {method: 'POST', body: JSON.stringify({data: rows}),
+                                             headers: {'Content-Type': 'application/json', 'X-XSRFToken': xsrf}});
+                 return [r.status, await r.json()];
+               }""",
+            [copied, X.iloc[:2].to_dict(orient="records")],
+        )
+        assert answer == [200, [0, 0]]
+        time.sleep(1.2)  # one flush of the collected data: the request rate appears on refresh
+        sidebar.locator("[data-test-id='mlops-refresh']").click()
+        playwright.expect(svc.locator("[data-test-id='mlops-rate']")).to_contain_text("p50")
+        page.screenshot(path=str(OUT / "sidebar.png"))
+
+        # Roll back: the canary goes, version 1 alone serves again
+        svc.locator("[data-test-id='mlops-rollback']").click()
+        playwright.expect(svc.locator("[data-test-id='mlops-served']")).to_contain_text("iris:1 · revision 3", timeout=30_000)
+        assert [m["version"] for m in ml.get_deployment("svc").models] == [1]
+
+        # Insert a %monitor cell into the active notebook
+        page.locator(".jp-LauncherCard[title*='Python 3']").first.click(timeout=30_000)
+        playwright.expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=30_000)
+        svc.locator("[data-test-id='mlops-insert-monitor']").click()
+        playwright.expect(page.locator(".jp-NotebookPanel .jp-Cell").last).to_contain_text("%monitor svc --since 1h")
+        page.screenshot(path=str(OUT / "sidebar-monitor-cell.png"))
+
+        # Delete asks for confirmation; Cancel keeps the deployment, Delete removes it
+        svc.locator("[data-test-id='mlops-delete']").click()
+        page.locator(".jp-Dialog").get_by_role("button", name="Cancel").click()
+        assert ml.get_deployment("svc").status().healthy
+        svc.locator("[data-test-id='mlops-delete']").click()
+        page.locator(".jp-Dialog").get_by_role("button", name="Delete").click()
+        playwright.expect(sidebar.locator("[data-test-id='mlops-deployments-empty']")).to_contain_text("No deployments yet")
+        assert ml.list_deployments() == []
+    finally:
+        for d in ml.list_deployments():
+            d.delete()
+
+
+def test_sidebar_empty_state_says_what_to_do(lab, browser, sqlite_registry):
+    page = browser.new_page()
+    page.goto(f"{lab}/lab?token={TOKEN}")
+    page.locator("li[data-id='mlops-lab-sidebar']").click(timeout=60_000)
+    sidebar = page.locator("#mlops-lab-sidebar")
+    playwright.expect(sidebar.locator("[data-test-id='mlops-models-empty']")).to_contain_text("%register_model clf --name NAME")
+    playwright.expect(sidebar.locator("[data-test-id='mlops-deployments-empty']")).to_contain_text("%deploy NAME:VERSION")
+    page.screenshot(path=str(OUT / "sidebar-empty.png"))
+
+
+@pytest.mark.parametrize("lab", [{"server_extension": False}], indirect=True)
+def test_sidebar_error_state_says_how_to_fix_it(lab, browser, sqlite_registry):
+    # Given a JupyterLab whose mlops_lab server extension is disabled, the sidebar says so and how to fix it
+    page = browser.new_page()
+    page.goto(f"{lab}/lab?token={TOKEN}")
+    page.locator("li[data-id='mlops-lab-sidebar']").click(timeout=60_000)
+    message = page.locator("#mlops-lab-sidebar [data-test-id='mlops-message']")
+    playwright.expect(message).to_contain_text("jupyter server extension enable mlops_lab.server")
+    assert message.get_attribute("data-kind") == "error"
