@@ -67,7 +67,7 @@ def lab(request, tmp_path, _isolated_home):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError((tmp_path / "lab.log").read_text()[-3000:])
+                raise RuntimeError((tmp_path / "lab.log").read_text()[-3000:]) from None
             time.sleep(0.2)
     yield url
     proc.terminate()
