@@ -133,6 +133,15 @@ def test_sidebar_shows_models_and_a_healthy_deployment_and_its_actions_work(lab,
         playwright.expect(svc.locator("[data-test-id='mlops-rate']")).to_contain_text("p50")
         page.screenshot(path=str(OUT / "sidebar.png"))
 
+        # Docs opens the endpoint's API page through the Jupyter server
+        with page.expect_popup() as popup:
+            svc.locator("[data-test-id='mlops-open-docs']").click()
+        docs = popup.value
+        docs.wait_for_load_state()
+        assert docs.url == f"{lab}/mlops-lab/proxy/svc/docs"
+        playwright.expect(docs.locator("body")).to_contain_text("openapi.json")
+        docs.close()
+
         # Roll back: the canary goes, version 1 alone serves again
         svc.locator("[data-test-id='mlops-rollback']").click()
         playwright.expect(svc.locator("[data-test-id='mlops-served']")).to_contain_text("iris:1 · revision 3", timeout=30_000)
