@@ -72,6 +72,7 @@ _LAZY = {
     "collected_data": "mlops_lab.monitoring.api",
     "metrics": "mlops_lab.monitoring.api",
     "summary": "mlops_lab.monitoring.api",
+    "score_batch": "mlops_lab.batch",
     "drift": "mlops_lab.monitoring.api",
     "monitor": "mlops_lab.monitoring.api",
     "record_feedback": "mlops_lab.monitoring.api",
@@ -117,6 +118,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .batch import score_batch  # noqa: F401
     from .deployers.api import (  # noqa: F401
         delete_deployment,
         deploy,

@@ -146,6 +146,10 @@ def cmd_score(args) -> int:
 
     from .errors import InvalidInput
 
+    if args.model or args.input:
+        return _score_batch(args)
+    if not args.deployment or args.data is None:
+        raise InvalidInput("score needs a DEPLOYMENT and --data, or --model REF and --input FILE (batch)")
     raw = args.data
     if raw.startswith("@"):
         with open(raw[1:], encoding="utf-8") as f:
@@ -158,6 +162,24 @@ def cmd_score(args) -> int:
         data = data["data"]
     out = ml.get_deployment(args.deployment).predict(data)
     print(json.dumps(out))
+    return 0
+
+
+def _score_batch(args) -> int:
+    import mlops_lab as ml
+
+    from .errors import InvalidInput
+
+    if not (args.model and args.input) or args.deployment or args.data:
+        raise InvalidInput("batch scoring takes --model REF and --input FILE (and --output FILE), no deployment or --data")
+    scored = ml.score_batch(args.model, args.input, output=args.output, keep_inputs=args.keep_inputs, progress=not args.json)
+    summary = {"model": args.model, "input": args.input, "output": args.output, "rows": len(scored)}
+    if args.output:
+        _out(args, summary, f"scored {len(scored):,} rows with {args.model} -> {args.output}")
+    elif args.json:
+        print(scored.to_json(orient="records"))
+    else:
+        print(scored.to_csv(index=False), end="")
     return 0
 
 
@@ -232,9 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, default=100)
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("score", parents=[common], help="send rows to a deployment")
-    p.add_argument("deployment")
-    p.add_argument("--data", required=True, help="JSON rows, or @file.json")
+    p = sub.add_parser("score", parents=[common], help="send rows to a deployment, or score a file in batch with --model")
+    p.add_argument("deployment", nargs="?", help="the deployment to send --data to")
+    p.add_argument("--data", help="JSON rows, or @file.json (with a deployment)")
+    p.add_argument("--model", metavar="REF", help="batch: score --input with this version, in this process")
+    p.add_argument("--input", metavar="FILE", help="batch: a .parquet or .csv file")
+    p.add_argument("--output", metavar="FILE", help="batch: write the predictions to this .parquet file")
+    p.add_argument("--keep-inputs", action="store_true", help="batch: the input columns before the predictions")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("monitor", parents=[common], help="metrics, or the chart with --export")

@@ -327,14 +327,35 @@ class InputSpec:
             for c in chunks:
                 rows.extend(c.data.tolist() if c.form == "array" else c.data)
             df = pd.DataFrame.from_records(rows, columns=self.columns)
+        return self._cast(df)
+
+    def frame(self, df):
+        """A DataFrame (batch scoring) with the signature's columns, in order, of its types;
+        other columns are left out. A column that cannot take its type is an error naming it."""
+        if list(df.columns) != self.columns:
+            df = df[self.columns]
+        try:
+            return self._cast(df)
+        except (ValueError, TypeError) as exc:
+            for name, kind in zip(self.columns, self.types):
+                if kind in _NUMERIC and df[name].dtype.kind not in "biuf":
+                    raise InvalidRequest(f"column {name!r} must hold {kind} values: {exc}", field=name) from None
+            raise InvalidRequest(str(exc), field="data") from None
+
+    def _cast(self, df):
+        import pandas as pd
+
+        casts = {}
         for name, kind, dtype in zip(self.columns, self.types, self.dtypes):
             col = df[name]
             if kind == "integer" and col.dtype.kind != "i":
-                df[name] = col.astype(dtype if dtype and dtype[0] in "iu" else "int64")
+                casts[name] = col.astype(dtype if dtype and dtype[0] in "iu" else "int64")
             elif kind == "float" and col.dtype.kind != "f":
-                df[name] = col.astype(dtype if dtype and dtype.startswith("float") else "float64")
-            elif kind == "datetime":
-                df[name] = pd.to_datetime(col)
+                casts[name] = col.astype(dtype if dtype and dtype.startswith("float") else "float64")
+            elif kind == "datetime" and col.dtype.kind != "M":
+                casts[name] = pd.to_datetime(col)
+        if casts:
+            df = df.assign(**casts)  # a new frame: the caller's data is never changed
         return df
 
 

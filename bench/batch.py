@@ -1,0 +1,71 @@
+"""Batch scoring against the floor: ``score_batch`` on 1,000,000 rows against plain
+``model.predict`` on the same DataFrame, in the same run (best of N, alternating).
+
+Target (issue 7): at least 80 % of plain predict's rows/s. Prints a table; ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("MLOPS_LAB_HOME", tempfile.mkdtemp(prefix="mlops-lab-bench-batch-"))
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    import mlops_lab as ml
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(args.rows, 20)), columns=[f"f{i}" for i in range(20)])
+    y = (X.f0 + X.f1 > 0).astype(int)
+    models = {
+        "LogisticRegression": LogisticRegression().fit(X[:10_000], y[:10_000]),
+        "RandomForest (100 trees)": RandomForestClassifier(100, max_depth=8, random_state=0, n_jobs=1).fit(X[:10_000], y[:10_000]),
+    }
+    parquet = os.path.join(os.environ["MLOPS_LAB_HOME"], "input.parquet")
+    X.to_parquet(parquet)
+    results = []
+    for label, model in models.items():
+        name = label.split()[0].lower()
+        ml.register_model(model, name, sample_input=X[:5])
+        best = {"predict": 1e9, "score_batch": 1e9, "score_batch parquet": 1e9}
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            floor = model.predict(X)
+            best["predict"] = min(best["predict"], time.perf_counter() - t)
+            t = time.perf_counter()
+            ours = ml.score_batch(name, X, progress=False)
+            best["score_batch"] = min(best["score_batch"], time.perf_counter() - t)
+            t = time.perf_counter()
+            ml.score_batch(name, parquet, progress=False)
+            best["score_batch parquet"] = min(best["score_batch parquet"], time.perf_counter() - t)
+        assert (ours["prediction"].to_numpy() == floor).all(), "score_batch differs from predict"
+        for way, seconds in best.items():
+            results.append({"model": label, "way": way, "rows": args.rows, "seconds": round(seconds, 4),
+                            "rows_per_s": round(args.rows / seconds), "of_predict": round(best["predict"] / seconds, 3)})
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print(f"# batch scoring, {args.rows:,} rows x 20 features, best of {args.repeat}; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"{'model':<26} {'way':<22} {'rows/s':>12} {'of predict':>10}")
+    for r in results:
+        print(f"{r['model']:<26} {r['way']:<22} {r['rows_per_s']:>12,} {r['of_predict']:>9.0%}")
+
+
+if __name__ == "__main__":
+    main()
