@@ -73,6 +73,8 @@ _LAZY = {
     "metrics": "mlops_lab.monitoring.api",
     "summary": "mlops_lab.monitoring.api",
     "score_batch": "mlops_lab.batch",
+    "package": "mlops_lab.packaging",
+    "export_bundle": "mlops_lab.packaging",
     "drift": "mlops_lab.monitoring.api",
     "monitor": "mlops_lab.monitoring.api",
     "record_feedback": "mlops_lab.monitoring.api",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .deployers.base import Deployment, DeploymentStatus  # noqa: F401
     from .monitoring.api import collected_data, drift, metrics, monitor, record_feedback, summary  # noqa: F401
+    from .packaging import export_bundle, package  # noqa: F401
     from .registry.api import (  # noqa: F401
         delete_alias,
         delete_model,

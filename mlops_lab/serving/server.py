@@ -146,6 +146,22 @@ def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, grac
         asyncio.run(run())
 
 
+def resolve_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Paths in a spec may be relative to the spec's folder (a package, an image, a bundle)."""
+
+    def at(p: str | None) -> str | None:
+        return None if p is None else str(base / p) if not os.path.isabs(p) else p
+
+    for m in spec["models"]:
+        m["folder"] = at(m["folder"])
+    if spec.get("entry_script"):
+        spec["entry_script"]["folder"] = at(spec["entry_script"]["folder"])
+    spec["keys_file"] = at(spec.get("keys_file"))
+    if spec.get("collect") and spec["collect"].get("folder"):
+        spec["collect"]["folder"] = at(spec["collect"]["folder"])
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mlops_lab.serving.server", description=__doc__.splitlines()[0])
     ap.add_argument("--spec", required=True, help="JSON file naming the models to serve")
@@ -159,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.fd is not None:
         _die_with_parent()
-    spec = orjson.loads(Path(args.spec).read_bytes())
+    spec = resolve_paths(orjson.loads(Path(args.spec).read_bytes()), Path(args.spec).resolve().parent)
     try:
         app = build_app(spec)
     except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which reports it to the user
