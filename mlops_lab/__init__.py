@@ -75,6 +75,7 @@ _LAZY = {
     "score_batch": "mlops_lab.batch",
     "package": "mlops_lab.packaging",
     "export_bundle": "mlops_lab.packaging",
+    "render_manifests": "mlops_lab.deployers.kubernetes",
     "drift": "mlops_lab.monitoring.api",
     "monitor": "mlops_lab.monitoring.api",
     "record_feedback": "mlops_lab.monitoring.api",
@@ -132,6 +133,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         update,
     )
     from .deployers.base import Deployment, DeploymentStatus  # noqa: F401
+    from .deployers.kubernetes import render_manifests  # noqa: F401
     from .monitoring.api import collected_data, drift, metrics, monitor, record_feedback, summary  # noqa: F401
     from .packaging import export_bundle, package  # noqa: F401
     from .registry.api import (  # noqa: F401

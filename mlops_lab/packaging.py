@@ -44,6 +44,9 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 APP_DIR = "/opt/mlops-lab"
 SERVER_PORT = 8080
 MANIFEST = "MLOPS_LAB_PACKAGE.json"
+#: The key hashes, relative to spec.json: a folder, so that a Kubernetes Secret or a Docker bind
+#: mount can provide it (and a regenerated key reaches a running server).
+KEYS_FILE = "keys/keys.json"
 
 # What the scoring server imports, pinned to the versions installed here (it is tested with them).
 _SERVER_PACKAGES = ["numpy", "orjson", "starlette", "uvicorn", "httptools", "uvloop", "cloudpickle"]
@@ -121,7 +124,7 @@ def package(
         Collect inputs and predictions under ``collected/`` next to ``spec.json`` (a dict: the
         collection settings of :func:`mlops_lab.deploy`); ``False`` leaves pyarrow out.
     auth:
-        Require a key: the server reads the key hashes from ``keys.json`` beside ``spec.json``
+        Require a key: the server reads the key hashes from ``keys/keys.json`` beside ``spec.json``
         (the Docker and Kubernetes deployers mount it; ``export_bundle`` writes it).
     wheels:
         Fill ``wheels/`` (``pip download``, through the pip configuration of this machine).
@@ -158,7 +161,7 @@ def package(
             collect_spec = {"enabled": True, "folder": "collected", **(collect if isinstance(collect, dict) else {})}
         spec = {
             "deployment": versions[0].name, "revision": 1, "models": entries, "entry_script": None,
-            "keys_file": "keys.json" if auth else None, "body_limit": None, "batching": {}, "collect": collect_spec,
+            "keys_file": KEYS_FILE if auth else None, "body_limit": None, "batching": {}, "collect": collect_spec,
         }
         _write(folder / "spec.json", json.dumps(spec, indent=2))
         bar.step("scoring server source")
@@ -172,7 +175,7 @@ def package(
             got = _wheelhouse(folder / "wheels", reqs, platform, python_version)
         _write(folder / "Dockerfile", _dockerfile(base_image))
         _write(folder / "run.sh", _RUN_SH, mode=0o755)
-        _write(folder / ".dockerignore", "collected/\n.venv/\nkeys.json\n")
+        _write(folder / ".dockerignore", "collected/\n.venv/\nkeys/\n")
         pkg = Package(folder, [v.ref for v in versions], reqs, platform, python, base_image, wheels=got)
         pkg.size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         manifest = {
@@ -222,7 +225,7 @@ def export_bundle(
     try:
         if auth:
             keys = {"primary": new_key(), "secondary": new_key()}
-            _write(folder / "keys.json", json.dumps({k: key_hash(v) for k, v in keys.items()}), mode=0o600)
+            _write(folder / KEYS_FILE, json.dumps({k: key_hash(v) for k, v in keys.items()}), mode=0o600)
         if onnx or onnx is None:
             _export_onnx(pkg, folder, required=bool(onnx))
     except BaseException:

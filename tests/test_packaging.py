@@ -92,9 +92,9 @@ def test_edge_bundle_runs_offline_in_a_fresh_folder_and_answers_like_the_registr
     assert tarball.is_file() and set(keys) == {"primary", "secondary"}
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
-        assert "iris-edge/run.sh" in names and "iris-edge/keys.json" in names
+        assert "iris-edge/run.sh" in names and "iris-edge/keys/keys.json" in names
         assert any(n.startswith("iris-edge/wheels/scikit_learn-") for n in names)
-        keys_json = json.loads(tar.extractfile("iris-edge/keys.json").read())
+        keys_json = json.loads(tar.extractfile("iris-edge/keys/keys.json").read())
         assert keys["primary"] not in json.dumps(keys_json)  # hashes only
         device = tmp_path / "device"
         tar.extractall(device, filter="data")
@@ -122,7 +122,7 @@ def test_onnx_export_answers_like_the_model(registered, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     X = registered
     folder, keys = export_bundle("iris:1", tmp_path / "edge", onnx=True, auth=False, progress=False)
-    assert keys == {} and not (folder / "keys.json").exists()
+    assert keys == {} and not (folder / "keys").exists()
     session = ort.InferenceSession(str(folder / "model.onnx"))
     name = session.get_inputs()[0].name
     labels = session.run(None, {name: X.to_numpy(dtype=np.float32)})[0]

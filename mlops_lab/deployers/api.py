@@ -27,6 +27,11 @@ __all__ = [
 ]
 
 TARGETS = ("local", "docker", "kubernetes")
+_TARGET_OPTIONS = {
+    "docker": {"base_image", "image"},
+    "kubernetes": {"image", "namespace", "context", "replicas", "cpu", "memory", "cpu_limit", "memory_limit",
+                   "autoscale", "service_type", "collect_claim", "collect_storage", "image_pull_policy"},
+}
 
 
 def _registry():
@@ -40,8 +45,14 @@ def _deployer(target: str, reg=None) -> Deployer:
         from .local import LocalDeployer
 
         return LocalDeployer(reg or _registry())
-    if target in TARGETS:
-        raise InvalidInput(f"target {target!r} is not available yet", hint="use target='local'")
+    if target == "kubernetes":
+        from .kubernetes import KubernetesDeployer
+
+        return KubernetesDeployer(reg or _registry())
+    if target == "docker":
+        from .docker import DockerDeployer
+
+        return DockerDeployer(reg or _registry())
     raise InvalidInput(f"unknown target {target!r}", hint="use one of " + ", ".join(TARGETS))
 
 
@@ -69,6 +80,7 @@ def deploy(
     drain_seconds: float = 1.0,
     collect: bool | dict[str, Any] = True,
     progress: bool = True,
+    **target_options: Any,
 ) -> Deployment:
     """Serve one or several registered versions as a web service.
 
@@ -100,6 +112,11 @@ def deploy(
         Record every request's inputs, predictions, latency and status (on by default);
         ``False`` turns it off; a dict sets ``rate`` (sampling, 0-1), ``exclude`` (columns
         never stored), ``flush_seconds``, ``flush_rows``, ``max_queue_rows``.
+    target_options:
+        Settings of the ``docker`` target (``base_image``, ``image``) and of the ``kubernetes``
+        one (``image``, ``namespace``, ``context``, ``replicas``, ``cpu``, ``memory``,
+        ``cpu_limit``, ``memory_limit``, ``autoscale``, ``service_type``, ``collect_claim``,
+        ``collect_storage``).
 
     Examples
     --------
@@ -130,6 +147,13 @@ def deploy(
         "collect": _check_collect(collect),
         "entry_script": str(Path(entry_script).resolve()) if entry_script else None,
     }
+    if target_options:
+        allowed = _TARGET_OPTIONS.get(target, set())
+        unknown = sorted(set(target_options) - allowed)
+        if unknown:
+            raise InvalidInput(f"target {target!r} takes no option {unknown[0]!r}",
+                               hint=("its options: " + ", ".join(sorted(allowed))) if allowed else "it takes none")
+        config.update(target_options)
     deployer = _deployer(target, reg)
     prog = Progress(f"deploying {', '.join(str(r) for r in resolved)} as {name!r}", progress)
     keys = None
