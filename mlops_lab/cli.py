@@ -75,12 +75,56 @@ def cmd_alias(args) -> int:
 def cmd_deploy(args) -> int:
     import mlops_lab as ml
 
+    ref = args.refs if len(args.refs) > 1 else args.refs[0]
+    options = _options(args.option)
+    if args.dry_run:
+        from .deployers.kubernetes import render_manifests, to_yaml
+        from .errors import InvalidInput
+
+        if args.target != "kubernetes":
+            raise InvalidInput("--dry-run writes Kubernetes manifests: use it with --target kubernetes")
+        options.pop("context", None)
+        print(to_yaml(render_manifests(ref, args.name, auth=not args.no_auth, **options)), end="")
+        return 0
     d = ml.deploy(
-        args.refs if len(args.refs) > 1 else args.refs[0], name=args.name, host=args.host, port=args.port,
-        workers=args.workers, auth=not args.no_auth, collect=not args.no_collect, progress=not args.json,
+        ref, name=args.name, target=args.target, host=args.host, port=args.port,
+        workers=args.workers, auth=not args.no_auth, collect=not args.no_collect, progress=not args.json, **options,
     )
     data = {**d.to_dict(), "keys": d.keys}
     _out(args, data, f"{d.name}: {d.url}" + (f"\nprimary key: {d.keys['primary']}" if d.keys else ""))
+    return 0
+
+
+def _options(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in _kv(pairs).items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_export(args) -> int:
+    from .packaging import export_bundle
+
+    path, keys = export_bundle(args.ref, args.path, platform=args.platform, python_version=args.python_version,
+                               auth=not args.no_auth, progress=not args.json)
+    _out(args, {"path": str(path), "keys": keys},
+         f"bundle: {path}\nrun it: ./run.sh (PORT=8080)" + (f"\nprimary key: {keys['primary']}" if keys else ""))
+    return 0
+
+
+def cmd_build_image(args) -> int:
+    from ._progress import Progress
+    from .deployers.docker import build_image
+    from .packaging import DEFAULT_BASE_IMAGE
+
+    prog = Progress("building", enabled=not args.json)
+    tag = build_image(args.refs if len(args.refs) > 1 else args.refs[0], args.tag,
+                      base_image=args.base_image or DEFAULT_BASE_IMAGE, progress=prog)
+    prog.done(tag)
+    _out(args, {"image": tag}, tag)
     return 0
 
 
@@ -230,7 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-auth", action="store_true")
     p.add_argument("--no-collect", action="store_true")
+    p.add_argument("--target", default="local", choices=["local", "docker", "kubernetes"])
+    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
+                   help="a target setting, e.g. -o base_image=python:3.11-slim, -o image=reg/churn:3, -o replicas=2 "
+                        "(values are JSON when they parse as JSON)")
+    p.add_argument("--dry-run", action="store_true", help="with --target kubernetes: print the manifests as YAML")
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("export", parents=[common], help="export an edge bundle (folder, or .tar.gz)")
+    p.add_argument("ref")
+    p.add_argument("path")
+    p.add_argument("--platform", help="wheels for another platform, e.g. manylinux2014_aarch64")
+    p.add_argument("--python-version", help="wheels for another Python, e.g. 3.11")
+    p.add_argument("--no-auth", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("build-image", parents=[common], help="build the Docker image of one or several versions")
+    p.add_argument("refs", nargs="+")
+    p.add_argument("--tag")
+    p.add_argument("--base-image", default=None)
+    p.set_defaults(func=cmd_build_image)
 
     p = sub.add_parser("update", parents=[common], help="serve another version, with no downtime")
     p.add_argument("deployment")

@@ -75,17 +75,25 @@ class MlopsLabMagics(Magics):
     @magic_arguments()
     @argument("ref", help="model reference: name, name:VERSION or name@ALIAS")
     @argument("--name", help="deployment name (default: the model's)")
-    @argument("--target", default="local", help="local (docker and kubernetes: later)")
+    @argument("--target", default="local", choices=["local", "docker", "kubernetes"], help="where it runs")
     @argument("--port", type=int, help="port (default: a free one)")
     @argument("--workers", type=int, default=1, help="server processes")
     @argument("--no-auth", action="store_true", help="serve without keys")
+    @argument("--option", "-o", nargs="*", metavar="KEY=VALUE",
+              help="target settings: base_image=..., image=..., namespace=..., replicas=2")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
     def deploy(self, args):
         """Deploy a registered version as a web service; returns the Deployment."""
+        from .cli import _options
         from .deployers.api import deploy
 
-        return deploy(args.ref, name=args.name, target=args.target, port=args.port, workers=args.workers, auth=not args.no_auth)
+        try:
+            options = _options(args.option)
+        except MlopsLabError as exc:
+            raise UsageError(str(exc)) from None
+        return deploy(args.ref, name=args.name, target=args.target, port=args.port, workers=args.workers,
+                      auth=not args.no_auth, **options)
 
     @line_magic
     @magic_arguments()

@@ -67,3 +67,28 @@ def test_errors_are_one_line_with_distinct_exit_codes(sqlite_registry, tmp_path,
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     doc = json.loads(run(*args, "--json", check_code=code).stderr)
     assert fragment in doc["message"] or fragment in doc.get("hint", "") or fragment in str(doc)
+
+
+def test_dry_run_prints_valid_kubernetes_manifests_and_export_makes_a_bundle(sqlite_registry, iris, trained, tmp_path):
+    import yaml
+
+    import mlops_lab as ml
+
+    kv = pytest.importorskip("kubernetes_validate")
+    X, _ = iris
+    ml.register_model(trained, "iris", sample_input=X.iloc[:2])
+    out = run("deploy", "iris:1", "--target", "kubernetes", "--dry-run", "-o", "image=reg.local/iris:1", "-o", "replicas=2",
+              "-o", 'autoscale={"min": 2, "max": 4}')
+    objs = list(yaml.safe_load_all(out.stdout))
+    assert [o["kind"] for o in objs] == ["Secret", "Deployment", "Service", "HorizontalPodAutoscaler"]
+    for o in objs:
+        kv.validate(o, "1.37.0", strict=True)
+    assert objs[1]["spec"]["replicas"] == 2
+    assert ml.list_deployments() == []  # a dry run deploys nothing
+    bad = run("deploy", "iris:1", "--dry-run", check_code=4)
+    assert "--target kubernetes" in bad.stderr
+    bad = run("deploy", "iris:1", "-o", "replicas=2", check_code=4)
+    assert "takes no option 'replicas'" in bad.stderr
+    out = run("export", "iris:1", str(tmp_path / "edge"), "--json")
+    doc = json.loads(out.stdout)
+    assert (tmp_path / "edge" / "run.sh").is_file() and set(doc["keys"]) == {"primary", "secondary"}

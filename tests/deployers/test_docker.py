@@ -1,0 +1,183 @@
+"""The Docker deployer against a real Docker engine (``.ci/docker.sh`` installs and starts one and
+makes the base image with debootstrap: no image can be pulled here). Containers are reached on
+loopback through their published ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import httpx
+import numpy as np
+import pytest
+
+import mlops_lab as ml
+from mlops_lab import DeploymentFailed
+
+from .test_local import BrokenAtStart, Const
+
+BASE = os.environ.get("MLOPS_LAB_TEST_DOCKER_BASE")
+docker = pytest.importorskip("docker")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if not BASE:
+        if os.environ.get("CI"):
+            pytest.fail("MLOPS_LAB_TEST_DOCKER_BASE is not set: run the suite with `make test`")
+        pytest.skip("no Docker engine and base image: run the suite with `make test` (.ci/docker.sh)")
+    client = docker.from_env()
+    client.ping()
+    return client
+
+
+@pytest.fixture
+def models(engine, sqlite_registry):
+    sample = np.zeros((3, 2))
+    ml.register_model(Const(1.0), "m", sample_input=sample)
+    ml.register_model(Const(2.0), "m", sample_input=sample)
+    ml.register_model(BrokenAtStart(), "m", sample_input=sample)
+    yield engine
+    for d in ml.list_deployments():
+        d.delete()
+
+
+def _score(d, client=None):
+    c = client or httpx
+    return c.post(f"{d.url}/score", json={"data": [[0.0, 0.0]]}, headers={"Authorization": f"Bearer {d.keys['primary']}"}, timeout=30)
+
+
+def _containers(engine, name):
+    return engine.containers.list(all=True, filters={"label": f"mlops-lab.deployment={name}"})
+
+
+def test_deploy_update_under_load_rollback_logs_delete(models):
+    engine = models
+    # Given a version deployed to Docker
+    d = ml.deploy("m:1", name="dock", target="docker", base_image=BASE, progress=False, drain_seconds=0.5,
+                  collect={"flush_seconds": 0.5})
+    assert d.url.startswith("http://127.0.0.1:") and d.target == "docker"
+    assert d.predict([[0, 0], [1, 1]]) == [1.0, 1.0]
+    st = d.status()
+    assert st.state == "healthy" and st.details["image"] == "mlops-lab/m:1"
+    (c1,) = _containers(engine, "dock")
+    assert c1.attrs["HostConfig"]["Init"] is True
+    assert c1.attrs["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert httpx.post(f"{d.url}/score", json={"data": [[0.0, 0.0]]}).status_code == 401  # keys are required
+
+    # When it is updated under steady load over keep-alive connections, then no request fails
+    stop = threading.Event()
+    results: list[tuple[int, str]] = []
+    errors: list[str] = []
+
+    def hammer():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    r = _score(d, client)
+                    results.append((r.status_code, r.headers.get("x-model-version", "")))
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    d.update("m:2", progress=False)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Counter(s for s, _ in results) == {200: len(results)} and len(results) > 100
+    versions = [v for _, v in results]
+    assert versions[0] == "m:1" and versions[-1] == "m:2"
+    assert {_score(d).headers["x-model-version"] for _ in range(10)} == {"m:2"}
+    (c2,) = _containers(engine, "dock")  # the old container is gone
+    assert c2.id != c1.id
+
+    # A failing new version leaves the current one serving
+    with pytest.raises(DeploymentFailed, match="this version is broken"):
+        d.update("m:3", progress=False)
+    assert d.refresh().revision == 2 and d.predict([[0, 0]]) == [2.0]
+    assert [c.id for c in _containers(engine, "dock")] == [c2.id]
+
+    # Rollback, logs
+    d.rollback(progress=False)
+    assert [m["version"] for m in d.refresh().models] == [1] and d.predict([[0, 0]]) == [1.0]
+    assert "serving dock revision 3" in d.logs(tail=20)
+
+    # Delete: containers and forwarder gone, the collected data readable on the host
+    forwarder = d.record.state["forwarder_pid"]
+    sent = len(results) + 10 + 1 + 1 + 1 + 1  # the load, the checks above
+    d.delete()
+    assert _containers(engine, "dock") == []
+    assert not os.path.exists(f"/proc/{forwarder}") or "zombie" in open(f"/proc/{forwarder}/status").read().lower()
+    data = ml.collected_data("dock")
+    ok = data[data.status_code == 200]
+    assert set(ok.model_version) == {"m:1", "m:2"}
+    assert ok.request_id.nunique() >= sent - 5  # all but the 401 and failed ones; none lost on update
+    assert (ok[ok.model_version == "m:2"].prediction.astype(float) == 2.0).all()
+
+
+def test_no_engine_is_a_clear_error_and_leaves_nothing(sqlite_registry, monkeypatch):
+    ml.register_model(Const(1.0), "m", sample_input=np.zeros((3, 2)))
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(DeploymentFailed, match="Docker is not running: start it or use target='local'"):
+        ml.deploy("m:1", name="nodock", target="docker", progress=False)
+    assert ml.list_deployments() == []
+
+
+def test_the_kubernetes_pod_spec_runs_and_answers_its_readiness_probe(models, tmp_path):
+    """The exact image and command of the generated pod spec, under the local engine, with the
+    Secret's keys.json and the collected-data volume mounted where the manifests mount them."""
+    from mlops_lab.deployers.docker import build_image
+    from mlops_lab.deployers.keys import key_hash
+    from mlops_lab.deployers.kubernetes import build_objects
+
+    engine = models
+    image = build_image("m:2", base_image=BASE)
+    objs = build_objects("m", [{"name": "m", "version": 2}], image=image, key_hashes={"primary": key_hash("k1")})
+    secret = next(o for o in objs if o["kind"] == "Secret")
+    pod = next(o for o in objs if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    keys = tmp_path / "secret"
+    keys.mkdir()
+    (keys / "keys.json").write_text(secret["stringData"]["keys.json"])
+    collected = tmp_path / "collected"
+    collected.mkdir()
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    container = engine.containers.run(
+        c["image"], command=c["command"], detach=True, init=True, ports={"8080/tcp": ("127.0.0.1", None)},
+        volumes={str(keys): {"bind": mounts["keys"], "mode": "ro"}, str(collected): {"bind": mounts["collected"], "mode": "rw"}},
+        environment={e["name"]: e["value"] for e in c["env"]},
+    )
+    try:
+        port = None
+        for _ in range(300):
+            container.reload()
+            bindings = container.attrs["NetworkSettings"]["Ports"].get("8080/tcp")
+            if bindings:
+                port = bindings[0]["HostPort"]
+                try:
+                    probe = c["readinessProbe"]["httpGet"]["path"]
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+            assert container.status == "running", container.logs().decode()[-2000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the readiness probe never answered 200")
+        live = c["livenessProbe"]["httpGet"]["path"]
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}{live}", timeout=2).status == 200
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=json.dumps({"data": [[0, 0]]}).encode(),
+                                     headers={"Authorization": "Bearer k1", "Content-Type": "application/json"})
+        assert json.loads(urllib.request.urlopen(req, timeout=10).read()) == [2.0]
+    finally:
+        container.remove(force=True)
