@@ -331,8 +331,9 @@ COPY requirements.txt /tmp/requirements.txt
 RUN python3 -m venv --without-pip {APP_DIR}/venv \\
  && {APP_DIR}/venv/bin/python $(ls /tmp/wheels/pip-*.whl)/pip install --no-index --no-compile --quiet \\
       --find-links /tmp/wheels -r /tmp/requirements.txt \\
- && find {APP_DIR}/venv -name __pycache__ -prune -exec rm -rf {{}} + \\
- && rm -rf {APP_DIR}/venv/lib/python3*/site-packages/*/tests
+ && cd {APP_DIR}/venv/lib/python3*/site-packages \\
+ && find {APP_DIR}/venv -depth \\( -name __pycache__ -o -name tests -o -name include \\) -type d -exec rm -rf {{}} + \\
+ && rm -rf pyarrow/*flight* pyarrow/*.pxi pyarrow/*.pyx pyarrow/*.pxd pip
 
 FROM ${{BASE_IMAGE}}
 COPY --from=build {APP_DIR}/venv {APP_DIR}/venv

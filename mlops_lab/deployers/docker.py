@@ -71,7 +71,10 @@ def build_image(refs: Any, tag: str | None = None, *, base_image: str = DEFAULT_
     client = client or docker_client()
     ref_list = [refs] if not isinstance(refs, (list, tuple)) else list(refs)
     versions = [get_model(r) for r in ref_list]
-    key = hashlib.sha256(json.dumps([[v.ref, [f.sha256 for f in v.files]] for v in versions] + [base_image]).encode()).hexdigest()[:16]
+    from ..packaging import _dockerfile
+
+    recipe = [[v.ref, [f.sha256 for f in v.files]] for v in versions] + [base_image, _dockerfile(base_image)]
+    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
     if tag is None:
         tag = default_image(versions[0].name, versions[0].version) if len(versions) == 1 else \
             f"mlops-lab/{k8s_name(versions[0].name)}:{key}"
@@ -79,7 +82,7 @@ def build_image(refs: Any, tag: str | None = None, *, base_image: str = DEFAULT_
         image = client.images.get(tag)
         if image.labels.get("mlops-lab.content") == key:
             if progress:
-                progress.step(f"image {tag} (already built)")
+                progress.step(f"image {tag} ({image_size(client, tag) / 1e6:.0f} MB, already built)")
             return tag
     except Exception:  # noqa: BLE001 - ImageNotFound
         pass
@@ -103,7 +106,14 @@ def build_image(refs: Any, tag: str | None = None, *, base_image: str = DEFAULT_
         del last
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if progress:
+        progress.step(f"built {tag} ({image_size(client, tag) / 1e6:.0f} MB)")
     return tag
+
+
+def image_size(client, tag: str) -> int:
+    """Bytes of an image, as ``docker images`` reports them."""
+    return int(client.images.get(tag).attrs.get("Size", 0))
 
 
 def _mkdir(path: Path) -> Path:
@@ -168,7 +178,8 @@ class DockerDeployer(Deployer):
         except BaseException:
             _remove(container)
             raise
-        return {"container": cname, "id": container.id, "port": port, "image": image, "revision": revision}
+        return {"container": cname, "id": container.id, "port": port, "image": image, "revision": revision,
+                "image_size": image_size(client, image)}
 
     @staticmethod
     def _wait_ready(container, timeout: float, progress) -> int:
@@ -296,7 +307,8 @@ class DockerDeployer(Deployer):
             container.reload()
         except Exception:  # noqa: BLE001 - NotFound
             return make("crashed", f"container {current.get('container')} is gone")
-        details = {"container": container.name, "image": current.get("image"), "container_status": container.status}
+        details = {"container": container.name, "image": current.get("image"), "image_size": current.get("image_size"),
+                   "container_status": container.status}
         if container.status != "running":
             return make("crashed", f"container {container.name} is {container.status}", details)
         pid = record.state.get("forwarder_pid")

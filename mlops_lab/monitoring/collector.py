@@ -82,6 +82,10 @@ class Collector:
     """The per-process collector of one deployment."""
 
     def __init__(self, deployment: str, config: CollectConfig) -> None:
+        try:  # fail at start-up, not silently at the first flush
+            import pyarrow.parquet  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError(f"collecting data needs pyarrow ({exc}): install it, or deploy with collect=False") from None
         self.deployment = deployment
         self.config = config
         self.root = Path(config.folder) / deployment
