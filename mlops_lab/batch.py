@@ -8,6 +8,7 @@ signature with the same rules as the scoring server: a missing column is an erro
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,9 +42,9 @@ def score_batch(
         Also write the result to this Parquet file (written chunk by chunk, then renamed into
         place: a failed run leaves no partial file).
     chunk_rows:
-        Rows per ``predict`` call. By default a file is read in chunks of 262,144 rows, and
-        in-memory data in chunks sized from the model's speed (about a second of work each, at
-        most 2,000,000 rows), so fast models pay no per-call overhead and slow ones show progress.
+        Rows per ``predict`` call. By default a file is read in chunks of 262,144 rows and
+        in-memory data in chunks of 2,000,000 (one call for most data sets: no per-call overhead);
+        a call longer than a second shows its elapsed time while it runs.
     keep_inputs:
         Put the input columns before the predictions in the result.
     progress:
@@ -69,8 +70,7 @@ def score_batch(
     mv = get_model(ref)
     model = mv.load()
     spec = InputSpec(mv.signature)
-    pace = _Pace(chunk_rows)
-    chunks, total = _chunks(data, pace)
+    chunks, total = _chunks(data, chunk_rows)
     bar = Progress(f"scoring {mv.ref}", enabled=progress)
     out_path = Path(output) if output is not None else None
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp") if out_path else None
@@ -80,9 +80,8 @@ def score_batch(
     try:
         for start, frame in chunks:
             x = _model_input(spec, frame, start)
-            t0 = time.perf_counter()
-            y = model.predict(x)
-            pace.took(len(frame), time.perf_counter() - t0)
+            with _Ticker(bar, done, len(frame), total):
+                y = model.predict(x)
             result = _predictions(y, len(frame), pd)
             if keep_inputs and isinstance(frame, pd.DataFrame):
                 result = pd.concat([frame.reset_index(drop=True), result], axis=1)
@@ -114,22 +113,40 @@ def score_batch(
     return result
 
 
-class _Pace:
-    """Chunk sizes: fixed when asked, else grown so that one ``predict`` call takes about a second."""
+class _Ticker:
+    """While one ``predict`` call runs longer than a second, show the time it has taken."""
 
-    FIRST, MAX, FILE = 8192, 2_000_000, 262_144
+    def __init__(self, bar: Progress, done: int, rows: int, total: int | None) -> None:
+        self.bar, self.done, self.rows, self.total = bar, done, rows, total
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def __init__(self, fixed: int | None) -> None:
-        self.fixed = fixed
-        self.size = fixed or self.FIRST
+    def __enter__(self) -> _Ticker:
+        if self.bar.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
 
-    def took(self, rows: int, seconds: float) -> None:
-        if self.fixed is None and rows:
-            per_s = rows / max(seconds, 1e-6)
-            self.size = int(min(self.MAX, max(self.FIRST, per_s * 1.0)))
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        of = f"/{self.total:,}" if self.total else ""
+        if self._stop.wait(1.0):
+            return
+        while True:
+            self.bar.step(f"{self.done:,}{of} rows done, scoring {self.rows:,} more ({time.perf_counter() - t0:.0f} s)")
+            if self._stop.wait(0.5):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
-def _chunks(data: Any, pace: _Pace) -> tuple[Iterator[tuple[int, Any]], int | None]:
+FILE_CHUNK, MEMORY_CHUNK = 262_144, 2_000_000
+
+
+def _chunks(data: Any, size: int | None) -> tuple[Iterator[tuple[int, Any]], int | None]:
     """(start row, chunk) pairs and the row count when known."""
     import numpy as np
     import pandas as pd
@@ -146,7 +163,7 @@ def _chunks(data: Any, pace: _Pace) -> tuple[Iterator[tuple[int, Any]], int | No
 
             def parquet():
                 start = 0
-                for batch in pf.iter_batches(batch_size=pace.fixed or pace.FILE):
+                for batch in pf.iter_batches(batch_size=size or FILE_CHUNK):
                     frame = batch.to_pandas()
                     yield start, frame
                     start += len(frame)
@@ -155,7 +172,7 @@ def _chunks(data: Any, pace: _Pace) -> tuple[Iterator[tuple[int, Any]], int | No
         if suffix in (".csv", ".txt"):
             def csv():
                 start = 0
-                for frame in pd.read_csv(path, chunksize=pace.fixed or pace.FILE):
+                for frame in pd.read_csv(path, chunksize=size or FILE_CHUNK):
                     yield start, frame
                     start += len(frame)
 
@@ -163,13 +180,13 @@ def _chunks(data: Any, pace: _Pace) -> tuple[Iterator[tuple[int, Any]], int | No
         raise InvalidInput(f"{path.name}: score a .parquet or .csv file, or pass a DataFrame")
     if isinstance(data, (pd.DataFrame, np.ndarray)):
         take = data.iloc if isinstance(data, pd.DataFrame) else data
+        step = size or MEMORY_CHUNK
 
         def memory():
             start = 0
             while start < len(data):
-                # the whole rest when it is within a quarter of the chunk: no tiny last call
-                end = len(data) if len(data) - start <= pace.size * 1.25 else start + pace.size
-                yield start, take[start:end]
+                end = min(len(data), start + step)
+                yield start, data if (start, end) == (0, len(data)) else take[start:end]
                 start = end
 
         return memory(), len(data)
@@ -207,10 +224,10 @@ def _predictions(y: Any, n: int, pd) -> Any:
         return y.reset_index(drop=True).to_frame(y.name or "prediction")
     arr = np.asarray(y)
     if arr.ndim == 2:
-        return pd.DataFrame(arr, columns=[f"prediction_{i}" for i in range(arr.shape[1])])
+        return pd.DataFrame(arr, columns=[f"prediction_{i}" for i in range(arr.shape[1])], copy=False)
     if arr.ndim != 1 or len(arr) != n:
         raise InvalidInput(f"the model returned {arr.shape} for {n} rows: batch scoring needs one result per row")
-    return pd.DataFrame({"prediction": arr})
+    return pd.DataFrame({"prediction": arr}, copy=False)
 
 
 def _write(writer, tmp: Path, result):

@@ -117,14 +117,19 @@ def test_tensor_models_take_arrays(sqlite_registry):
 def test_slow_runs_show_progress(sqlite_registry, capfd):
     class Slow:
         def predict(self, X):
-            time.sleep(0.3)
+            time.sleep(0.3 if len(X) < 1000 else 1.8)
             return X["a"]
 
     frame = pd.DataFrame({"a": np.arange(1000.0)})
     ml.register_model(Slow(), "slow", sample_input=frame[:2])
+    # chunks: rows done and rows/s
     ml.score_batch("slow", frame, chunk_rows=250)
     err = capfd.readouterr().err
     assert "scoring slow:1: " in err and "1,000 rows (" in err and "rows/s)" in err
+    # one long call: its elapsed time while it runs
+    ml.score_batch("slow", frame)
+    err = capfd.readouterr().err
+    assert "0/1,000 rows done, scoring 1,000 more (1 s)" in err and "1,000 rows (" in err
 
 
 def test_cli_scores_a_file_in_batch(sqlite_registry, million, tmp_path):
