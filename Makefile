@@ -12,3 +12,5 @@ bench:  ## the benchmarks against MLflow (see bench/README.md)
 	bash .ci/setup.sh bench
 	.venv/bin/python bench/registry.py
 	.venv/bin/python bench/serving.py
+	.venv/bin/python bench/monitoring.py
+	.venv/bin/python bench/batch.py
