@@ -36,6 +36,10 @@ import numpy as np
 log = logging.getLogger("mlops_lab.collector")
 
 CHUNK_RECORDS = 4096
+#: Above this many collected rows per second, numbers are written uncompressed: lz4 on them costs
+#: about as much CPU as everything else the collector does, and at such rates that CPU is taken
+#: from serving. Below it (most deployments, most of the time) every column is compressed.
+COMPRESS_BELOW_ROWS_PER_S = 20_000
 
 META_COLUMNS = ("request_time", "request_id", "row", "model_version", "status_code", "latency_ms", "error_id")
 
@@ -102,6 +106,8 @@ class Collector:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._exclude = set(config.exclude)
+        self._last_flush = time.monotonic()
+        self._fast = False  # the last batch came faster than COMPRESS_BELOW_ROWS_PER_S
         self._rate = float(config.rate)
         self._thread: threading.Thread | None = None
         if config.enabled:
@@ -164,6 +170,10 @@ class Collector:
             feedback: list[dict[str, Any]] = []
             while self._feedback:
                 feedback.append(self._feedback.popleft())
+            now = time.monotonic()
+            rows = sum(max(r.n, 1) for r in records)
+            self._fast = rows / max(now - self._last_flush, 1e-3) > COMPRESS_BELOW_ROWS_PER_S
+            self._last_flush = now
             if records:
                 self._write_requests(records)
             if dropped:
@@ -185,7 +195,12 @@ class Collector:
         # lz4, and dictionary encoding only where values repeat (ids, versions): on random
         # floats, Parquet's default dictionary attempt and zstd cost three times the CPU.
         strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
-        pq.write_table(table, tmp, compression="lz4", use_dictionary=strings)
+        compression: Any = "lz4"
+        if self._fast and kind == "requests":
+            compression = {f.name: ("lz4" if f.name in strings else "none") for f in table.schema}
+        # min/max statistics only where readers filter (time, version, status)
+        stats = [c for c in ("request_time", "model_version", "status_code") if c in table.column_names] or False
+        pq.write_table(table, tmp, compression=compression, use_dictionary=strings, write_statistics=stats)
         os.replace(tmp, folder / name)  # readers see whole files only
         self.files += 1
 
@@ -253,8 +268,9 @@ class Collector:
             isinstance(r.inputs, np.ndarray) and r.inputs.ndim == 2 and r.inputs.shape[1] == width and r.inputs.dtype.kind in "biuf"
             for r in records
         ):
-            # The common case, every request answered: one concatenation, no per-record work.
-            columns = np.ascontiguousarray(np.concatenate([r.inputs for r in records]).astype(np.float64, copy=False).T)
+            # The common case, every request answered: one concatenation straight into
+            # column-major order (each column then a contiguous block Arrow takes as it is).
+            columns = np.concatenate([r.inputs.T for r in records], axis=1).astype(np.float64, copy=False)
             return {name: pa.array(columns[i]) for i, name in enumerate(names)}
         if all(t == "float" for t in types) and all(
             r.inputs is None or (isinstance(r.inputs, np.ndarray) and r.inputs.dtype.kind in "biuf") for r in records
