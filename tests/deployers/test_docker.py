@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -18,7 +17,8 @@ import pytest
 import mlops_lab as ml
 from mlops_lab import DeploymentFailed
 
-from .test_local import BrokenAtStart, Const
+from .load import score, under_load
+from .test_local import Const, _register_three
 
 BASE = os.environ.get("MLOPS_LAB_TEST_DOCKER_BASE")
 docker = pytest.importorskip("docker")
@@ -37,18 +37,9 @@ def engine():
 
 @pytest.fixture
 def models(engine, sqlite_registry):
-    sample = np.zeros((3, 2))
-    ml.register_model(Const(1.0), "m", sample_input=sample)
-    ml.register_model(Const(2.0), "m", sample_input=sample)
-    ml.register_model(BrokenAtStart(), "m", sample_input=sample)
-    yield engine
-    for d in ml.list_deployments():
-        d.delete()
-
-
-def _score(d, client=None):
-    c = client or httpx
-    return c.post(f"{d.url}/score", json={"data": [[0.0, 0.0]]}, headers={"Authorization": f"Bearer {d.keys['primary']}"}, timeout=30)
+    """m:1 answers 1.0, m:2 answers 2.0, m:3 fails its readiness check (as for the local deployer)."""
+    for _ in _register_three(sqlite_registry):
+        yield engine
 
 
 def _containers(engine, name):
@@ -70,33 +61,12 @@ def test_deploy_update_under_load_rollback_logs_delete(models):
     assert httpx.post(f"{d.url}/score", json={"data": [[0.0, 0.0]]}).status_code == 401  # keys are required
 
     # When it is updated under steady load over keep-alive connections, then no request fails
-    stop = threading.Event()
-    results: list[tuple[int, str]] = []
-    errors: list[str] = []
-
-    def hammer():
-        with httpx.Client(timeout=30) as client:
-            while not stop.is_set():
-                try:
-                    r = _score(d, client)
-                    results.append((r.status_code, r.headers.get("x-model-version", "")))
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
-
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)
-    d.update("m:2", progress=False)
-    time.sleep(1.0)
-    stop.set()
-    for t in threads:
-        t.join()
+    results, errors = under_load(d, lambda: d.update("m:2", progress=False))
     assert errors == []
     assert Counter(s for s, _ in results) == {200: len(results)} and len(results) > 100
     versions = [v for _, v in results]
     assert versions[0] == "m:1" and versions[-1] == "m:2"
-    assert {_score(d).headers["x-model-version"] for _ in range(10)} == {"m:2"}
+    assert {score(d).headers["x-model-version"] for _ in range(10)} == {"m:2"}
     (c2,) = _containers(engine, "dock")  # the old container is gone
     assert c2.id != c1.id
 

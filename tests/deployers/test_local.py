@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections import Counter
 
 import httpx
@@ -19,6 +17,8 @@ import pytest
 import mlops_lab as ml
 from mlops_lab import DeploymentFailed, DeploymentNotFound, ModelNotFound, VersionInUse
 from mlops_lab.deployers.base import wait_until
+
+from .load import score, under_load
 
 
 class Const:
@@ -60,9 +60,6 @@ def models_both(registry):
     yield from _register_three(registry)
 
 
-def _score(d, client=None, rows=1):
-    c = client or httpx
-    return c.post(f"{d.url}/score", json={"data": [[0.0, 0.0]] * rows}, headers={"Authorization": f"Bearer {d.keys['primary']}"}, timeout=30)
 
 
 def test_deploy_predict_status_and_logs(models_both):
@@ -119,28 +116,7 @@ def test_update_under_load_fails_no_request(models_both):
     """Given steady concurrent load over keep-alive connections, when the deployment is updated,
     then every request succeeds, and answers move from version 1 to version 2."""
     d = ml.deploy("m:1", name="svc", progress=False, workers=2, drain_seconds=0.5)
-    stop = threading.Event()
-    results: list[tuple[int, str]] = []
-    errors: list[str] = []
-
-    def hammer():
-        with httpx.Client(timeout=30) as client:
-            while not stop.is_set():
-                try:
-                    r = _score(d, client)
-                    results.append((r.status_code, r.headers.get("x-model-version", "")))
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
-
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)
-    d.update("m:2", progress=False)
-    time.sleep(1.0)
-    stop.set()
-    for t in threads:
-        t.join()
+    results, errors = under_load(d, lambda: d.update("m:2", progress=False))
     assert errors == []
     statuses = Counter(s for s, _ in results)
     assert statuses == {200: len(results)} and len(results) > 200
@@ -148,7 +124,7 @@ def test_update_under_load_fails_no_request(models_both):
     assert versions[0] == "m:1" and versions[-1] == "m:2"
     assert d.revision == 2 and d.models[0]["version"] == 2
     # after update() returns, only the new version answers
-    assert {_score(d).headers["x-model-version"] for _ in range(20)} == {"m:2"}
+    assert {score(d).headers["x-model-version"] for _ in range(20)} == {"m:2"}
 
 
 def test_failing_new_version_leaves_the_old_one_serving(models):
@@ -190,7 +166,7 @@ def test_canary_split_and_promote(models):
     counts: Counter[str] = Counter()
     with httpx.Client(timeout=30) as client:
         for _ in range(2000):
-            r = _score(d, client)
+            r = score(d, client)
             assert r.status_code == 200
             counts[r.headers["x-model-version"]] += 1
     share = counts["m:2"] / 2000
@@ -200,7 +176,7 @@ def test_canary_split_and_promote(models):
     assert metrics["m:2"]["requests"] == counts["m:2"]
     d.promote(progress=False)
     assert [(m["version"], m["traffic"]) for m in d.models] == [(2, 100)]
-    assert {_score(d).headers["x-model-version"] for _ in range(10)} == {"m:2"}
+    assert {score(d).headers["x-model-version"] for _ in range(10)} == {"m:2"}
     with pytest.raises(ml.InvalidInput, match="no canary"):
         d.promote(progress=False)
 
