@@ -36,10 +36,6 @@ import numpy as np
 log = logging.getLogger("mlops_lab.collector")
 
 CHUNK_RECORDS = 4096
-#: Above this many collected rows per second, numbers are written uncompressed: lz4 on them costs
-#: about as much CPU as everything else the collector does, and at such rates that CPU is taken
-#: from serving. Below it (most deployments, most of the time) every column is compressed.
-COMPRESS_BELOW_ROWS_PER_S = 20_000
 
 META_COLUMNS = ("request_time", "request_id", "row", "model_version", "status_code", "latency_ms", "error_id")
 
@@ -106,8 +102,6 @@ class Collector:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._exclude = set(config.exclude)
-        self._last_flush = time.monotonic()
-        self._fast = False  # the last batch came faster than COMPRESS_BELOW_ROWS_PER_S
         self._rate = float(config.rate)
         self._thread: threading.Thread | None = None
         if config.enabled:
@@ -170,10 +164,6 @@ class Collector:
             feedback: list[dict[str, Any]] = []
             while self._feedback:
                 feedback.append(self._feedback.popleft())
-            now = time.monotonic()
-            rows = sum(max(r.n, 1) for r in records)
-            self._fast = rows / max(now - self._last_flush, 1e-3) > COMPRESS_BELOW_ROWS_PER_S
-            self._last_flush = now
             if records:
                 self._write_requests(records)
             if dropped:
@@ -195,12 +185,9 @@ class Collector:
         # lz4, and dictionary encoding only where values repeat (ids, versions): on random
         # floats, Parquet's default dictionary attempt and zstd cost three times the CPU.
         strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
-        compression: Any = "lz4"
-        if self._fast and kind == "requests":
-            compression = {f.name: ("lz4" if f.name in strings else "none") for f in table.schema}
         # min/max statistics only where readers filter (time, version, status)
         stats = [c for c in ("request_time", "model_version", "status_code") if c in table.column_names] or False
-        pq.write_table(table, tmp, compression=compression, use_dictionary=strings, write_statistics=stats)
+        pq.write_table(table, tmp, compression="lz4", use_dictionary=strings, write_statistics=stats)
         os.replace(tmp, folder / name)  # readers see whole files only
         self.files += 1
 
@@ -270,7 +257,8 @@ class Collector:
         ):
             # The common case, every request answered: one concatenation straight into
             # column-major order (each column then a contiguous block Arrow takes as it is).
-            columns = np.concatenate([r.inputs.T for r in records], axis=1).astype(np.float64, copy=False)
+            columns = np.empty((width, int(counts.sum())), dtype=np.float64)  # C order: rows of it are columns
+            np.concatenate([r.inputs.T for r in records], axis=1, out=columns, casting="same_kind")
             return {name: pa.array(columns[i]) for i, name in enumerate(names)}
         if all(t == "float" for t in types) and all(
             r.inputs is None or (isinstance(r.inputs, np.ndarray) and r.inputs.dtype.kind in "biuf") for r in records
