@@ -159,3 +159,20 @@ def test_feedback_joins_to_its_request(iris_model, sqlite_registry):
     assert acc["labelled"].sum() == 4
     expected = np.mean([p == lab for p, lab in zip(labelled["prediction"], labelled["label"])])
     assert acc["accuracy"].iloc[0] == pytest.approx(expected)
+
+
+def test_writer_slices_are_bounded_in_rows_and_records_and_keep_order():
+    from mlops_lab.monitoring.collector import CHUNK_RECORDS, CHUNK_ROWS, Record, _slices
+
+    def rec(i, n):
+        return Record(0.0, f"r{i}", "m:1", 200, 1.0, None, None, None, None, None, n)
+
+    big = [rec(i, 100) for i in range(1000)]  # 100,000 rows
+    small = [rec(i, 1) for i in range(10_000)]
+    for records in (big, small, big[:3], []):
+        pieces = list(_slices(records))
+        assert [r for p in pieces for r in p] == records
+        for p in pieces:
+            assert len(p) <= CHUNK_RECORDS and sum(r.n for r in p) <= CHUNK_ROWS + 100
+    assert max(sum(r.n for r in p) for p in _slices(big)) <= CHUNK_ROWS
+    assert len(list(_slices(small))) == -(-10_000 // CHUNK_RECORDS)
