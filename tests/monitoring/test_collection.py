@@ -174,5 +174,5 @@ def test_writer_slices_are_bounded_in_rows_and_records_and_keep_order():
         assert [r for p in pieces for r in p] == records
         for p in pieces:
             assert len(p) <= CHUNK_RECORDS and sum(r.n for r in p) <= CHUNK_ROWS + 100
-    assert max(sum(r.n for r in p) for p in _slices(big)) <= CHUNK_ROWS
+    assert max(sum(r.n for r in p) for p in _slices(big)) < CHUNK_ROWS + 100  # cut after the record that reaches it
     assert len(list(_slices(small))) == -(-10_000 // CHUNK_RECORDS)
