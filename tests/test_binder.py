@@ -1,7 +1,8 @@
-"""The Binder configuration: what repo2docker reads exists and points at real things.
+"""The Binder configuration: what repo2docker reads exists and points at real things, and its
+``postBuild`` really installs and enables everything in a fresh virtual environment.
 
-repo2docker itself cannot run here (it builds a Docker image from a pulled base image); this test
-checks the files it reads, and that the README badge opens a tutorial that exists."""
+repo2docker itself cannot run here (it builds from a base image that cannot be pulled); what it
+would run after setting up Python, ``binder/postBuild``, runs for real."""
 
 from __future__ import annotations
 
@@ -32,3 +33,24 @@ def test_readme_badge_opens_the_first_tutorial_in_jupyterlab():
     m = re.search(r"\(https://mybinder\.org/v2/gh/[\w.-]+/[\w.-]+/main\?urlpath=lab/tree/([\w./-]+\.ipynb)\)", readme)
     assert m, "README needs the Binder badge"
     assert (ROOT / m.group(1)).is_file() and m.group(1) == "notebooks/01_register.ipynb"
+
+
+def test_postbuild_installs_and_enables_the_extensions_in_a_fresh_environment(tmp_path):
+    import os
+    import sys
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "IPYTHONDIR": str(tmp_path / "ipython"),
+           "VIRTUAL_ENV": str(venv)}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(["bash", "binder/postBuild"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jupyter = str(venv / "bin" / "jupyter")
+    labext = subprocess.run([jupyter, "labextension", "list"], env=env, capture_output=True, text=True)
+    line = next(ln for ln in (labext.stdout + labext.stderr).splitlines() if "mlops-lab-jupyterlab" in ln)
+    assert "enabled" in line and "OK" in line
+    server = subprocess.run([jupyter, "server", "extension", "list"], env=env, capture_output=True, text=True)
+    assert "mlops_lab.server enabled" in re.sub(r"\x1b\[[0-9;]*m", "", server.stdout + server.stderr)
+    startup = tmp_path / "ipython" / "profile_default" / "startup" / "00-mlops-lab.py"
+    assert "load_ext" in startup.read_text()
