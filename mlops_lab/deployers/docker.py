@@ -93,7 +93,7 @@ def build_image(refs: Any, tag: str | None = None, *, base_image: str = DEFAULT_
             progress.step("packaging the model and its wheels")
         package([v.ref for v in versions], work / "ctx", base_image=base_image, progress=False)
         (work / "ctx" / "Dockerfile").write_text((work / "ctx" / "Dockerfile").read_text() + f'LABEL mlops-lab.content="{key}"\n')
-        t0, last = time.monotonic(), ""
+        t0 = time.monotonic()
         for chunk in client.api.build(path=str(work / "ctx"), tag=tag, rm=True, forcerm=True, decode=True,
                                       buildargs={"BASE_IMAGE": base_image}):
             if "error" in chunk:
@@ -101,9 +101,7 @@ def build_image(refs: Any, tag: str | None = None, *, base_image: str = DEFAULT_
                                        hint=f"is the base image {base_image!r} present? (docker images)")
             line = (chunk.get("stream") or "").strip()
             if line.startswith("Step ") and progress:
-                last = line
                 progress.step(f"building {tag}: {line[:70]} ({time.monotonic() - t0:.0f} s)")
-        del last
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if progress:
