@@ -19,12 +19,14 @@ Run: ``make bench-serving`` or ``python bench/serving.py [--duration 5]``.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import pickle
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     mf_python = args.mlflow_python or mlflow_venv()
     print(f"machine: {machine()}")
     print(f"MLflow {mlflow.__version__}; {args.workers} workers per server; wrk {args.duration:g} s per cell")
+    # As a wheel install leaves it: mlops_lab's modules byte-compiled (an editable install under
+    # PYTHONDONTWRITEBYTECODE=1 would otherwise compile them in every server process it starts).
+    compileall.compile_dir(str(ROOT / "mlops_lab"), quiet=1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     os.environ["MLOPS_LAB_HOME"] = str(tmp / "home")
     os.environ.pop("MLOPS_LAB_DB", None)
@@ -210,12 +215,23 @@ def main(argv: list[str] | None = None) -> int:
             for rows in rows_list:
                 print(f"{kind}: in-process predict on {rows} row(s): {floor_us(model, X, rows):.0f} us (median)")
             ml.register_model(model, kind, sample_input=X[:5])
-            t0 = time.perf_counter()
-            dep = ml.deploy(kind, workers=args.workers, progress=False)
-            ready_times[("mlops_lab", kind)] = time.perf_counter() - t0
+            # deploy-to-ready: the median of three for each (one sample moves by a few tenths)
+            ours = []
+            for i in range(3):
+                t0 = time.perf_counter()
+                dep = ml.deploy(kind, name=f"{kind}-{i}", workers=args.workers, progress=False)
+                ours.append(time.perf_counter() - t0)
+                if i < 2:
+                    dep.delete()
+            ready_times[("mlops_lab", kind)] = statistics.median(ours)
             mf_path = save_mlflow_model(tmp, model, X, kind)
-            mf_proc, mf_url, mf_ready = start_mlflow(mf_python, mf_path, args.workers)
-            ready_times[("mlflow", kind)] = mf_ready
+            theirs = []
+            for i in range(3):
+                mf_proc, mf_url, mf_ready = start_mlflow(mf_python, mf_path, args.workers)
+                theirs.append(mf_ready)
+                if i < 2:
+                    stop(mf_proc)
+            ready_times[("mlflow", kind)] = statistics.median(theirs)
             mfu_proc, mfu_url, _ = start_mlflow(sys.executable, mf_path, args.workers)
             bare_proc, bare_url = start_bare(tmp, model, kind, args.workers)
             servers = [
