@@ -151,3 +151,24 @@ def test_the_kubernetes_pod_spec_runs_and_answers_its_readiness_probe(models, tm
         assert json.loads(urllib.request.urlopen(req, timeout=10).read()) == [2.0]
     finally:
         container.remove(force=True)
+
+
+def test_a_killed_forwarder_is_reported_and_delete_cleans_up(models):
+    """kill -9 of the process that owns a Docker deployment's address: status says so, delete
+    removes the container, nothing is left running."""
+    import signal
+
+    engine = models
+    d = ml.deploy("m:1", name="fwd", target="docker", base_image=BASE, progress=False)
+    pid = d.record.state["forwarder_pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline and d.status().state == "healthy":
+        time.sleep(0.1)
+    st = d.status()
+    assert st.state == "crashed" and f"the forwarder (pid {pid}) is not running" in st.reason
+    with pytest.raises(DeploymentFailed, match="its forwarder is gone"):
+        d.update("m:2", progress=False)
+    assert len(_containers(engine, "fwd")) == 1  # the failed update started nothing
+    d.delete()
+    assert _containers(engine, "fwd") == [] and ml.list_deployments() == []
