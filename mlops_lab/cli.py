@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from ._args import key_values, options
+
 EXIT_UNHEALTHY = 10
 
 
@@ -22,18 +24,6 @@ def _out(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
-def _kv(pairs: list[str] | None) -> dict[str, str]:
-    from .errors import InvalidInput
-
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"{pair!r} is not KEY=VALUE", hint="e.g. --tag stage=staging")
-        out[key] = value
-    return out
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -41,7 +31,7 @@ def cmd_register(args) -> int:
     import mlops_lab as ml
 
     mv = ml.register_model(
-        args.path, args.name, tags=_kv(args.tag), properties=_kv(args.property),
+        args.path, args.name, tags=key_values(args.tag), properties=key_values(args.property),
         description=args.description or "", entry_script=args.entry_script,
     )
     _out(args, mv.to_dict(), f"registered {mv.ref} ({mv.flavor}, {mv.size} bytes)")
@@ -76,33 +66,23 @@ def cmd_deploy(args) -> int:
     import mlops_lab as ml
 
     ref = args.refs if len(args.refs) > 1 else args.refs[0]
-    options = _options(args.option)
+    settings = options(args.option)
     if args.dry_run:
         from .deployers.kubernetes import render_manifests, to_yaml
         from .errors import InvalidInput
 
         if args.target != "kubernetes":
             raise InvalidInput("--dry-run writes Kubernetes manifests: use it with --target kubernetes")
-        options.pop("context", None)
-        print(to_yaml(render_manifests(ref, args.name, auth=not args.no_auth, **options)), end="")
+        settings.pop("context", None)
+        print(to_yaml(render_manifests(ref, args.name, auth=not args.no_auth, **settings)), end="")
         return 0
     d = ml.deploy(
         ref, name=args.name, target=args.target, host=args.host, port=args.port,
-        workers=args.workers, auth=not args.no_auth, collect=not args.no_collect, progress=not args.json, **options,
+        workers=args.workers, auth=not args.no_auth, collect=not args.no_collect, progress=not args.json, **settings,
     )
     data = {**d.to_dict(), "keys": d.keys}
     _out(args, data, f"{d.name}: {d.url}" + (f"\nprimary key: {d.keys['primary']}" if d.keys else ""))
     return 0
-
-
-def _options(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in _kv(pairs).items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def cmd_export(args) -> int:

@@ -13,17 +13,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from ._args import key_values, options
 from .errors import MlopsLabError
-
-
-def _pairs(items):
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{item!r} is not KEY=VALUE (e.g. --tags team=growth)")
-        out[key] = value
-    return out
 
 
 def _friendly(method):
@@ -67,7 +58,7 @@ class MlopsLabMagics(Magics):
         from .registry.api import register_model
 
         return register_model(
-            self._var(args.var), args.name, tags=_pairs(args.tags), description=args.description,
+            self._var(args.var), args.name, tags=key_values(args.tags, '--tags team=growth'), description=args.description,
             sample_input=self._var(args.sample), baseline=self._var(args.baseline),
         )
 
@@ -85,15 +76,10 @@ class MlopsLabMagics(Magics):
     @_friendly
     def deploy(self, args):
         """Deploy a registered version as a web service; returns the Deployment."""
-        from .cli import _options
         from .deployers.api import deploy
 
-        try:
-            options = _options(args.option)
-        except MlopsLabError as exc:
-            raise UsageError(str(exc)) from None
         return deploy(args.ref, name=args.name, target=args.target, port=args.port, workers=args.workers,
-                      auth=not args.no_auth, **options)
+                      auth=not args.no_auth, **options(args.option))
 
     @line_magic
     @magic_arguments()

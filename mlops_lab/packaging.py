@@ -17,7 +17,6 @@ Nothing inside needs the registry or the network: ``pip install --no-index --fin
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import os
 import platform as _platform
@@ -71,10 +70,10 @@ class Package:
 
 
 def _pin(name: str) -> str:
-    try:
-        return f"{name}=={md.version(name)}"
-    except md.PackageNotFoundError:
-        return name
+    """``name==version`` as installed here (the server is tested with these), else the bare name."""
+    from .registry.environment import _distribution_pin
+
+    return _distribution_pin(name) or name
 
 
 def _req_name(req: str) -> str:
