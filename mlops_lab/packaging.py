@@ -48,7 +48,7 @@ MANIFEST = "MLOPS_LAB_PACKAGE.json"
 KEYS_FILE = "keys/keys.json"
 
 # What the scoring server imports, pinned to the versions installed here (it is tested with them).
-_SERVER_PACKAGES = ["numpy", "orjson", "starlette", "uvicorn", "httptools", "uvloop", "cloudpickle"]
+_SERVER_PACKAGES = ["numpy", "orjson", "pysimdjson", "starlette", "uvicorn", "httptools", "uvloop", "cloudpickle"]
 _COLLECT_PACKAGES = ["pyarrow"]
 
 

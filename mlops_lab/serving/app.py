@@ -50,6 +50,7 @@ log = logging.getLogger("mlops_lab.serving")
 
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 _JSON = "application/json"
+_INVOCATION_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")  # MLflow's scoring protocol
 _DUMP_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 V2_DTYPES = {
@@ -267,6 +268,9 @@ class ScoringApp:
     # -- protocols -------------------------------------------------------------------------
 
     def _parse_score(self, model: ServedModel, body: bytes):
+        chunk = model.spec.from_json(body, ("data",), ("data",))
+        if chunk is not None:
+            return chunk
         doc = self._json(body)
         if not isinstance(doc, dict):
             raise InvalidRequest("the body must be a JSON object with 'data'", field="body")
@@ -291,13 +295,16 @@ class ScoringApp:
                 f"unsupported content type {ctype!r}: use application/json or text/csv",
                 field="Content-Type",
             )
+        chunk = model.spec.from_json(body, _INVOCATION_KEYS, ("instances", "inputs"))
+        if chunk is not None:
+            return chunk
         doc = self._json(body)
         if not isinstance(doc, dict):
             raise InvalidRequest(
                 "the body must be an object with one of dataframe_split, dataframe_records, "
                 "instances, inputs", field="body",
             )
-        keys = [k for k in ("dataframe_split", "dataframe_records", "instances", "inputs") if k in doc]
+        keys = [k for k in _INVOCATION_KEYS if k in doc]
         if len(keys) != 1:
             raise InvalidRequest(
                 "the body must have exactly one of dataframe_split, dataframe_records, instances, inputs"

@@ -24,6 +24,10 @@ from ..registry.signature import _type_of_value
 
 _NUMERIC = {"integer", "float"}
 
+#: Bodies smaller than this take the general JSON path: below about 8 rows of numbers it is as
+#: fast as simdjson, and it is the path that names the field at fault.
+FAST_JSON_MIN_BYTES = 1024
+
 
 @dataclass
 class Chunk:
@@ -81,6 +85,44 @@ class InputSpec:
             self.dtype = np.dtype(signature["dtype"])
             self.shape = list(signature["shape"])
         self.batchable = self.kind is not None
+        # Rows of this width that are all floats may be read straight from the JSON text.
+        self.fast_width: int | None = None
+        if self.kind == "tensor" and len(self.shape) == 2 and self.shape[1] not in (-1, None) and self.dtype.kind == "f":
+            self.fast_width = int(self.shape[1])
+        elif self.kind == "columns" and all(t == "float" for t in self.types):
+            self.fast_width = len(self.columns)
+        self._parser: Any = None
+
+    def from_json(self, body: bytes, keys: tuple[str, ...], accept: tuple[str, ...]) -> Chunk | None:
+        """Rows of numbers read straight from the JSON text into a float64 array (simdjson),
+        without a Python float per number: about a third of the time of ``orjson`` plus
+        ``np.asarray`` for 100 rows of 20. ``keys`` are the body's possible top-level keys, one
+        of which must be present, and the rows must be under one of ``accept``. Returns None
+        whenever anything is unusual (another shape, a non-number, a ragged row, a small body):
+        the general path then reads the body and names the field at fault."""
+        if self.fast_width is None or len(body) < FAST_JSON_MIN_BYTES:
+            return None
+        if self._parser is None:
+            try:
+                import simdjson
+            except ImportError:  # an optional speed-up: the general path is complete
+                self._parser = False
+                return None
+            self._parser = simdjson.Parser()
+        if self._parser is False:
+            return None
+        try:
+            arr = _simd_rows(self._parser, body, keys, accept, self.fast_width)
+        except RuntimeError:  # the parser still referenced by a failed parse: start a new one
+            self._parser = None
+            return None
+        except (ValueError, TypeError, KeyError, IndexError):
+            return None
+        if arr is None:
+            return None
+        if self.kind == "tensor" and arr.dtype != self.dtype:
+            arr = arr.astype(self.dtype)
+        return Chunk("array", arr, len(arr))
 
     # -- entry points, one per shape of data a protocol can carry ---------------------------
 
@@ -357,6 +399,33 @@ class InputSpec:
         if casts:
             df = df.assign(**casts)  # a new frame: the caller's data is never changed
         return df
+
+
+def _simd_rows(parser: Any, body: bytes, keys: tuple[str, ...], accept: tuple[str, ...], width: int) -> np.ndarray | None:
+    """An (n, width) float64 array from ``{"<key>": [[numbers], ...]}``, or None. Every object
+    the parser hands out dies with this frame, so the parser can be reused."""
+    import simdjson
+
+    doc = parser.parse(body)
+    if not isinstance(doc, simdjson.Object):
+        return None
+    found = [k for k in keys if k in doc]
+    if len(found) != 1 or found[0] not in accept:
+        return None
+    rows = doc[found[0]]
+    if not isinstance(rows, simdjson.Array):
+        return None
+    n = len(rows)
+    # Exactly one array per row plus the outer one: no array nested inside a row, none elsewhere.
+    if n == 0 or body.count(b"[") != n + 1:
+        return None
+    for row in rows:
+        if not isinstance(row, simdjson.Array) or len(row) != width:
+            return None
+    flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)  # raises on a non-number
+    if flat.size != n * width:
+        return None
+    return flat.reshape(n, width)
 
 
 def split_output(output: Any, sizes: list[int]) -> list[Any]:
