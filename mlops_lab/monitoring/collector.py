@@ -334,7 +334,12 @@ class Collector:
         out = {**meta, **{k: v for k, v in columns.items() if k not in self._exclude}}
         if pred is not None:
             out["prediction"] = pred
-        return pa.table(out)
+        table = pa.table(out)
+        # Columns without nulls are written as required: Parquet then writes no definition
+        # levels for them, which is 40 % of the encoding time of 20 float columns. Readers
+        # relax this again (data.py), so files with and without nulls read as one dataset.
+        schema = pa.schema([f.with_nullable(f.name == "error_id" or table.column(i).null_count > 0) for i, f in enumerate(table.schema)])
+        return pa.Table.from_arrays(table.columns, schema=schema)
 
     def _table(self, records: list[Record], pa) -> Any:
         counts = np.fromiter((max(r.n, 1) for r in records), dtype=np.int64, count=len(records))

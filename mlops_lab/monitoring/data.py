@@ -60,7 +60,13 @@ def _dataset(folder: Path):
 
     if not folder.exists():
         return None
-    return ds.dataset(str(folder), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+    dataset = ds.dataset(str(folder), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+    if any(not f.nullable for f in dataset.schema):
+        # The collector writes columns without nulls as required; other files may have nulls.
+        import pyarrow as pa
+
+        dataset = dataset.replace_schema(pa.schema([f.with_nullable(True) for f in dataset.schema]))
+    return dataset
 
 
 def read_requests(

@@ -114,3 +114,20 @@ def test_records_that_do_not_fit_a_block_take_the_queue(collector, tmp_path):
     assert set(df.request_id) == {"wide", "float-pred", "error"}
     assert df[df.request_id == "wide"][COLS].isna().all(axis=None)  # not its signature's width: no inputs kept
     np.testing.assert_allclose(df[df.request_id == "float-pred"].sort_values("row").prediction.astype(float), np.linspace(0, 1, 8))
+
+
+def test_required_columns_and_files_with_nulls_read_as_one_dataset(collector, tmp_path):
+    t = dt.datetime(2026, 11, 25, 12, tzinfo=dt.timezone.utc).timestamp()
+    collector.add(_rec(t, "a", np.ones((8, 5)), np.ones(8, dtype=int)))
+    collector.flush()
+    first = pq.read_schema(_files(tmp_path)[0])
+    assert not first.field("x0").nullable and not first.field("prediction").nullable
+    assert first.field("error_id").nullable
+    collector.add(_rec(t + 1, "err", None, None, status=500, error="e"))
+    collector.flush()
+    assert len(_files(tmp_path)) == 2
+    table = read_requests(tmp_path / "d")
+    assert table.schema.field("x0").nullable
+    df = table.to_pandas()
+    assert len(df) == 9 and df[df.request_id == "err"][COLS + ["prediction"]].isna().all(axis=None)
+    assert (df[df.request_id == "a"][COLS] == 1.0).all(axis=None)
