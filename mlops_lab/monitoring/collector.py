@@ -1,14 +1,10 @@
 """Data collection inside the scoring server.
 
-The request path hands each request's record to a bounded in-memory queue and never blocks. A
-record of several rows (numeric rows of the signature's width, one numeric prediction per row) is copied
-straight into a preallocated column-major block (``_Block``): one strided copy while the rows
-are still in the CPU cache, no per-request objects kept alive, and the block's columns later go
-to Arrow without a copy. Blocks are reused, so a saturated server does not keep allocating and
-freeing tens of megabytes a second. Any other record (strings, errors, odd shapes) is queued as
-it is. A background thread writes what has queued as one Parquet file every ``flush_seconds``
-or ``flush_rows`` rows. When the queue is full, requests are still answered and their records
-are dropped and counted; the counts are written too, so status and charts show them.
+The request path only appends one small tuple per request to a bounded in-memory queue (rows are
+counted, not copied); a background thread turns what has queued into Arrow columns and appends
+a Parquet file every ``flush_seconds`` or ``flush_rows`` rows. When the queue is full, requests
+are still answered and their records are dropped and counted; the counts are written too, so
+status and charts show them.
 
 Files: ``<folder>/<deployment>/requests/date=YYYY-MM-DD/part-<time>-<pid>-<seq>.parquet``, written
 under a temporary name and renamed, so a reader never sees half a file and a SIGKILL loses at most
@@ -43,10 +39,6 @@ CHUNK_RECORDS = 4096
 #: ... and at most this many rows: a slice of 100-row requests then holds the GIL for about a
 #: millisecond, not the 20 ms that 4096 of them would (seen in the servers' p99 latency).
 CHUNK_ROWS = 16_384
-
-#: Records of fewer rows stay in the queue as they are: for them, copying into a block costs the
-#: request path more (about 2 us) than the writer saves.
-BLOCK_MIN_ROWS = 8
 
 META_COLUMNS = ("request_time", "request_id", "row", "model_version", "status_code", "latency_ms", "error_id")
 
@@ -85,25 +77,6 @@ class Record(NamedTuple):
     n: int
 
 
-class _Block:
-    """Preallocated buffers for the common record: inputs column-major, one prediction per row,
-    and per request (time, request id, version, status, latency, rows)."""
-
-    __slots__ = ("key", "columns", "inputs", "pred", "n", "meta")
-
-    def __init__(self, key: tuple, columns: list[str], cap: int) -> None:
-        self.key = key
-        self.columns = columns
-        self.inputs = np.empty((len(columns), cap), dtype=np.float64)  # row i: column i
-        self.pred = np.empty(cap, dtype=np.int64 if key[1] == "i" else np.float64)
-        self.n = 0
-        self.meta: list[tuple] = []
-
-    @property
-    def cap(self) -> int:
-        return self.pred.shape[0]
-
-
 def _partition_date(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d")
 
@@ -133,13 +106,6 @@ class Collector:
         self._stop = threading.Event()
         self._exclude = set(config.exclude)
         self._rate = float(config.rate)
-        self._block_rows = max(1, min(CHUNK_ROWS, int(config.max_queue_rows)))
-        self._active: dict[tuple, _Block] = {}  # the block each layout is being copied into
-        self._filled: list[_Block] = []  # blocks waiting for the writer
-        self._spare: dict[tuple, list[_Block]] = {}  # written blocks, kept for reuse
-        # enough spares for what queues while a flush is written, within the queue's bound
-        self._max_spare = max(2, min(int(config.max_queue_rows), 2 * int(config.flush_rows)) // self._block_rows + 1)
-        self._layouts: dict[int, tuple] = {}  # id(columns list) -> (the list, its block key or None)
         self._thread: threading.Thread | None = None
         if config.enabled:
             self._thread = threading.Thread(target=self._run, name=f"collector-{deployment}", daemon=True)
@@ -157,51 +123,16 @@ class Collector:
     def add(self, record: Record) -> None:
         """Queue a request's record; never blocks. Returns at once when the queue is full."""
         n = max(record.n, 1)
-        key = self._fast_key(record)
         with self._qlock:
             if self.queued_rows + n > self.config.max_queue_rows:
                 self.dropped += n
                 self.dropped_total += n
                 return
-            if key is None:
-                self.queue.append(record)
-            else:
-                block = self._active.get(key)
-                if block is None or block.n + n > block.cap:
-                    if block is not None:
-                        self._filled.append(block)
-                    spare = self._spare.get(key)
-                    block = spare.pop() if spare else _Block(key, record.columns, self._block_rows)
-                    self._active[key] = block
-                pos = block.n
-                block.inputs[:, pos : pos + n] = record.inputs.T  # the rows are still in cache
-                block.pred[pos : pos + n] = record.output
-                block.meta.append((record.time, record.request_id, record.model_version, record.status, record.latency_ms, n))
-                block.n = pos + n
+            self.queue.append(record)
             self.queued_rows += n
             full = self.queued_rows >= self.config.flush_rows
         if full:
             self._wake.set()
-
-    def _fast_key(self, r: Record) -> tuple | None:
-        """The block layout for a record that fits one, else None (it is queued as it is)."""
-        inputs, out, columns = r.inputs, r.output, r.columns
-        if not (
-            type(inputs) is np.ndarray and type(out) is np.ndarray and inputs.ndim == 2 and out.ndim == 1
-            and r.error_id is None and BLOCK_MIN_ROWS <= r.n == inputs.shape[0] == out.shape[0] <= self._block_rows
-            and inputs.dtype.kind in "biuf" and out.dtype.kind in "biuf" and columns is not None
-        ):
-            return None
-        seen = self._layouts.get(id(columns))
-        if seen is None or seen[0] is not columns:  # a list seen before: its answer is kept
-            numeric = r.types is None or all(t == "float" for t in r.types)
-            seen = (columns, tuple(columns) if numeric else None)
-            if len(self._layouts) > 1000:
-                self._layouts.clear()
-            self._layouts[id(columns)] = seen
-        if seen[1] is None or inputs.shape[1] != len(columns):
-            return None
-        return (seen[1], "f" if out.dtype.kind == "f" else "i")
 
     def add_feedback(self, items: list[dict[str, Any]]) -> None:
         self._feedback.extend(items)
@@ -231,37 +162,25 @@ class Collector:
             with self._qlock:
                 records = list(self.queue)
                 self.queue.clear()
-                blocks = self._filled + [b for b in self._active.values() if b.n]
-                self._filled = []
-                self._active = {k: b for k, b in self._active.items() if not b.n}
                 self.queued_rows = 0
                 dropped, self.dropped = self.dropped, 0
             feedback: list[dict[str, Any]] = []
             while self._feedback:
                 feedback.append(self._feedback.popleft())
-            if records or blocks:
-                self._write_requests(records, blocks)
-                with self._qlock:  # written: the blocks take rows again
-                    for b in blocks:
-                        b.n = 0
-                        b.meta = []
-                        spare = self._spare.setdefault(b.key, [])
-                        if len(spare) < self._max_spare:
-                            spare.append(b)
+            if records:
+                self._write_requests(records)
             if dropped:
                 self._write("drops", time.time(), {"time": [time.time()], "pid": [os.getpid()], "dropped": [dropped]})
             if feedback:
                 self._write_feedback(feedback)
 
-    def _write(self, kind: str, ts: float, columns: dict[str, Any], table=None, more=(), day: str | None = None) -> None:
-        """Write ``table`` (or ``columns``), and then each of ``more`` as further row groups of
-        the same schema, as one file under a temporary name, renamed when complete."""
+    def _write(self, kind: str, ts: float, columns: dict[str, Any], table=None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if table is None:
             table = pa.table(columns)
-        folder = self.root / kind / f"date={day or _partition_date(ts)}"
+        folder = self.root / kind / f"date={_partition_date(ts)}"
         folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         name = f"part-{int(ts * 1000)}-{os.getpid()}-{self._seq}.parquet"
@@ -271,84 +190,58 @@ class Collector:
         strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
         # min/max statistics only where readers filter (time, version, status)
         stats = [c for c in ("request_time", "model_version", "status_code") if c in table.column_names] or False
-        try:
-            with pq.ParquetWriter(tmp, table.schema, compression="lz4", use_dictionary=strings, write_statistics=stats) as writer:
-                for t in (table, *more):
-                    writer.write_table(t)
-                    time.sleep(0)  # hand the GIL over between row groups
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        pq.write_table(table, tmp, compression="lz4", use_dictionary=strings, write_statistics=stats)
         os.replace(tmp, folder / name)  # readers see whole files only
         self.files += 1
 
-    def _write_requests(self, records: list[Record], blocks: list[_Block] = ()) -> None:
+    def _write_requests(self, records: list[Record]) -> None:
         import pyarrow as pa
 
-        # Files are partitioned by day: split what spans midnight. Tables of one day and one
-        # schema become row groups of one file.
-        by_day: dict[str, list[Any]] = {}
-        for b in blocks:
-            for day, table in self._block_tables(b, pa):
-                by_day.setdefault(day, []).append(table)
-        records_by_day: dict[str, list[Record]] = {}
+        # Files are partitioned by day: split a batch that spans midnight.
+        by_day: dict[str, list[Record]] = {}
         for r in records:
-            records_by_day.setdefault(_partition_date(r.time), []).append(r)
-        for day, day_records in records_by_day.items():
+            by_day.setdefault(_partition_date(r.time), []).append(r)
+        for day_records in by_day.values():
             # In slices: each NumPy/Arrow call then holds the GIL for a few milliseconds at
             # most, so the event loop answering requests is never held up for longer.
+            tables = []
             for piece in _slices(day_records):
-                by_day.setdefault(day, []).append(self._table(piece, pa))
+                tables.append(self._table(piece, pa))
                 time.sleep(0)  # hand the GIL over between slices
-        for day, tables in by_day.items():
-            groups: dict[Any, list[Any]] = {}
-            for t in tables:
-                groups.setdefault(t.schema, []).append(t)
-            if len(groups) > 1:  # e.g. an error's null columns beside typed ones: one schema if it unifies
-                try:
-                    schema = pa.unify_schemas(list(groups), promote_options="permissive")
-                    groups = {schema: [_conform(t, schema, pa) for t in tables]}
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                    pass
-            for group in groups.values():
-                self._write("requests", time.time(), {}, group[0], group[1:], day=day)
-                self.written_rows += sum(t.num_rows for t in group)
+            table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+            self._write("requests", day_records[0].time, {}, table)
+            self.written_rows += table.num_rows
 
-    def _block_tables(self, b: _Block, pa) -> list[tuple[str, Any]]:
-        times, ids, versions, statuses, latencies, counts = zip(*b.meta)
-        counts = np.array(counts, dtype=np.int64)
-        n = b.n
-        meta = _meta_columns(pa, np.array(times), list(ids), list(versions), statuses, latencies, [None] * len(ids), counts)
-        cols = {name: pa.array(b.inputs[i, :n]) for i, name in enumerate(b.columns)}  # no copies
-        table = self._assemble(meta, cols, pa.array(b.pred[:n]), pa)
-        first, last = _partition_date(min(times)), _partition_date(max(times))
-        if first == last:
-            return [(first, table)]
-        days = np.array([_partition_date(t) for t in times])[np.repeat(np.arange(len(times)), counts)]
-        return [(d, table.filter(pa.array(days == d))) for d in sorted(set(days.tolist()))]
-
-    def _assemble(self, meta: dict[str, Any], columns: dict[str, Any], pred: Any, pa) -> Any:
+    def _table(self, records: list[Record], pa) -> Any:
+        counts = np.fromiter((max(r.n, 1) for r in records), dtype=np.int64, count=len(records))
+        total = int(counts.sum())
+        # Per-request values repeat on every row of the request: convert each string once and
+        # take it by index (Arrow's take), instead of converting it once per row.
+        index = pa.array(np.repeat(np.arange(len(records)), counts))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        meta = {
+            "request_time": pa.array(np.repeat(np.array([r.time for r in records]) * 1e6, counts).astype("int64"), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "request_id": pa.array([r.request_id for r in records], pa.string()).take(index),
+            "row": pa.array((np.arange(total) - np.repeat(starts, counts)).astype(np.int32)),
+            "model_version": pa.array([r.model_version for r in records], pa.string()).take(index),
+            "status_code": pa.array(np.repeat(np.array([r.status for r in records], dtype=np.int16), counts)),
+            "latency_ms": pa.array(np.repeat(np.array([r.latency_ms for r in records], dtype=np.float32), counts)),
+            "error_id": pa.array([r.error_id for r in records], pa.string()).take(index),
+        }
+        columns = self._input_columns(records, counts, pa)
         for name in list(columns):
             if name in meta:
                 columns[f"input.{name}"] = columns.pop(name)
+        pred = self._prediction_column(records, counts, pa)
         out = {**meta, **{k: v for k, v in columns.items() if k not in self._exclude}}
         if pred is not None:
             out["prediction"] = pred
         table = pa.table(out)
         # Columns without nulls are written as required: Parquet then writes no definition
-        # levels for them, which is 40 % of the encoding time of 20 float columns. Readers
-        # relax this again (data.py), so files with and without nulls read as one dataset.
+        # levels for them (40 % less encoding time for 20 float columns, measured alone).
+        # Readers relax this again (data.py), so files with and without nulls read as one dataset.
         schema = pa.schema([f.with_nullable(f.name == "error_id" or table.column(i).null_count > 0) for i, f in enumerate(table.schema)])
         return pa.Table.from_arrays(table.columns, schema=schema)
-
-    def _table(self, records: list[Record], pa) -> Any:
-        counts = np.fromiter((max(r.n, 1) for r in records), dtype=np.int64, count=len(records))
-        meta = _meta_columns(
-            pa, np.array([r.time for r in records]), [r.request_id for r in records], [r.model_version for r in records],
-            [r.status for r in records], [r.latency_ms for r in records], [r.error_id for r in records], counts,
-        )
-        columns = self._input_columns(records, counts, pa)
-        return self._assemble(meta, columns, self._prediction_column(records, counts, pa), pa)
 
     def _input_columns(self, records: list[Record], counts: np.ndarray, pa) -> dict[str, Any]:
         """Input columns for all records, null where a request had no rows (an error).
@@ -453,33 +346,6 @@ class Collector:
 
     def _write_feedback(self, items: list[dict[str, Any]]) -> None:
         write_feedback(self.root, items, writer=self)
-
-
-def _meta_columns(pa, times, ids, versions, statuses, latencies, errors, counts) -> dict[str, Any]:
-    """The per-row metadata columns from per-request values (``counts`` rows each)."""
-    total = int(counts.sum())
-    # Per-request values repeat on every row of the request: convert each string once and
-    # take it by index (Arrow's take), instead of converting it once per row.
-    index = pa.array(np.repeat(np.arange(len(ids)), counts))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return {
-        "request_time": pa.array(np.repeat(times * 1e6, counts).astype("int64"), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        "request_id": pa.array(ids, pa.string()).take(index),
-        "row": pa.array((np.arange(total) - np.repeat(starts, counts)).astype(np.int32)),
-        "model_version": pa.array(versions, pa.string()).take(index),
-        "status_code": pa.array(np.repeat(np.array(statuses, dtype=np.int16), counts)),
-        "latency_ms": pa.array(np.repeat(np.array(latencies, dtype=np.float32), counts)),
-        "error_id": pa.array(errors, pa.string()).take(index),
-    }
-
-
-def _conform(table, schema, pa):
-    """``table`` with ``schema``'s columns, in its order: missing ones null, the rest cast."""
-    cols = [
-        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _slices(records: list[Record]):
