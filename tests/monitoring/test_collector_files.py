@@ -1,6 +1,6 @@
-"""The collector's block lane (rows copied into reused column-major buffers) against its queue
-lane (records kept as they are): both write real Parquet files that read back as what was sent.
-No server here: the records are what the scoring server hands over (``Record``)."""
+"""The collector's files: what a flush writes reads back as what was sent, split by day, with
+required columns where there are no nulls. No server here: the records are what the scoring
+server hands over (``Record``); the files are real Parquet read by the real readers."""
 
 from __future__ import annotations
 
