@@ -66,6 +66,7 @@ _LAZY = {
     "update": "mlops_lab.deployers.api",
     "promote": "mlops_lab.deployers.api",
     "rollback": "mlops_lab.deployers.api",
+    "restart": "mlops_lab.deployers.api",
     "delete_deployment": "mlops_lab.deployers.api",
     "regenerate_key": "mlops_lab.deployers.api",
     "Deployment": "mlops_lab.deployers.base",
@@ -129,6 +130,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         list_deployments,
         promote,
         regenerate_key,
+        restart,
         rollback,
         update,
     )

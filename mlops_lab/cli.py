@@ -124,6 +124,14 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_restart(args) -> int:
+    import mlops_lab as ml
+
+    d = ml.restart(args.deployment, progress=not args.json)
+    _out(args, d.to_dict(), f"{d.name}: revision {d.revision} at {d.url}")
+    return 0
+
+
 def cmd_promote(args) -> int:
     import mlops_lab as ml
 
@@ -283,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (("rollback", cmd_rollback, "serve the previous revision"),
                              ("promote", cmd_promote, "complete a canary"),
+                             ("restart", cmd_restart, "start the current revision again at the same address"),
                              ("status", cmd_status, "reconciled state; exit 10 unless healthy"),
                              ("undeploy", cmd_undeploy, "stop and forget a deployment")):
         p = sub.add_parser(name, parents=[common], help=text)

@@ -110,6 +110,17 @@ class MlopsLabMagics(Magics):
     @argument("deployment")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
+    def restart(self, args):
+        """Start a deployment's current revision again at the same address (e.g. after a crash)."""
+        from .deployers.api import restart
+
+        return restart(args.deployment)
+
+    @line_magic
+    @magic_arguments()
+    @argument("deployment")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
     def undeploy(self, args):
         """Stop and forget a deployment."""
         from .deployers.api import delete_deployment
@@ -170,7 +181,7 @@ class MlopsLabMagics(Magics):
 # -- tab completion ---------------------------------------------------------------------------
 # What each magic's positional arguments name, in order.
 _POSITIONALS = {
-    "deploy": ["ref"], "update": ["deployment", "ref"], "rollback": ["deployment"], "undeploy": ["deployment"],
+    "deploy": ["ref"], "update": ["deployment", "ref"], "rollback": ["deployment"], "restart": ["deployment"], "undeploy": ["deployment"],
     "monitor": ["deployment"], "models": ["model"], "register_model": ["variable"],
 }
 

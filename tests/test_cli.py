@@ -40,6 +40,9 @@ def test_register_deploy_score_promote_undeploy(sqlite_registry, tmp_path, iris,
     assert upd["revision"] == 2 and upd["models"][0]["version"] == 2
     assert json.loads(run("deployments", "--json").stdout)[0]["name"] == "staging"
     assert "ready on http://127.0.0.1" in run("logs", "staging").stdout
+    restarted = json.loads(run("restart", "staging", "--json").stdout)
+    assert restarted["url"] == upd["url"] and restarted["revision"] == 2
+    assert json.loads(run("status", "staging", "--json").stdout)["state"] == "healthy"
     metrics = json.loads(run("monitor", "staging", "--json").stdout)
     assert isinstance(metrics, list)
     run("monitor", "staging", "--export", str(tmp_path / "chart.json"))

@@ -52,6 +52,8 @@ def test_register_deploy_update_rollback_undeploy(shell, iris, trained):
     assert [(m["version"], m["traffic"]) for m in d.models] == [(1, 90), (2, 10)]
     d = shell.run_line_magic("rollback", "svc")
     assert [m["version"] for m in d.models] == [1]
+    r = shell.run_line_magic("restart", "svc")
+    assert r.url == d.url and r.revision == d.revision and r.status().healthy
     listing = shell.run_line_magic("deployments", "")
     assert [x.name for x in listing] == ["svc"]
     assert "<td style='text-align:left;padding-right:1em'><b>svc</b></td>" in listing._repr_html_()

@@ -283,6 +283,21 @@ def rollback(name: str, *, progress: bool = True, registry=None) -> Deployment:
     return Deployment(record, read_keys(reg.home, name), reg)
 
 
+def restart(name: str, *, progress: bool = True, registry=None) -> Deployment:
+    """Start deployment ``name``'s current revision again at the same address (see
+    :meth:`Deployment.restart`)."""
+    reg = registry or _registry()
+    record = reg.get_deployment(name)
+    prog = Progress(f"restarting {name!r}", progress)
+    try:
+        record = _deployer(record.target, reg).restart(record, prog)
+    except (DeploymentFailed, InvalidInput) as exc:
+        prog.done(f"failed: {exc.message}")
+        raise
+    prog.done(f"revision {record.revision} serving at {record.endpoint}")
+    return Deployment(record, read_keys(reg.home, name), reg)
+
+
 def delete_deployment(name: str, *, registry=None) -> bool:
     """Stop and forget a deployment; returns whether there was one (deleting twice is fine)."""
     reg = registry or _registry()

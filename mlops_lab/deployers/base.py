@@ -76,6 +76,10 @@ class Deployer(ABC):
     def delete(self, record: DeploymentRecord) -> None:
         """Stop everything and free the resources (idempotent); the caller forgets the record."""
 
+    def restart(self, record: DeploymentRecord, progress) -> DeploymentRecord:
+        """Stop what still runs of the current revision and start it again at the same address."""
+        raise InvalidInput(f"restart is not available for {self.target!r} deployments", hint="update() or delete and deploy again")
+
     def rollback(self, record: DeploymentRecord, history: list[DeploymentRevision], progress) -> DeploymentRecord:
         """Serve the previous revision again (recorded as a new revision)."""
         earlier = [h for h in history if h.revision < record.revision]
@@ -203,6 +207,15 @@ class Deployment:
         from .api import rollback
 
         rollback(self.name, progress=progress, registry=self._registry)
+        return self.refresh()
+
+    def restart(self, *, progress: bool = True) -> Deployment:
+        """Start the current revision again at the same address: for a deployment whose
+        supervisor is gone (``crashed``), or to bounce a running one (a short outage; ``update``
+        is the way without one)."""
+        from .api import restart
+
+        restart(self.name, progress=progress, registry=self._registry)
         return self.refresh()
 
     def delete(self) -> None:

@@ -127,17 +127,24 @@ class LocalDeployer(Deployer):
         folder.mkdir(parents=True, exist_ok=True)
         progress.step("preparing the model files")
         spec = prepare_revision(self.registry, name, models, config, 1)
+        progress.step("starting the server")
+        self._launch(name, spec, config, int(config.get("port") or 0), 1, "did not start")
+        return self.registry.get_deployment(name)
+
+    def _launch(self, name: str, spec: str, config: dict[str, Any], port: int, revision: int, failed: str) -> None:
+        """Start a supervisor for ``spec`` (a detached process) and wait until it is ready."""
+        folder = deployment_dir(self.registry.home, name)
         log_path = folder / "deployment.log"
         read_fd, write_fd = os.pipe()
         cmd = [
             sys.executable, "-m", "mlops_lab.deployers.supervisor", "--name", name, "--home", str(self.registry.home),
-            "--spec", spec, "--host", config.get("host", "127.0.0.1"), "--port", str(config.get("port") or 0),
+            "--spec", spec, "--host", config.get("host", "127.0.0.1"), "--port", str(port),
             "--workers", str(config.get("workers", 1)), "--ready-fd", str(write_fd), "--daemonize",
             "--startup-timeout", str(config.get("startup_timeout", 120)), "--drain", str(config.get("drain_seconds", 1.0)),
+            "--revision", str(revision),
         ]
         env = {**os.environ, "MLOPS_LAB_HOME": str(self.registry.home), "MLOPS_LAB_DB": self.registry.url}
         env.pop("MLOPS_LAB_CRASHPOINT", None)
-        progress.step("starting the server")
         with open(log_path, "ab") as logf:
             launcher = subprocess.Popen(
                 cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
@@ -152,9 +159,22 @@ class LocalDeployer(Deployer):
                 reason = line[len("FAILED "):]
             else:
                 reason = "the supervisor exited before it was ready: " + _last_error(log_path)
-            # The deployment's folder (and log) goes with the failed deployment: say why here.
-            raise DeploymentFailed(f"deployment {name!r} did not start: {reason}")
-        return self.registry.get_deployment(name)
+            # The deployment's folder (and log) goes with a failed deployment: say why here.
+            raise DeploymentFailed(f"deployment {name!r} {failed}: {reason}")
+
+    def restart(self, record: DeploymentRecord, progress) -> DeploymentRecord:
+        spec = record.state.get("spec")
+        if not spec or not Path(spec).is_file():
+            raise DeploymentFailed(f"deployment {record.name!r} has no files for revision {record.revision}",
+                                   hint="delete it and deploy again")
+        if self._supervisor_alive(record):
+            progress.step("stopping the running servers (collected data is flushed)")
+            self._stop(record)
+        self._kill_orphans(record)
+        port = int(record.state.get("port") or 0)
+        progress.step(f"starting revision {record.revision} on port {port}")
+        self._launch(record.name, spec, dict(record.config), port, record.revision, "did not restart")
+        return self.registry.get_deployment(record.name)
 
     def update(self, record: DeploymentRecord, models: list[dict[str, Any]], note: str, progress) -> DeploymentRecord:
         if not self._supervisor_alive(record):
@@ -214,24 +234,31 @@ class LocalDeployer(Deployer):
 
     def delete(self, record: DeploymentRecord) -> None:
         if self._supervisor_alive(record):
-            try:
-                self._control(record.name, {"op": "stop"}, timeout=10)
-            except OSError:
-                pass
-            pid = record.state.get("supervisor_pid")
-            end = time.monotonic() + 40
-            while self._supervisor_alive(record) and time.monotonic() < end:
-                time.sleep(0.05)
-            if self._supervisor_alive(record):
-                os.kill(pid, signal.SIGKILL)
-        # Servers left by a supervisor that was killed outright.
+            self._stop(record)
+        self._kill_orphans(record)
+        shutil.rmtree(deployment_dir(self.registry.home, record.name), ignore_errors=True)
+
+    def _stop(self, record: DeploymentRecord) -> None:
+        """Stop the supervisor gracefully (its servers drain and flush), by force after 40 s."""
+        try:
+            self._control(record.name, {"op": "stop"}, timeout=10)
+        except OSError:
+            pass
+        pid = record.state.get("supervisor_pid")
+        end = time.monotonic() + 40
+        while self._supervisor_alive(record) and time.monotonic() < end:
+            time.sleep(0.05)
+        if self._supervisor_alive(record):
+            os.kill(pid, signal.SIGKILL)
+
+    def _kill_orphans(self, record: DeploymentRecord) -> None:
+        """Servers left by a supervisor that was killed outright."""
         for server in record.state.get("servers", []):
             if _pid_is(server.get("pid"), "mlops_lab.serving.server"):
                 try:
                     os.kill(server["pid"], signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        shutil.rmtree(deployment_dir(self.registry.home, record.name), ignore_errors=True)
 
 
 def _last_error(log_path: Path) -> str:

@@ -325,7 +325,7 @@ class Supervisor:
 
     # -- life ------------------------------------------------------------------------------
 
-    async def run(self, spec: str, ready_fd: int | None) -> int:
+    async def run(self, spec: str, ready_fd: int | None, revision: int = 1) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -344,7 +344,7 @@ class Supervisor:
         # Open the registry (SQLAlchemy's import is a fifth of a second) while the servers boot.
         opening = asyncio.ensure_future(asyncio.to_thread(lambda: self.registry))
         try:
-            self.active = await self.start_generation(spec, 1)
+            self.active = await self.start_generation(spec, revision)
         except StartFailed as exc:
             log.error("deployment failed to start: %s", exc)
             _tell(ready_fd, f"FAILED {exc}")
@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--startup-timeout", type=float, default=120.0)
     ap.add_argument("--drain", type=float, default=1.0)
+    ap.add_argument("--revision", type=int, default=1, help="the revision the spec is (a restart serves the current one)")
     ap.add_argument("--ready-fd", type=int)
     ap.add_argument("--daemonize", action="store_true", help="fork, and let the parent exit at once")
     args = ap.parse_args(argv)
@@ -430,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        return uvloop.run(sup.run(args.spec, args.ready_fd))
+        return uvloop.run(sup.run(args.spec, args.ready_fd, args.revision))
     except ImportError:
-        return asyncio.run(sup.run(args.spec, args.ready_fd))
+        return asyncio.run(sup.run(args.spec, args.ready_fd, args.revision))
 
 
 if __name__ == "__main__":

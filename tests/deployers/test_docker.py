@@ -153,9 +153,9 @@ def test_the_kubernetes_pod_spec_runs_and_answers_its_readiness_probe(models, tm
         container.remove(force=True)
 
 
-def test_a_killed_forwarder_is_reported_and_delete_cleans_up(models):
-    """kill -9 of the process that owns a Docker deployment's address: status says so, delete
-    removes the container, nothing is left running."""
+def test_a_killed_forwarder_is_reported_restarted_and_delete_cleans_up(models):
+    """kill -9 of the process that owns a Docker deployment's address: status says so, restart
+    brings it back at the same address, delete removes the container, nothing is left running."""
     import signal
 
     engine = models
@@ -170,5 +170,12 @@ def test_a_killed_forwarder_is_reported_and_delete_cleans_up(models):
     with pytest.raises(DeploymentFailed, match="its forwarder is gone"):
         d.update("m:2", progress=False)
     assert len(_containers(engine, "fwd")) == 1  # the failed update started nothing
+    # restart: a new container from the same image, a new forwarder on the same port
+    url = d.url
+    d.restart(progress=False)
+    st = d.status()
+    assert st.state == "healthy" and d.url == url and d.revision == 1
+    assert d.record.state["forwarder_pid"] != pid and d.predict([[0, 0]]) == [1.0]
+    assert len(_containers(engine, "fwd")) == 1  # the old container is retired
     d.delete()
     assert _containers(engine, "fwd") == [] and ml.list_deployments() == []

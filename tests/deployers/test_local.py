@@ -216,6 +216,54 @@ def test_supervisor_killed_is_reported_and_cleaned_up(models):
     assert ml.list_deployments() == []
 
 
+def test_restart_brings_a_crashed_deployment_back_at_the_same_address(models, capsys):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    d.update("m:2", progress=False)  # revision 2 serves m:2
+    url, before = d.url, d.status()
+    os.kill(before.details["supervisor_pid"], signal.SIGKILL)
+    assert wait_until(lambda: d.status().state == "crashed", timeout=10)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=2)
+    d.restart()  # with progress: the steps are printed
+    assert "restarting 'svc': revision 2 serving at " + url in capsys.readouterr().err
+    st = d.status()
+    assert st.state == "healthy" and d.url == url and d.revision == 2
+    assert st.details["supervisor_pid"] != before.details["supervisor_pid"]
+    assert d.predict([[0, 0]]) == [2.0]  # the current revision, not the first
+    assert [r.revision for r in d.revisions()] == [1, 2]  # a restart is not a new revision
+    # a running deployment restarts too (stopped gracefully first), and any process sees it
+    pid = st.details["supervisor_pid"]
+    ml.restart("svc", progress=False)
+    st = ml.get_deployment("svc").status()
+    assert st.state == "healthy" and st.details["supervisor_pid"] != pid and d.predict([[0, 0]]) == [2.0]
+    d.rollback(progress=False)  # and it still updates and rolls back
+    assert d.predict([[0, 0]]) == [1.0]
+    with pytest.raises(DeploymentNotFound):
+        ml.restart("nope", progress=False)
+
+
+def test_restart_reports_a_taken_port(models):
+    d = ml.deploy("m:1", name="svc", progress=False, drain_seconds=0.2)
+    port = int(d.url.rsplit(":", 1)[1])
+    os.kill(d.status().details["supervisor_pid"], signal.SIGKILL)
+    assert wait_until(lambda: d.status().state == "crashed", timeout=10)
+    assert wait_until(lambda: _port_free(port), timeout=10)
+    with socket.create_server(("127.0.0.1", port)):
+        with pytest.raises(DeploymentFailed, match=f"did not restart: cannot listen on 127.0.0.1:{port}"):
+            d.restart(progress=False)
+    assert d.status().state == "crashed"
+    d.restart(progress=False)
+    assert d.status().state == "healthy"
+
+
+def _port_free(port):
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_deploy_errors_leave_nothing_behind(models):
     with pytest.raises(ModelNotFound):
         ml.deploy("nope:1", progress=False)
