@@ -95,6 +95,25 @@ def _die_with_parent() -> None:
         pass
 
 
+def _keep_freed_memory() -> None:
+    """glibc: keep freed memory in the process instead of returning it to the system at once.
+
+    Data collection holds each request's arrays for up to a flush interval and then frees them
+    in bulk; by default glibc then trims the heap and the next requests fault the pages back in
+    (measured: 4.3 page faults and 10 us of system time per 100-row request). Freed memory is
+    kept up to 512 MiB and arrays up to 4 MiB come from the heap, where they are reused.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 64 << 20)  # M_TOP_PAD
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, graceful_s: float = 30.0) -> None:
     import uvicorn
 
@@ -176,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fd is not None:
         _die_with_parent()
     spec = resolve_paths(orjson.loads(Path(args.spec).read_bytes()), Path(args.spec).resolve().parent)
+    if spec.get("collect"):
+        _keep_freed_memory()
     try:
         app = build_app(spec)
     except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which reports it to the user
