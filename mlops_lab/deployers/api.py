@@ -72,7 +72,7 @@ def deploy(
     workers: int = 1,
     auth: bool = True,
     batching: bool = True,
-    max_batch_rows: int = 512,
+    max_batch_rows: int = 4096,
     max_wait_ms: float = 0.0,
     body_limit: int = 16 * 1024 * 1024,
     entry_script: str | os.PathLike | None = None,
@@ -101,7 +101,10 @@ def deploy(
     auth:
         Require ``Authorization: Bearer <key>`` (a primary and a secondary key are made).
     batching, max_batch_rows, max_wait_ms:
-        Adaptive micro-batching of concurrent requests.
+        Adaptive micro-batching of concurrent requests: the requests that queue while the model
+        runs are scored in one call of up to ``max_batch_rows`` rows. Large calls pay a model's
+        per-call cost once (a 100-tree forest: 5 ms per call, 9 us per row); for a model whose
+        cost is all per row, a smaller bound answers the first requests of a batch sooner.
     entry_script:
         An Azure-ML-style ``score.py`` with ``init()`` and ``run(raw_body)``; ``init()`` finds each
         model with ``mlops_lab.model_path("name:version")``.

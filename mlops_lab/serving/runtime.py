@@ -39,7 +39,7 @@ def new_error_id() -> str:
 @dataclass
 class BatchConfig:
     enabled: bool = True
-    max_batch_rows: int = 512
+    max_batch_rows: int = 4096
     max_wait_ms: float = 0.0
 
 

@@ -353,3 +353,34 @@ def test_slow_model_under_concurrent_load_gets_full_batches(module_home):
         assert stats["requests"] / stats["batches"] >= 5, stats
     finally:
         d.delete()
+
+
+def test_batches_stay_within_max_batch_rows(module_home):
+    """8 concurrent callers of 2-row requests against a 20 ms model: with the default bound
+    their requests share calls; with ``max_batch_rows=3`` no call takes two requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    import mlops_lab as ml
+
+    ml.register_model(Slow(), "slow2", sample_input=[[0.0, 0.0]])
+    body = {"data": [[1.0, 2.0], [3.0, 4.0]]}
+    for bound in (None, 3):
+        d = ml.deploy("slow2", name=f"slow2-{bound}", progress=False, collect=False,
+                      **({"max_batch_rows": bound} if bound else {}))
+        try:
+            with httpx.Client(timeout=30) as client:
+                def call(_):
+                    return client.post(f"{d.url}/score", json=body, headers=auth(d)).status_code
+
+                with ThreadPoolExecutor(8) as pool:
+                    assert list(pool.map(call, range(80))) == [200] * 80
+                stats = client.get(f"{d.url}/metrics", headers=auth(d)).json()["models"]["slow2:1"]
+            assert stats["requests"] == 80 and stats["rows"] == 160
+            if bound is None:
+                assert stats["batches"] < 60, stats  # shared calls
+            else:
+                assert stats["batches"] == 80, stats  # 2 + 2 rows would pass the bound of 3
+        finally:
+            d.delete()
