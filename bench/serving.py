@@ -13,7 +13,8 @@ Load: ``wrk`` (Debian package) at 1, 8 and 64 connections, 1-row and 100-row req
 body (``{"inputs": [[...20 floats], ...]}`` to ``/invocations``) for every server. Also: the
 in-process ``predict`` time (the floor), and deploy-to-ready time for mlops_lab and MLflow.
 
-Run: ``make bench-serving`` or ``python bench/serving.py [--duration 5]``.
+Run: ``make bench-serving`` or ``python bench/serving.py [--duration 5] [--rounds 3]`` (each cell
+runs ``--rounds`` times with the servers taking turns; the table keeps the medians).
 """
 
 from __future__ import annotations
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default="1,100")
     ap.add_argument("--models", default="lr,rf")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs per cell, the servers taking turns; the median of each figure is kept")
     ap.add_argument("--mlflow-python", help="interpreter of a plain MLflow install (default: bench/.venv-mlflow, made on first run)")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
     mf_python = args.mlflow_python or mlflow_venv()
     print(f"machine: {machine()}")
-    print(f"MLflow {mlflow.__version__}; {args.workers} workers per server; wrk {args.duration:g} s per cell")
+    print(f"MLflow {mlflow.__version__}; {args.workers} workers per server; wrk {args.duration:g} s per run, "
+          f"{args.rounds} run(s) per cell with the servers taking turns (medians)")
     # As a wheel install leaves it: mlops_lab's modules byte-compiled (an editable install under
     # PYTHONDONTWRITEBYTECODE=1 would otherwise compile them in every server process it starts).
     compileall.compile_dir(str(ROOT / "mlops_lab"), quiet=1)
@@ -248,12 +252,21 @@ def main(argv: list[str] | None = None) -> int:
                         with urllib.request.urlopen(req, timeout=30) as resp:
                             assert resp.status == 200, (sname, resp.status)
                     for c in conns:
-                        for sname, url, headers in servers:
-                            wrk(f"{url}/invocations", body, c, 1.0, headers)  # warm-up
-                            r = wrk(f"{url}/invocations", body, c, args.duration, headers)
-                            results.append((kind, rows, c, sname, r))
-                            bad = f"  NON-2XX {r['non2xx']}" if r["non2xx"] else ""
-                            print(f"  {kind} rows={rows:<3} conns={c:<3} {sname:<14} {r['rps']:>9.1f} req/s  p50 {r['p50']:>8.2f} ms  p99 {r['p99']:>8.2f} ms{bad}", flush=True)
+                        # Rounds with the servers taking turns: a slow spell of this shared
+                        # machine then falls on all of them, and the median drops it.
+                        runs: dict[str, list[dict]] = {sname: [] for sname, _, _ in servers}
+                        for k in range(args.rounds):
+                            for sname, url, headers in servers:
+                                if k == 0:
+                                    wrk(f"{url}/invocations", body, c, 1.0, headers)  # warm-up
+                                r = wrk(f"{url}/invocations", body, c, args.duration, headers)
+                                runs[sname].append(r)
+                                bad = f"  NON-2XX {r['non2xx']}" if r["non2xx"] else ""
+                                print(f"  {kind} rows={rows:<3} conns={c:<3} {sname:<14} {r['rps']:>9.1f} req/s  p50 {r['p50']:>8.2f} ms  p99 {r['p99']:>8.2f} ms{bad}", flush=True)
+                        for sname, rs in runs.items():
+                            results.append((kind, rows, c, sname, {
+                                key: statistics.median(r[key] for r in rs) for key in ("rps", "p50", "p99")
+                            }))
             finally:
                 dep.delete()
                 stop(mf_proc)
