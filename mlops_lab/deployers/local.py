@@ -252,13 +252,18 @@ class LocalDeployer(Deployer):
             os.kill(pid, signal.SIGKILL)
 
     def _kill_orphans(self, record: DeploymentRecord) -> None:
-        """Servers left by a supervisor that was killed outright."""
-        for server in record.state.get("servers", []):
-            if _pid_is(server.get("pid"), "mlops_lab.serving.server"):
+        """Servers left by a supervisor that was killed outright (they stop by themselves when
+        it dies, after draining): killed, and waited for, so that their port is free."""
+        pids = [s.get("pid") for s in record.state.get("servers", [])]
+        for pid in pids:
+            if _pid_is(pid, "mlops_lab.serving.server"):
                 try:
-                    os.kill(server["pid"], signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        end = time.monotonic() + 10
+        while any(_pid_is(pid, "mlops_lab.serving.server") for pid in pids) and time.monotonic() < end:
+            time.sleep(0.02)
 
 
 def _last_error(log_path: Path) -> str:
