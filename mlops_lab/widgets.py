@@ -195,6 +195,7 @@ class DeploymentPanel(_Panel):
         self.update_button = w.Button(description="Update", icon="arrow-up")
         self.promote_button = w.Button(description="Promote", icon="check")
         self.rollback_button = w.Button(description="Roll back", icon="undo")
+        self.restart_button = w.Button(description="Restart", icon="refresh", tooltip="the current revision again, at the same address (e.g. after a crash)")
         self.delete_button = w.Button(description="Delete", icon="trash", button_style="danger")
         self.confirm_button = w.Button(description="Yes, delete it", button_style="danger", layout=w.Layout(display="none"))
         self.cancel_button = w.Button(description="Cancel", layout=w.Layout(display="none"))
@@ -202,13 +203,15 @@ class DeploymentPanel(_Panel):
         self.update_button.on_click(lambda _: self.update())
         self.promote_button.on_click(lambda _: self._act("promote"))
         self.rollback_button.on_click(lambda _: self._act("rollback"))
+        self.restart_button.on_click(lambda _: self._act("restart"))
         self.delete_button.on_click(lambda _: self._confirming(True))
         self.cancel_button.on_click(lambda _: self._confirming(False))
         self.confirm_button.on_click(lambda _: self.delete())
         super().__init__([
             self.table, self.selected, w.HBox([self.request, self.send_button]), self.response,
             w.HBox([self.update_ref, self.traffic, self.update_button]),
-            w.HBox([self.promote_button, self.rollback_button, self.delete_button, self.confirm_button, self.cancel_button]),
+            w.HBox([self.promote_button, self.rollback_button, self.restart_button, self.delete_button, self.confirm_button,
+                    self.cancel_button]),
         ], refresh)
 
     def _reload(self) -> None:

@@ -105,6 +105,13 @@ def test_deployment_panel_status_request_update_rollback_delete(two_models):
     # Roll back
     p.rollback_button.click()
     assert [(m["version"], m["traffic"]) for m in ml.get_deployment("svc").models] == [(1, 80), (2, 20)]
+    # Restart: same revision, same address, a new supervisor
+    before = ml.get_deployment("svc")
+    pid = before.status().details["supervisor_pid"]
+    p.restart_button.click()
+    assert f"svc: restart done, revision {before.revision}" in p.message.value, p.message.value
+    after = ml.get_deployment("svc")
+    assert after.url == before.url and after.status().healthy and after.status().details["supervisor_pid"] != pid
     # Update to a version that does not exist: one line, the deployment keeps serving
     before = ml.get_deployment("svc").revision
     p.update_ref.value = "iris:9"

@@ -139,7 +139,7 @@ class DeploymentHandler(DeploymentsHandler):
 
 
 class DeploymentActionHandler(_Base):
-    ACTIONS = ("rollback", "promote")
+    ACTIONS = ("rollback", "promote", "restart")
 
     @tornado.web.authenticated
     @domain_errors
@@ -226,6 +226,6 @@ ROUTES = [
     (rf"/mlops-lab/api/models/{NAME}/?", ModelHandler),
     (r"/mlops-lab/api/deployments/?", DeploymentsHandler),
     (rf"/mlops-lab/api/deployments/{NAME}/?", DeploymentHandler),
-    (rf"/mlops-lab/api/deployments/{NAME}/(?P<action>rollback|promote)/?", DeploymentActionHandler),
+    (rf"/mlops-lab/api/deployments/{NAME}/(?P<action>rollback|promote|restart)/?", DeploymentActionHandler),
     (rf"/mlops-lab/proxy/{NAME}/(?P<path>.*)", ProxyHandler),
 ]

@@ -88,6 +88,10 @@ async def test_rollback_promote_and_delete(jp_fetch, registered):
     assert [m["version"] for m in d["models"]] == [2] and d["revision"] == 3
     code, d = await get_json(jp_fetch, "mlops-lab", "api", "deployments", "svc", "rollback", method="POST", body=b"")
     assert [m["version"] for m in d["models"]] == [1, 2] and d["revision"] == 4
+    url = d["url"]
+    code, d = await get_json(jp_fetch, "mlops-lab", "api", "deployments", "svc", "restart", method="POST", body=b"")
+    assert code == 200 and d["revision"] == 4 and d["url"] == url
+    assert ml.get_deployment("svc").status().healthy
     code, d = await get_json(jp_fetch, "mlops-lab", "api", "deployments", "svc", method="DELETE")
     assert d == {"deleted": True} and ml.list_deployments() == []
     code, err = await error_of(jp_fetch, "mlops-lab", "api", "deployments", "svc", "rollback", method="POST", body=b"")
@@ -103,6 +107,7 @@ async def test_every_route_refuses_requests_without_jupyter_auth(jp_fetch, regis
         (("mlops-lab", "api", "deployments", "svc"), "GET"),
         (("mlops-lab", "api", "deployments", "svc"), "DELETE"),
         (("mlops-lab", "api", "deployments", "svc", "rollback"), "POST"),
+        (("mlops-lab", "api", "deployments", "svc", "restart"), "POST"),
         (("mlops-lab", "proxy", "svc", "health"), "GET"),
         (("mlops-lab", "proxy", "svc", "score"), "POST"),
     ]:
