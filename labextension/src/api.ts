@@ -102,6 +102,10 @@ export const rollback = (name: string) =>
   request<IDeployment>(`deployments/${encodeURIComponent(name)}/rollback`, {
     method: 'POST'
   });
+export const restart = (name: string) =>
+  request<IDeployment>(`deployments/${encodeURIComponent(name)}/restart`, {
+    method: 'POST'
+  });
 export const deleteDeployment = (name: string) =>
   request<{ deleted: boolean }>(`deployments/${encodeURIComponent(name)}`, {
     method: 'DELETE'

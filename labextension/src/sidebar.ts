@@ -13,6 +13,7 @@ import {
   getModel,
   listDeployments,
   listModels,
+  restart,
   rollback
 } from './api';
 
@@ -27,6 +28,9 @@ export const rocketIcon = new LabIcon({
 });
 
 type Attrs = { [key: string]: string };
+
+/** States in which a deployment offers Restart (its supervisor or servers are not serving). */
+const DOWN = ['crashed', 'stopped', 'unhealthy'];
 
 /** A DOM element with attributes (``data-test-id``, ``class``, ...) and children. */
 function h(
@@ -218,6 +222,9 @@ export class MlopsSidebar extends Widget {
             button('Docs', 'mlops-open-docs', "Open the endpoint's API docs", () => this._openDocs(d)),
             button('%monitor', 'mlops-insert-monitor', 'Insert a %monitor cell into the active notebook', () => this._insertMonitor(d)),
             button('Roll back', 'mlops-rollback', 'Serve the previous revision again', () => void this._rollback(d)),
+            DOWN.includes(d.status)
+              ? button('Restart', 'mlops-restart', 'Start the current revision again at the same address', () => void this._restart(d))
+              : null,
             button('Delete', 'mlops-delete', 'Stop and delete this deployment', () => void this._delete(d))))
       );
     }
@@ -261,6 +268,17 @@ export class MlopsSidebar extends Widget {
       this._say(`${d.name} serves revision ${after.revision}: ${after.models.map(m => `${m.name}:${m.version}`).join(', ')}`);
     } catch (error) {
       this._say(`Roll back ${d.name}: ${(error as Error).message}`, true);
+    }
+    await this.refresh();
+  }
+
+  private async _restart(d: IDeployment): Promise<void> {
+    this._say(`Restarting ${d.name}…`);
+    try {
+      const after = await restart(d.name);
+      this._say(`${d.name} serves revision ${after.revision} again at ${after.url}`);
+    } catch (error) {
+      this._say(`Restart ${d.name}: ${(error as Error).message}`, true);
     }
     await this.refresh();
   }

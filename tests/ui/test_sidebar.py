@@ -147,6 +147,21 @@ def test_sidebar_shows_models_and_a_healthy_deployment_and_its_actions_work(lab,
         playwright.expect(svc.locator("[data-test-id='mlops-served']")).to_contain_text("iris:1 · revision 3", timeout=30_000)
         assert [m["version"] for m in ml.get_deployment("svc").models] == [1]
 
+        # kill -9 of the supervisor: the badge says crashed, and Restart (offered only then)
+        # brings the same revision back at the same address
+        import signal
+
+        playwright.expect(svc.locator("[data-test-id='mlops-restart']")).to_have_count(0)
+        url = ml.get_deployment("svc").url
+        os.kill(ml.get_deployment("svc").status().details["supervisor_pid"], signal.SIGKILL)
+        sidebar.locator("[data-test-id='mlops-refresh']").click()
+        playwright.expect(svc.locator("[data-test-id='mlops-status']")).to_have_text("crashed", timeout=30_000)
+        svc.locator("[data-test-id='mlops-restart']").click()
+        playwright.expect(svc.locator("[data-test-id='mlops-status']")).to_have_text("healthy", timeout=30_000)
+        playwright.expect(svc.locator("[data-test-id='mlops-served']")).to_contain_text("iris:1 · revision 3")
+        restarted = ml.get_deployment("svc")
+        assert restarted.url == url and restarted.status().healthy
+
         # Insert a %monitor cell into the active notebook
         page.locator(".jp-LauncherCard[title*='Python 3']").first.click(timeout=30_000)
         playwright.expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=30_000)
