@@ -84,15 +84,21 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
     )
 
 
+def _libc():
+    """glibc through ctypes on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def _die_with_parent() -> None:
     """Linux: get SIGTERM when the supervisor dies, so no server outlives its supervision."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc = _libc()
+    if libc is not None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _keep_freed_memory() -> None:
@@ -103,15 +109,11 @@ def _keep_freed_memory() -> None:
     (measured: 4.3 page faults and 10 us of system time per 100-row request). Freed memory is
     kept up to 512 MiB and arrays up to 4 MiB come from the heap, where they are reused.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
         libc.mallopt(-2, 64 << 20)  # M_TOP_PAD
         libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, graceful_s: float = 30.0) -> None:
