@@ -1,11 +1,14 @@
 """Monitoring benchmark.
 
-(a) What collection costs: the same LogisticRegression (20 features) deployed twice with
-    ``workers=2``, collection on and off, driven by wrk at 8 and 64 connections with 1-row and
-    100-row requests; runs alternate (off, on, off, on, ...) and the median of each is kept.
-    Target: collection costs under 10 % of throughput. Beside it, the servers' CPU time per
-    request (user + system, all threads, from /proc): steadier than throughput on a shared
-    machine, and it says how many microseconds collection adds to each request.
+(a) What collection costs: the same LogisticRegression (20 features) deployed three times with
+    ``workers=2``: collection off, collection on as deployed by default (staged, compacted to
+    Parquet at idle time), and collection on writing Parquet directly (``stage_budget_mb=0``:
+    what saturation that outlasts the staging budget costs). Driven by wrk at 8 and 64
+    connections with 1-row and 100-row requests; runs take turns (off, staged, direct, off, ...)
+    and the median of each is kept. Target: collection costs under 10 % of throughput. Beside
+    it, the servers' CPU time per request (user + system, all threads, from /proc): it says how
+    many microseconds collection adds to each request. After the runs, the CPU the compactors
+    spend turning the staged files into Parquet (deferred to idle time) is measured too.
 (b) Reading back 1,000,000 collected rows (one day, 10 features, 1 row per request, two
     versions): ``collected_data`` for the day, ``metrics``, ``drift`` and ``monitor``, each
     timed (best of 3). Target: under 2 s each.
@@ -43,7 +46,44 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
-def collection_cost(duration: float, rounds: int) -> list[tuple]:
+def _compactors(root: Path) -> list[int]:
+    """PIDs of the compactor processes working on one deployment's collection folder."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"mlops_lab.monitoring.staging" in cmd and str(root).encode() in cmd:
+                out.append(int(entry.name))
+    return out
+
+
+def compaction_cpu(root: Path, timeout: float = 600.0) -> tuple[float, int]:
+    """Wait for the compactors of one deployment to turn every staged file into Parquet; their
+    CPU seconds (read until they finish) and the rows compacted."""
+    from mlops_lab.monitoring import staging
+
+    rows = 0
+    for path in staging.staged_files(root):
+        rows += staging.read_file(path).num_rows
+    seen: dict[int, float] = {}
+    t0 = time.monotonic()
+    while staging.staged_files(root) and time.monotonic() - t0 < timeout:
+        for pid in _compactors(root):
+            try:
+                seen[pid] = _cpu_seconds([pid])
+            except (OSError, IndexError):
+                pass
+        time.sleep(0.1)
+    return sum(seen.values()), rows
+
+
+def collection_cost(duration: float, rounds: int, budget_mb: int | None = None) -> list[tuple]:
+    """Throughput and server CPU per request with collection off, staged (the default) and
+    written to Parquet directly (``stage_budget_mb=0``: what saturation beyond the staging
+    budget costs), the three taking turns."""
     from sklearn.linear_model import LogisticRegression
 
     import mlops_lab as ml
@@ -52,36 +92,49 @@ def collection_cost(duration: float, rounds: int) -> list[tuple]:
     X = rng.rand(2000, 20)
     model = LogisticRegression().fit(X, (X[:, 0] + X[:, 1] > 1).astype(int))
     ml.register_model(model, "lr", sample_input=X[:5], baseline=X)
-    on = ml.deploy("lr", name="collect-on", workers=2, progress=False)
-    off = ml.deploy("lr", name="collect-off", workers=2, collect=False, progress=False)
+    deployments = {
+        "off": ml.deploy("lr", name="collect-off", workers=2, collect=False, progress=False),
+        "staged": ml.deploy("lr", name="collect-staged", workers=2,
+                            collect=True if budget_mb is None else {"stage_budget_mb": budget_mb}, progress=False),
+        "direct": ml.deploy("lr", name="collect-direct", workers=2, collect={"stage_budget_mb": 0}, progress=False),
+    }
     out = []
     try:
         for rows in (1, 100):
             body = json.dumps({"data": X[:rows].round(6).tolist()})
-            for d in (off, on):  # warm-up: first flushes and the imports they make are not measured
+            for d in deployments.values():  # warm-up: first flushes and the imports they make are not measured
                 wrk(f"{d.url}/score", body, 8, 2, {"Authorization": f"Bearer {d.keys['primary']}"})
             for conns in (8, 64):
-                runs: dict[str, list[float]] = {"off": [], "on": []}
-                cpu: dict[str, list[float]] = {"off": [], "on": []}  # server CPU us per request
+                runs: dict[str, list[float]] = {k: [] for k in deployments}
+                cpu: dict[str, list[float]] = {k: [] for k in deployments}  # server CPU us per request
                 for _ in range(rounds):
-                    for label, d in (("off", off), ("on", on)):
+                    for label, d in deployments.items():
                         pids = [s["pid"] for s in d.status().details["servers"]]
                         before = _cpu_seconds(pids)
                         r = wrk(f"{d.url}/score", body, conns, duration, {"Authorization": f"Bearer {d.keys['primary']}"})
                         assert r["non2xx"] == 0, r
                         runs[label].append(r["rps"])
                         cpu[label].append((_cpu_seconds(pids) - before) / (r["rps"] * duration) * 1e6)
-                rps_off, rps_on = statistics.median(runs["off"]), statistics.median(runs["on"])
-                cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
-                cost = 100 * (1 - rps_on / rps_off)
-                print(f"  rows={rows:<3} conns={conns:<3} off {rps_off:>9.0f} req/s  on {rps_on:>9.0f} req/s  cost {cost:5.1f}%"
-                      f"   server CPU per request off {cpu_off:.0f} us  on {cpu_on:.0f} us (+{cpu_on - cpu_off:.0f} us)", flush=True)
-                out.append((rows, conns, rps_off, rps_on, cost, cpu_off, cpu_on))
-        stats = on.call("metrics", method="GET")["collection"]
-        print(f"  collected by one server process: {stats['written_rows']} rows in {stats['files']} files, {stats['dropped_rows']} dropped")
+                rps = {k: statistics.median(v) for k, v in runs.items()}
+                us = {k: statistics.median(v) for k, v in cpu.items()}
+                cost = {k: 100 * (1 - rps[k] / rps["off"]) for k in ("staged", "direct")}
+                print(f"  rows={rows:<3} conns={conns:<3} off {rps['off']:>7.0f} req/s {us['off']:.0f} us"
+                      f" | staged {rps['staged']:>7.0f} req/s cost {cost['staged']:5.1f}% {us['staged']:.0f} us"
+                      f" | direct {rps['direct']:>7.0f} req/s cost {cost['direct']:5.1f}% {us['direct']:.0f} us", flush=True)
+                out.append((rows, conns, rps, cost, us))
+        stats = deployments["staged"].call("metrics", method="GET")["collection"]
+        print(f"  collected by one staged server process: {stats['written_rows']} rows in {stats['staged_files']} staged"
+              f" and {stats['files']} Parquet files, {stats['dropped_rows']} dropped")
+        staged_root = Path(os.environ["MLOPS_LAB_HOME"]) / "collected" / "collect-staged"
+        deployments["staged"].delete()  # its compactors finish the work once the machine is idle
+        secs, compacted = compaction_cpu(staged_root)
+        if compacted:
+            print(f"  deferred compaction (idle time, after the runs): {compacted} rows, {secs:.1f} s of CPU,"
+                  f" {secs / compacted * 1e8:.0f} us per 100 rows", flush=True)
+        out.append(("compaction", secs, compacted))
     finally:
-        on.delete()
-        off.delete()
+        for d in deployments.values():
+            d.delete()
     return out
 
 
@@ -143,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--stage-budget-mb", type=int, help="the staged deployment's staging budget (default: the deployment default)")
     args = ap.parse_args(argv)
     print(f"machine: {machine()}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
@@ -150,16 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("MLOPS_LAB_DB", None)
     try:
         print("(a) collection on against off, LogisticRegression, 2 workers, wrk:")
-        cost = collection_cost(args.duration, args.rounds)
+        cost = collection_cost(args.duration, args.rounds, args.stage_budget_mb)
         print(f"(b) reading back {args.rows} collected rows:")
         times = reading(args.rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("| rows/request | conns | collection off req/s | on req/s | cost | server CPU us/request off | on |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for rows, conns, off, on, c, cpu_off, cpu_on in cost:
-        print(f"| {rows} | {conns} | {off:.0f} | {on:.0f} | {c:.1f}% | {cpu_off:.0f} | {cpu_on:.0f} (+{cpu_on - cpu_off:.0f}) |")
+    print("| rows/request | conns | off req/s | staged req/s | cost | direct Parquet req/s | cost | server CPU us/request off / staged / direct |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for item in cost:
+        if item[0] == "compaction":
+            continue
+        rows, conns, rps, c, us = item
+        print(f"| {rows} | {conns} | {rps['off']:.0f} | {rps['staged']:.0f} | {c['staged']:.1f}% | {rps['direct']:.0f} | {c['direct']:.1f}%"
+              f" | {us['off']:.0f} / {us['staged']:.0f} / {us['direct']:.0f} |")
     print()
     print(f"| operation on {args.rows:,} collected rows | seconds |")
     print("| --- | ---: |")

@@ -114,7 +114,8 @@ def deploy(
     collect:
         Record every request's inputs, predictions, latency and status (on by default);
         ``False`` turns it off; a dict sets ``rate`` (sampling, 0-1), ``exclude`` (columns
-        never stored), ``flush_seconds``, ``flush_rows``, ``max_queue_rows``.
+        never stored), ``flush_seconds``, ``flush_rows``, ``max_queue_rows``,
+        ``stage_budget_mb`` (staged data awaiting compaction, see ``monitoring.staging``).
     target_options:
         Settings of the ``docker`` target (``base_image``, ``image``) and of the ``kubernetes``
         one (``image``, ``namespace``, ``context``, ``replicas``, ``cpu``, ``memory``,
@@ -192,10 +193,13 @@ def _check_collect(collect: Any) -> Any:
         return False
     if not isinstance(collect, dict):
         raise InvalidInput(f"collect must be True, False or a dict of settings, not {type(collect).__name__}")
-    allowed = {"rate", "exclude", "flush_seconds", "flush_rows", "max_queue_rows"}
+    allowed = {"rate", "exclude", "flush_seconds", "flush_rows", "max_queue_rows", "stage_budget_mb"}
     unknown = set(collect) - allowed
     if unknown:
         raise InvalidInput(f"unknown collect setting {sorted(unknown)[0]!r}", hint="settings: " + ", ".join(sorted(allowed)))
+    budget = collect.get("stage_budget_mb")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise InvalidInput(f"collect stage_budget_mb must be a whole number of MiB, 0 or more, got {budget!r}")
     rate = collect.get("rate", 1.0)
     if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
         raise InvalidInput(f"collect rate must be in (0, 1], got {rate!r}")

@@ -52,6 +52,9 @@ class CollectConfig:
     flush_seconds: float = 5.0
     flush_rows: int = 50_000
     max_queue_rows: int = 500_000
+    #: Staged (not yet compacted) data beyond which flushes write Parquet directly; 0: never
+    #: stage; None: a tenth of the free space of the collection folder's disk, at most 8 GiB.
+    stage_budget_mb: int | None = None
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any] | None) -> CollectConfig:
@@ -98,6 +101,15 @@ class Collector:
         self.dropped_total = 0
         self.written_rows = 0
         self.files = 0
+        self.staged_files = 0
+        self._compactor: Any = None
+        self._stage_buffer: Any = None
+        self._budget = _stage_budget(config.stage_budget_mb, Path(config.folder)) if config.enabled else 0
+        self._stage = self._budget > 0
+        self._lane: Any = None  # the staging lane, made with the first record that has columns
+        self._staged_estimate = 0
+        self._staged_checked = -1e9
+        self._last_flush = time.monotonic()
         self._feedback: deque[dict[str, Any]] = deque()
         self._seq = 0
         self._lock = threading.Lock()  # serializes flushes (writer thread vs. close)
@@ -121,18 +133,37 @@ class Collector:
         return self._rate >= 1.0 or random.random() < self._rate
 
     def add(self, record: Record) -> None:
-        """Queue a request's record; never blocks. Returns at once when the queue is full."""
+        """Queue a request's record; never blocks. Returns at once when the queue is full.
+
+        Records of the common shape (numeric rows, numeric predictions) are copied into the
+        staging lane's blocks (:mod:`.staging`); the rest are queued by reference.
+        """
         n = max(record.n, 1)
         with self._qlock:
             if self.queued_rows + n > self.config.max_queue_rows:
                 self.dropped += n
                 self.dropped_total += n
                 return
-            self.queue.append(record)
+            lane = self._lane
+            if lane is None and self._stage and record.columns:
+                lane = self._lane = self._new_lane(record.columns)
+            if lane is not None and lane.fits(record):
+                if not lane.take(record):  # every block full and waiting for the writer
+                    self.dropped += n
+                    self.dropped_total += n
+                    return
+                full = bool(lane.full)
+            else:
+                self.queue.append(record)
+                full = len(self.queue) and self.queued_rows + n >= self.config.flush_rows
             self.queued_rows += n
-            full = self.queued_rows >= self.config.flush_rows
         if full:
             self._wake.set()
+
+    def _new_lane(self, columns: list[str]) -> Any:
+        from .staging import Lane
+
+        return Lane(columns, self._exclude, self.config.max_queue_rows, self.config.flush_rows)
 
     def add_feedback(self, items: list[dict[str, Any]]) -> None:
         self._feedback.extend(items)
@@ -145,9 +176,10 @@ class Collector:
             self._wake.wait(self.config.flush_seconds)
             self._wake.clear()
             try:
-                self.flush()
+                # Full blocks at once; the open block and the queue every flush_seconds.
+                self.flush(everything=time.monotonic() - self._last_flush >= self.config.flush_seconds)
             except Exception:  # noqa: BLE001 - a failed flush must not kill the writer
-                log.exception("collection flush failed; the records stay queued")
+                log.exception("collection flush failed")
 
     def close(self) -> None:
         """Flush everything (on SIGTERM, update or delete) and stop the writer."""
@@ -157,16 +189,28 @@ class Collector:
             self._thread.join(timeout=30)
         self.flush()
 
-    def flush(self) -> None:
+    def flush(self, everything: bool = True) -> None:
         with self._lock:
+            if everything:
+                self._last_flush = time.monotonic()
             with self._qlock:
-                records = list(self.queue)
-                self.queue.clear()
-                self.queued_rows = 0
+                records: list[Record] = []
+                if everything or self.queued_rows >= self.config.flush_rows:
+                    records = list(self.queue)
+                    self.queue.clear()
+                blocks = self._lane.pending(everything) if self._lane is not None else []
+                self.queued_rows -= sum(max(r.n, 1) for r in records) + sum(b.counted for b in blocks)
                 dropped, self.dropped = self.dropped, 0
             feedback: list[dict[str, Any]] = []
             while self._feedback:
                 feedback.append(self._feedback.popleft())
+            try:
+                for block in blocks:
+                    self._write_block(block)
+            finally:
+                with self._qlock:
+                    for block in blocks:
+                        self._lane.release(block)
             if records:
                 self._write_requests(records)
             if dropped:
@@ -174,33 +218,62 @@ class Collector:
             if feedback:
                 self._write_feedback(feedback)
 
+    def _write_block(self, block: Any) -> None:
+        """A block of the staging lane: a staged file while the backlog is under its budget
+        (compacted later at idle priority), else Parquet directly."""
+        from . import staging
+
+        block.fill(self._lane.keep)
+        meta = staging.block_meta(block, self._lane.stored)
+        ts = block.meta[0][0]
+        name = self._name(ts)
+        if self._under_budget():
+            folder = self.root / staging.STAGING / f"date={_partition_date(ts)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}{staging.SUFFIX}.tmp"
+            if self._stage_buffer is None:
+                self._stage_buffer = staging.StageBuffer()
+            staging.write_block(tmp, block, meta, self._stage_buffer)
+            os.replace(tmp, folder / f"{name}{staging.SUFFIX}")  # readers and compactors see whole files only
+            self._staged_estimate += os.stat(folder / f"{name}{staging.SUFFIX}").st_size
+            self.staged_files += 1
+            self._start_compactor()
+        else:
+            write_parquet(staging.block_table(block, meta), self.root / "requests" / f"date={_partition_date(ts)}", f"{name}.parquet")
+            self.files += 1
+        self.written_rows += block.counted
+
+    def _under_budget(self) -> bool:
+        """Whether the staged backlog is under its budget: the folder is measured at most once a
+        second, and what this process staged since is added."""
+        from . import staging
+
+        now = time.monotonic()
+        if now - self._staged_checked >= 1.0:
+            self._staged_checked = now
+            self._staged_estimate = staging.staged_bytes(self.root)
+        return self._staged_estimate < self._budget
+
     def _write(self, kind: str, ts: float, columns: dict[str, Any], table=None) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if table is None:
             table = pa.table(columns)
-        folder = self.root / kind / f"date={_partition_date(ts)}"
-        folder.mkdir(parents=True, exist_ok=True)
-        self._seq += 1
-        name = f"part-{int(ts * 1000)}-{os.getpid()}-{self._seq}.parquet"
-        tmp = folder / f".{name}.tmp"
-        # lz4, and dictionary encoding only where values repeat (ids, versions): on random
-        # floats, Parquet's default dictionary attempt and zstd cost three times the CPU.
-        strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
-        # min/max statistics only where readers filter (time, version, status)
-        stats = [c for c in ("request_time", "model_version", "status_code") if c in table.column_names] or False
-        pq.write_table(table, tmp, compression="lz4", use_dictionary=strings, write_statistics=stats)
-        os.replace(tmp, folder / name)  # readers see whole files only
+        write_parquet(table, self.root / kind / f"date={_partition_date(ts)}", f"{self._name(ts)}.parquet")
         self.files += 1
+
+    def _name(self, ts: float) -> str:
+        self._seq += 1
+        return f"part-{int(ts * 1000)}-{os.getpid()}-{self._seq}"
 
     def _write_requests(self, records: list[Record]) -> None:
         import pyarrow as pa
 
-        # Files are partitioned by day: split a batch that spans midnight.
-        by_day: dict[str, list[Record]] = {}
+        # Files are partitioned by day: split a batch that spans midnight; and one file per
+        # input layout (the models of one deployment may have different columns).
+        by_day: dict[tuple, list[Record]] = {}
         for r in records:
-            by_day.setdefault(_partition_date(r.time), []).append(r)
+            by_day.setdefault((_partition_date(r.time), tuple(r.columns or ())), []).append(r)
         for day_records in by_day.values():
             # In slices: each NumPy/Arrow call then holds the GIL for a few milliseconds at
             # most, so the event loop answering requests is never held up for longer.
@@ -212,36 +285,34 @@ class Collector:
             self._write("requests", day_records[0].time, {}, table)
             self.written_rows += table.num_rows
 
+    def _start_compactor(self) -> None:
+        """One compactor process per server process, at idle priority; started again if it died."""
+        import subprocess
+        import sys
+
+        proc = self._compactor
+        if proc is not None and proc.poll() is None:
+            return
+        self._compactor = subprocess.Popen(
+            [sys.executable, "-m", "mlops_lab.monitoring.staging", str(self.root), "--parent", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
+        )
+
     def _table(self, records: list[Record], pa) -> Any:
         counts = np.fromiter((max(r.n, 1) for r in records), dtype=np.int64, count=len(records))
-        total = int(counts.sum())
-        # Per-request values repeat on every row of the request: convert each string once and
-        # take it by index (Arrow's take), instead of converting it once per row.
-        index = pa.array(np.repeat(np.arange(len(records)), counts))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        meta = {
-            "request_time": pa.array(np.repeat(np.array([r.time for r in records]) * 1e6, counts).astype("int64"), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "request_id": pa.array([r.request_id for r in records], pa.string()).take(index),
-            "row": pa.array((np.arange(total) - np.repeat(starts, counts)).astype(np.int32)),
-            "model_version": pa.array([r.model_version for r in records], pa.string()).take(index),
-            "status_code": pa.array(np.repeat(np.array([r.status for r in records], dtype=np.int16), counts)),
-            "latency_ms": pa.array(np.repeat(np.array([r.latency_ms for r in records], dtype=np.float32), counts)),
-            "error_id": pa.array([r.error_id for r in records], pa.string()).take(index),
-        }
         columns = self._input_columns(records, counts, pa)
-        for name in list(columns):
-            if name in meta:
-                columns[f"input.{name}"] = columns.pop(name)
-        pred = self._prediction_column(records, counts, pa)
-        out = {**meta, **{k: v for k, v in columns.items() if k not in self._exclude}}
-        if pred is not None:
-            out["prediction"] = pred
-        table = pa.table(out)
-        # Columns without nulls are written as required: Parquet then writes no definition
-        # levels for them (40 % less encoding time for 20 float columns, measured alone).
-        # Readers relax this again (data.py), so files with and without nulls read as one dataset.
-        schema = pa.schema([f.with_nullable(f.name == "error_id" or table.column(i).null_count > 0) for i, f in enumerate(table.schema)])
-        return pa.Table.from_arrays(table.columns, schema=schema)
+        keep = dict(stored_inputs(list(columns), self._exclude))
+        return assemble(
+            pa, counts,
+            times=np.array([r.time for r in records]),
+            request_ids=pa.array([r.request_id for r in records], pa.string()),
+            versions=pa.array([r.model_version for r in records], pa.string()),
+            statuses=np.array([r.status for r in records], dtype=np.int16),
+            latencies=np.array([r.latency_ms for r in records], dtype=np.float32),
+            error_ids=pa.array([r.error_id for r in records], pa.string()),
+            inputs={stored: columns[name] for name, stored in keep.items()},
+            prediction=self._prediction_column(records, counts, pa),
+        )
 
     def _input_columns(self, records: list[Record], counts: np.ndarray, pa) -> dict[str, Any]:
         """Input columns for all records, null where a request had no rows (an error).
@@ -348,6 +419,68 @@ class Collector:
         write_feedback(self.root, items, writer=self)
 
 
+def _stage_budget(mb: int | None, folder: Path) -> int:
+    """The staging budget in bytes (see ``CollectConfig.stage_budget_mb``)."""
+    if mb is not None:
+        return max(int(mb), 0) << 20
+    import shutil
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return 0
+    return min(free // 10, 8 << 30)
+
+
+def stored_inputs(names: list[str], exclude: set[str]) -> list[tuple[str, str]]:
+    """``(name, stored name)`` of the input columns that are stored.
+
+    A name that is also a metadata column (``row``, ``prediction``, ...) is stored as
+    ``input.<name>``; excluded columns (by either name) are never stored.
+    """
+    out = []
+    for name in names:
+        stored = f"input.{name}" if name in META_COLUMNS or name == "prediction" else name
+        if name not in exclude and stored not in exclude:
+            out.append((name, stored))
+    return out
+
+
+def assemble(pa, counts: np.ndarray, *, times: np.ndarray, request_ids, versions, statuses: np.ndarray,
+             latencies: np.ndarray, error_ids, inputs: dict[str, Any], prediction) -> Any:
+    """The table of request records as files hold it: one row per input row.
+
+    Per-request values (``counts[i]`` rows each; a request with no rows still has one) are
+    given once per request and repeated here: strings are converted once and taken by index.
+    Both the collector's direct writes and the compaction of staged files build their tables
+    here, so the two give the same schema.
+    """
+    total = int(counts.sum())
+    index = pa.array(np.repeat(np.arange(len(counts)), counts))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = {
+        "request_time": pa.array(np.repeat(times * 1e6, counts).astype("int64"), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "request_id": request_ids.take(index),
+        "row": pa.array((np.arange(total) - np.repeat(starts, counts)).astype(np.int32)),
+        "model_version": versions.take(index),
+        "status_code": pa.array(np.repeat(statuses.astype(np.int16, copy=False), counts)),
+        "latency_ms": pa.array(np.repeat(latencies.astype(np.float32, copy=False), counts)),
+        "error_id": error_ids.take(index),
+        **inputs,
+    }
+    if prediction is not None:
+        out["prediction"] = prediction
+    table = pa.table(out)
+    # Columns without nulls are written as required: Parquet then writes no definition
+    # levels for them (40 % less encoding time for 20 float columns, measured alone).
+    # Readers relax this again (data.py), so files with and without nulls read as one dataset.
+    schema = pa.schema([f.with_nullable(f.name == "error_id" or table.column(i).null_count > 0) for i, f in enumerate(table.schema)])
+    return pa.Table.from_arrays(table.columns, schema=schema)
+
+
 def _slices(records: list[Record]):
     start, rows = 0, 0
     for i, r in enumerate(records):
@@ -357,6 +490,24 @@ def _slices(records: list[Record]):
             start, rows = i + 1, 0
     if start < len(records):
         yield records[start:]
+
+
+def write_parquet(table: Any, folder: Path, name: str) -> Path:
+    """Write ``table`` as ``folder/name`` under a temporary name, then rename: readers see whole
+    files only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    # lz4, and dictionary encoding only where values repeat (ids, versions): on random
+    # floats, Parquet's default dictionary attempt and zstd cost three times the CPU.
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    # min/max statistics only where readers filter (time, version, status)
+    stats = [c for c in ("request_time", "model_version", "status_code") if c in table.column_names] or False
+    pq.write_table(table, tmp, compression="lz4", use_dictionary=strings, write_statistics=stats)
+    os.replace(tmp, folder / name)
+    return folder / name
 
 
 def write_feedback(root: Path, items: list[dict[str, Any]], writer: Collector | None = None) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
+from .staging import read_staged
 
 _UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -56,15 +57,21 @@ def collection_root(home: Path, deployment: str) -> Path:
 
 
 def _dataset(folder: Path):
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     if not folder.exists():
         return None
     dataset = ds.dataset(str(folder), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+    # Files need not share one schema: a version with another signature, or the models of a
+    # multi-model deployment, have other input columns. Read every file's schema (footers
+    # only) and take their union, so no column is left out because the first file lacks it.
+    schemas = {f.physical_schema for f in dataset.get_fragments()}
+    if len(schemas) > 1:
+        unified = pa.unify_schemas([dataset.schema, *schemas], promote_options="permissive")
+        dataset = ds.dataset(str(folder), schema=unified, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
     if any(not f.nullable for f in dataset.schema):
         # The collector writes columns without nulls as required; other files may have nulls.
-        import pyarrow as pa
-
         dataset = dataset.replace_schema(pa.schema([f.with_nullable(True) for f in dataset.schema]))
     return dataset
 
@@ -82,9 +89,6 @@ def read_requests(
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    dataset = _dataset(root / "requests")
-    if dataset is None or not dataset.files:
-        return pa.table({})
     cond = None
 
     def both(a, b):
@@ -100,7 +104,22 @@ def read_requests(
         cond = both(cond, ds.field("model_version") == version)
     if first_rows_only:
         cond = both(cond, ds.field("row") == 0)
-    names = dataset.schema.names
+    for _attempt in range(5):
+        # Parquet files first, then the staged files not compacted yet: a staged file that is
+        # compacted in between vanishes, and the whole listing is taken again.
+        dataset = _dataset(root / "requests")
+        try:
+            staged = read_staged(root)
+        except FileNotFoundError:
+            continue
+        break
+    else:
+        dataset, staged = _dataset(root / "requests"), []
+    if (dataset is None or not dataset.files) and not staged:
+        return pa.table({})
+    names = list(dataset.schema.names) if dataset is not None and dataset.files else []
+    for _, t in staged:
+        names.extend(n for n in t.column_names if n not in names)
     if columns is not None:
         missing = [c for c in columns if c not in names]
         if missing:
@@ -108,7 +127,18 @@ def read_requests(
         cols = columns
     else:
         cols = [n for n in names if n != "date"]
-    table = dataset.to_table(columns=cols, filter=cond)
+    tables = []
+    if dataset is not None and dataset.files:
+        tables.append(dataset.to_table(columns=[c for c in cols if c in dataset.schema.names], filter=cond))
+    for day, t in staged:
+        t = t.append_column("date", pa.array([day] * t.num_rows, pa.string()))
+        if cond is not None:
+            t = t.filter(cond)
+        tables.append(t.select([c for c in cols if c in t.column_names]))
+    # Files with and without nulls read as one dataset (the collector writes columns without
+    # nulls as required).
+    relaxed = [t.cast(pa.schema([f.with_nullable(True) for f in t.schema])) for t in tables]
+    table = relaxed[0] if len(relaxed) == 1 else pa.concat_tables(relaxed, promote_options="permissive").select(cols)
     if "request_time" in table.column_names and table.num_rows:
         table = table.take(pc.sort_indices(table, [("request_time", "ascending")]))
     return table

@@ -442,7 +442,7 @@ class ScoringApp:
             col = app.collector
             collection = None if col is None else {
                 "queued_rows": col.queued_rows, "written_rows": col.written_rows, "files": col.files,
-                "dropped_rows": col.dropped_total,
+                "staged_files": col.staged_files, "dropped_rows": col.dropped_total,
             }
             return app._respond(
                 {"pid": os.getpid(), "revision": app.revision,

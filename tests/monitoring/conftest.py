@@ -12,7 +12,9 @@ from mlops_lab.monitoring.collector import CollectConfig, Collector, Record
 def write_traffic(home, deployment: str, frame, times, version: str, predictions, *, status=None, per_request: int = 1) -> list[str]:
     """Write ``frame`` (a DataFrame of inputs) as requests of ``per_request`` rows at ``times``
     (epoch seconds, one per request) answered by ``version`` with ``predictions``."""
-    col = Collector(deployment, CollectConfig(folder=str(home / "collected"), flush_seconds=3600, max_queue_rows=10**9, flush_rows=10**9))
+    # Parquet directly (no staging, no compactor): the files a deployment has once compacted.
+    col = Collector(deployment, CollectConfig(folder=str(home / "collected"), flush_seconds=3600, max_queue_rows=10**9,
+                                              flush_rows=10**9, stage_budget_mb=0))
     col._stop.set()  # no background thread needed: flush by hand
     columns = list(frame.columns)
     types = ["float" if frame[c].dtype.kind in "biuf" else "string" for c in columns]

@@ -14,6 +14,7 @@ import pytest
 
 import mlops_lab as ml
 from mlops_lab.deployers.base import wait_until
+from mlops_lab.monitoring import staging
 
 
 @pytest.fixture
@@ -31,7 +32,16 @@ def _post(d, rows, client=None):
 
 
 def _files(home: Path, deployment: str, kind: str = "requests") -> list[Path]:
-    return sorted((home / "collected" / deployment / kind).rglob("*.parquet"))
+    """Whole files of collected requests: Parquet, and staged files not compacted yet."""
+    folder = home / "collected" / deployment
+    found = list((folder / kind).rglob("*.parquet"))
+    if kind == "requests":
+        found += staging.staged_files(folder)
+    return sorted(found)
+
+
+def _read(path: Path):
+    return staging.read_file(path) if path.suffix == staging.SUFFIX else pq.read_table(path)
 
 
 def test_collected_rows_equal_what_was_sent_and_answered(iris_model, sqlite_registry):
@@ -122,7 +132,7 @@ def test_sigkill_loses_at_most_the_last_interval_and_every_file_reads(iris_model
     os.kill(d.status().details["servers"][0]["pid"], signal.SIGKILL)
     time.sleep(0.2)
     for f in _files(sqlite_registry.home, "kill"):
-        assert pq.read_table(f).num_rows > 0  # no half-written file is visible
+        assert _read(f).num_rows > 0  # no half-written file is visible
     got = set(ml.collected_data("kill").request_id)
     assert set(early) <= got
     assert got <= set(early) | set(late)

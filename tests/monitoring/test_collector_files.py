@@ -1,6 +1,8 @@
-"""The collector's files: what a flush writes reads back as what was sent, split by day, with
-required columns where there are no nulls. No server here: the records are what the scoring
-server hands over (``Record``); the files are real Parquet read by the real readers."""
+"""The collector's Parquet files (the direct path: staging off, as beyond the staging budget):
+what a flush writes reads back as what was sent, split by day, with required columns where
+there are no nulls. No server here: the records are what the scoring server hands over
+(``Record``); the files are real Parquet read by the real readers. The staged path, which must
+give the same tables, is in test_staging.py."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ TYPES = ["float"] * 5
 
 @pytest.fixture
 def collector(tmp_path):
-    col = Collector("d", CollectConfig(folder=str(tmp_path), flush_seconds=3600, flush_rows=10**9, max_queue_rows=10**9))
+    col = Collector("d", CollectConfig(folder=str(tmp_path), flush_seconds=3600, flush_rows=10**9, max_queue_rows=10**9, stage_budget_mb=0))
     col._stop.set()  # flush by hand
     return col
 

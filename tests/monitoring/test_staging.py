@@ -1,0 +1,268 @@
+"""Staged collection: records copied into blocks, written as staged files, read back as they
+were sent, and compacted to the same Parquet files the collector writes directly. No server
+here (the records are what the scoring server hands over); the files are real, written with
+O_DIRECT where the file system takes it, and the compactor runs as a real process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mlops_lab.deployers.base import wait_until
+from mlops_lab.monitoring import staging
+from mlops_lab.monitoring.collector import CollectConfig, Collector, Record
+from mlops_lab.monitoring.data import read_requests
+
+COLS = [f"x{i}" for i in range(6)]
+TYPES = ["float"] * 6
+NOON = dt.datetime(2026, 11, 30, 12, tzinfo=dt.timezone.utc).timestamp()
+
+
+def _collector(tmp_path, name, **settings):
+    settings = {"flush_seconds": 3600, "flush_rows": 10**9, "max_queue_rows": 10**9, **settings}
+    col = Collector(name, CollectConfig(folder=str(tmp_path), **settings))
+    col._stop.set()  # flush by hand
+    col._start_compactor = lambda: None  # compaction is driven by the tests
+    return col
+
+
+def _traffic(rng, n=60, t0=NOON):
+    """Requests as the server records them: float and integer rows, int and float predictions,
+    failed requests (no rows), answers the collector keeps without a prediction."""
+    out = []
+    for i in range(n):
+        rows = 1 + i % 5
+        X = rng.normal(size=(rows, 6))
+        if i % 11 == 3:
+            X = rng.integers(0, 9, size=(rows, 6))
+        pred = rng.integers(0, 3, rows) if i % 2 else rng.normal(size=rows)
+        if i % 13 == 5:
+            out.append(Record(t0 + i, f"err{i}", "m:1", 500, 3.0, f"e{i}", None, COLS, TYPES, None, 0))
+        elif i % 17 == 7:
+            out.append(Record(t0 + i, f"nop{i}", "m:2", 200, 1.0, None, X, COLS, TYPES, None, rows))
+        else:
+            out.append(Record(t0 + i, f"r{i}", "m:1" if i % 3 else "m:2", 200, 1.0 + i, None, X, COLS, TYPES, pred, rows))
+    return out
+
+
+def _sorted(table):
+    return table.sort_by([("request_id", "ascending"), ("row", "ascending")])
+
+
+def test_staged_records_read_back_exactly_as_the_direct_parquet_path_writes_them(tmp_path):
+    # Given the same records sent to a staging collector and to one that writes Parquet directly
+    rng = np.random.default_rng(7)
+    records = _traffic(rng) + [r._replace(time=r.time + 100) for r in _traffic(np.random.default_rng(8), 40)]
+    staged, direct = _collector(tmp_path, "staged"), _collector(tmp_path, "direct", stage_budget_mb=0)
+    for r in records:
+        staged.add(r)
+        direct.add(r)
+    staged.flush()
+    direct.flush()
+    # Then the staging one wrote a staged file and no Parquet, the other Parquet only
+    assert len(staging.staged_files(tmp_path / "staged")) == 1 and not (tmp_path / "staged" / "requests").exists()
+    assert staging.staged_files(tmp_path / "direct") == [] and list((tmp_path / "direct" / "requests").rglob("*.parquet"))
+    # and both read back as the same table, value for value, with the same types
+    a, b = _sorted(read_requests(tmp_path / "staged")), _sorted(read_requests(tmp_path / "direct"))
+    assert a.schema == b.schema and a.num_rows == sum(max(r.n, 1) for r in records)
+    assert a.equals(b)
+    assert str(a.schema.field("prediction").type) == "double"  # floats and ints: one float column
+    assert staged.written_rows == direct.written_rows == a.num_rows
+    # When it is compacted
+    assert staging.compact(tmp_path / "staged") == a.num_rows
+    # Then the staged file is gone, its Parquet file is what the direct path wrote, and reading is unchanged
+    assert staging.staged_files(tmp_path / "staged") == []
+    [parquet] = (tmp_path / "staged" / "requests").rglob("*.parquet")
+    [direct_file] = (tmp_path / "direct" / "requests").rglob("*.parquet")
+    assert pq.read_table(parquet).equals(pq.read_table(direct_file))
+    assert _sorted(read_requests(tmp_path / "staged")).equals(b)
+
+
+def test_integer_predictions_stay_integers_and_excluded_columns_are_never_written(tmp_path):
+    rng = np.random.default_rng(3)
+    col = _collector(tmp_path, "d", exclude=["x2", "x5"])
+    sent = []
+    for i in range(20):
+        X = rng.normal(size=(3, 6))
+        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.arange(3) + i, 3))
+        sent.append(X)
+    col.flush()
+    [path] = staging.staged_files(tmp_path / "d")
+    raw = path.read_bytes()
+    for X in sent:  # the excluded values are not in the file at all
+        assert X[0, 2].tobytes() not in raw and X[0, 5].tobytes() not in raw
+        assert X[0, 0].tobytes() in raw
+    df = read_requests(tmp_path / "d").to_pandas().sort_values(["request_time", "row"])
+    assert [c for c in df.columns if c.startswith("x")] == ["x0", "x1", "x3", "x4"]
+    np.testing.assert_array_equal(df[["x0", "x1", "x3", "x4"]].to_numpy(), np.concatenate(sent)[:, [0, 1, 3, 4]])
+    assert df["prediction"].dtype == np.int64
+    assert df["prediction"].tolist() == [v for i in range(20) for v in range(i, i + 3)]
+
+
+def test_a_block_never_spans_midnight(tmp_path):
+    midnight = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc).timestamp()
+    col = _collector(tmp_path, "d")
+    for i, t in enumerate((midnight - 2, midnight - 1, midnight + 1)):
+        col.add(Record(t, f"r{i}", "m:1", 200, 1.0, None, np.full((4, 6), float(i)), COLS, TYPES, np.full(4, i), 4))
+    col.flush()
+    files = staging.staged_files(tmp_path / "d")
+    assert [f.parent.name for f in files] == ["date=2026-11-30", "date=2026-12-01"]
+    assert [staging.read_file(f).column("request_id").to_pylist() for f in files] == [["r0"] * 4 + ["r1"] * 4, ["r2"] * 4]
+    staging.compact(tmp_path / "d")
+    days = sorted(p.parent.name for p in (tmp_path / "d" / "requests").rglob("*.parquet"))
+    assert days == ["date=2026-11-30", "date=2026-12-01"]
+
+
+def test_full_blocks_are_written_and_a_full_lane_drops_and_counts(tmp_path):
+    # Given a lane of two blocks of 512 rows and a queue bound of 1,024 rows, no writer running
+    col = _collector(tmp_path, "d", max_queue_rows=1024)
+    X = np.ones((100, 6))
+    for i in range(12):  # 1,200 rows: the last ones find no room
+        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
+    lane = col._lane
+    assert lane.capacity == 512 and lane.max_blocks == 2
+    assert col.dropped_total == 200 and col.queued_rows == 1000
+    assert len(lane.full) == 1 and col._wake.is_set()  # the writer was told a block is full
+    # When the writer writes the full block only (a full-block wake-up, not the timer)
+    col.flush(everything=False)
+    assert len(staging.staged_files(tmp_path / "d")) == 1 and col.queued_rows == 500
+    # Then the open block is written at the next timed flush, with the drop count beside it
+    col.flush()
+    assert len(staging.staged_files(tmp_path / "d")) == 2 and col.queued_rows == 0
+    assert read_requests(tmp_path / "d").num_rows == 1000
+    assert pq.read_table(next((tmp_path / "d" / "drops").rglob("*.parquet"))).column("dropped").to_pylist() == [200]
+    # and the blocks are reused, not made anew
+    for i in range(10):
+        col.add(Record(NOON + 50 + i, f"s{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
+    assert lane.blocks == 2 and col.dropped_total == 200
+
+
+def test_records_of_other_shapes_go_to_parquet_directly(tmp_path):
+    col = _collector(tmp_path, "d")
+    col.add(Record(NOON, "a", "m:1", 200, 1.0, None, np.ones((2, 6)), COLS, TYPES, np.zeros(2), 2))
+    strings = ["city"] + COLS[1:]  # another model of the deployment, with a string column
+    col.add(Record(NOON + 1, "b", "m:1", 200, 1.0, None, [["u", 1, 2, 3, 4, 5]], strings, ["string"] + ["float"] * 5, np.zeros(1), 1))
+    col.add(Record(NOON + 2, "c", "m:1", 200, 1.0, None, np.ones((1, 3)), ["a", "b", "c"], ["float"] * 3, np.zeros(1), 1))
+    col.flush()
+    assert len(staging.staged_files(tmp_path / "d")) == 1
+    assert len(list((tmp_path / "d" / "requests").rglob("*.parquet"))) == 2  # a file per input layout
+    df = read_requests(tmp_path / "d").to_pandas()
+    assert sorted(df.request_id) == ["a", "a", "b", "c"]
+    assert df.loc[df.request_id == "b", "city"].tolist() == ["u"]
+    c = df[df.request_id == "c"]
+    assert c[["a", "b", "c"]].to_numpy().tolist() == [[1.0, 1.0, 1.0]] and c["city"].isna().all()
+
+
+def test_without_o_direct_the_staged_file_is_written_through_the_page_cache(tmp_path, monkeypatch):
+    """Replaces ``staging._write_direct`` (the O_DIRECT write) with one that fails as it does on
+    a file system without O_DIRECT (tmpfs on older kernels, some network file systems)."""
+
+    def refuse(path, parts):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(staging, "_write_direct", refuse)
+    col = _collector(tmp_path, "d")
+    for i in range(5):
+        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, np.full((2, 6), float(i)), COLS, TYPES, np.zeros(2), 2))
+    col.flush()
+    assert read_requests(tmp_path / "d").num_rows == 10
+
+
+def test_over_budget_the_collector_writes_parquet_directly(tmp_path):
+    col = _collector(tmp_path, "d", stage_budget_mb=1)
+    X = np.ones((500, 6))
+    for round_ in range(3):
+        for i in range(200):  # 100,000 rows of 6 floats: 4.8 MB per flush
+            col.add(Record(NOON + round_, f"r{round_}-{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(500), 500))
+        col._staged_checked = -1e9  # measure the folder at this flush (it is measured once a second)
+        col.flush()
+    staged = staging.staged_files(tmp_path / "d")
+    parquet = list((tmp_path / "d" / "requests").rglob("*.parquet"))
+    assert staged and parquet  # staged until the budget was reached, Parquet after it
+    assert staging.staged_bytes(tmp_path / "d") < 12 << 20
+    assert read_requests(tmp_path / "d", columns=["request_id"]).num_rows == 300_000
+
+
+def test_readers_never_count_a_file_twice_and_a_second_compactor_waits(tmp_path):
+    col = _collector(tmp_path, "d")
+    col.add(Record(NOON, "a", "m:1", 200, 1.0, None, np.ones((3, 6)), COLS, TYPES, np.zeros(3), 3))
+    col.flush()
+    [path] = staging.staged_files(tmp_path / "d")
+    # A compaction killed between writing the Parquet file and deleting the staged one
+    target = staging.parquet_for(path, tmp_path / "d")
+    from mlops_lab.monitoring.collector import write_parquet
+
+    write_parquet(staging.read_file(path), target.parent, target.name)
+    assert read_requests(tmp_path / "d").num_rows == 3  # not 6: the staged file is skipped
+    # Another compactor holds the file: this one leaves it alone
+    with open(path, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert staging.compact_file(path, tmp_path / "d") == 0 and path.exists()
+    # The next compactor only deletes it (the Parquet file is already whole)
+    assert staging.compact_file(path, tmp_path / "d") == 0 and not path.exists()
+    assert read_requests(tmp_path / "d").num_rows == 3
+
+
+def test_a_damaged_staged_file_is_skipped_by_readers_and_left_by_the_compactor(tmp_path):
+    col = _collector(tmp_path, "d")
+    col.add(Record(NOON, "a", "m:1", 200, 1.0, None, np.ones((3, 6)), COLS, TYPES, np.zeros(3), 3))
+    col.flush()
+    bad = staging.staged_files(tmp_path / "d")[0].with_name("part-0-0-0.stage")
+    bad.write_bytes(b"not a staged file")
+    assert read_requests(tmp_path / "d").num_rows == 3
+    with pytest.raises(ValueError, match="not a staged file"):
+        staging.read_file(bad)
+
+
+def test_the_compactor_process_compacts_and_exits_after_its_server(tmp_path):
+    # Given staged data
+    col = _collector(tmp_path, "d")
+    for i in range(50):
+        col.add(Record(time.time(), f"r{i}", "m:1", 200, 1.0, None, np.full((10, 6), float(i)), COLS, TYPES, np.zeros(10), 10))
+    col.flush()
+    before = read_requests(tmp_path / "d")
+    # When a compactor runs for a server process (here a helper that starts it, as a server
+    # does, and exits a second later)
+    helper = subprocess.Popen([sys.executable, "-c",
+                               "import os, subprocess, sys, time\n"
+                               "p = subprocess.Popen([sys.executable, '-m', 'mlops_lab.monitoring.staging', sys.argv[1],"
+                               " '--parent', str(os.getpid()), '--poll', '0.2'])\n"
+                               "print(p.pid, flush=True)\n"
+                               "time.sleep(1.0)\n", str(tmp_path / "d")], stdout=subprocess.PIPE, text=True)
+    pid = int(helper.stdout.readline())
+    # Then the staged file becomes Parquet, the data reads the same, and the compactor exits
+    # once its server is gone and nothing is left
+    assert wait_until(lambda: not staging.staged_files(tmp_path / "d"), timeout=30)
+    assert list((tmp_path / "d" / "requests").rglob("*.parquet"))
+    assert _sorted(read_requests(tmp_path / "d")).equals(_sorted(before))
+    helper.wait(timeout=10)
+    assert wait_until(lambda: not _alive(pid), timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_idle_gate_waits_while_the_machine_is_busy(monkeypatch):
+    """Replaces ``staging._cpu_times`` (the machine's /proc/stat and this process's CPU time)
+    with a script of readings, so busy and idle spells are exact."""
+    readings = iter([(0, 0), (1, 100), (30, 200), (31, 300), (80, 400)])  # idle 1 %, 29 %, 1 %, 49 %
+    monkeypatch.setattr(staging, "_cpu_times", lambda: next(readings))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    gate = staging.IdleGate(interval=0.0, idle_cpus=0.5)  # idle means at least 25 % (half a CPU of two)
+    assert gate.idle() is False
+    assert gate.idle() is True
+    assert gate.idle() is False
+    assert gate.idle() is True
