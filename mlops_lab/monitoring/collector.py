@@ -206,7 +206,13 @@ class Collector:
                 feedback.append(self._feedback.popleft())
             try:
                 for block in blocks:
-                    self._write_block(block)
+                    try:
+                        self._write_block(block)
+                    except OSError as exc:  # a full disk: these rows are lost and counted, nothing else
+                        log.error("cannot write %d collected rows (%s): counted as dropped", block.counted, exc)
+                        with self._qlock:
+                            self.dropped += block.counted
+                            self.dropped_total += block.counted
             finally:
                 with self._qlock:
                     for block in blocks:
@@ -233,7 +239,11 @@ class Collector:
             tmp = folder / f".{name}{staging.SUFFIX}.tmp"
             if self._stage_buffer is None:
                 self._stage_buffer = staging.StageBuffer()
-            staging.write_block(tmp, block, meta, self._stage_buffer)
+            try:
+                staging.write_block(tmp, block, meta, self._stage_buffer)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # no half-written file stays behind
+                raise
             os.replace(tmp, folder / f"{name}{staging.SUFFIX}")  # readers and compactors see whole files only
             self._staged_estimate += os.stat(folder / f"{name}{staging.SUFFIX}").st_size
             self.staged_files += 1
