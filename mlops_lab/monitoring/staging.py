@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from .collector import Record, assemble, stored_inputs, write_parquet
+from .collector import CHUNK_RECORDS, Record, assemble, stored_inputs, write_parquet
 
 log = logging.getLogger("mlops_lab.compactor")
 
@@ -99,6 +99,9 @@ _MAGIC = b"MLSTAGE1"
 _FOOTER = struct.Struct("<8sIIqqqqqqq")
 #: Bytes of input values per block: a block is written when full (or every flush_seconds).
 BLOCK_BYTES = 8 << 20
+# A block also holds at most CHUNK_RECORDS requests: the writer builds its per-request values
+# while holding the GIL, and 4,096 of them take a few milliseconds (50,000 1-row requests would
+# hold up the event loop for tens of milliseconds).
 
 
 def _round_up(n: int) -> int:
@@ -205,7 +208,8 @@ class Lane:
     def take(self, r: Record) -> bool:
         """Copy the record into the open block; False if no block has room (drop it)."""
         block = self.open
-        if block is not None and (block.rows + r.n > block.capacity or r.time >= block.day_end):
+        if block is not None and (block.rows + r.n > block.capacity or len(block.meta) >= CHUNK_RECORDS
+                                  or r.time >= block.day_end):
             self.full.append(block)
             block = self.open = None
         if block is None:
