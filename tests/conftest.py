@@ -7,7 +7,9 @@ a schema of its own, dropped afterwards.
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -109,3 +111,35 @@ def pytest_report_header(config):
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MiB file system (tmpfs), so that ENOSPC comes from the kernel, not a mock."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def fill_disk():
+    """Fill a file system with one file until ENOSPC; returns that file (delete it to free)."""
+
+    def fill(folder):
+        filler = folder / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        return filler
+
+    return fill

@@ -1,10 +1,12 @@
 """Data collection inside the scoring server.
 
-The request path only appends one small tuple per request to a bounded in-memory queue (rows are
-counted, not copied); a background thread turns what has queued into Arrow columns and appends
-a Parquet file every ``flush_seconds`` or ``flush_rows`` rows. When the queue is full, requests
-are still answered and their records are dropped and counted; the counts are written too, so
-status and charts show them.
+The request path only hands one small tuple per request, with references to its arrays, to a
+bounded in-memory queue (rows are counted, not copied); a background thread writes what has
+queued every ``flush_seconds`` or ``flush_rows`` rows. Numeric requests go through the staging
+lane (:mod:`.staging`: staged files, compacted to Parquet at idle time); the rest are turned into
+Arrow columns and written to Parquet directly. When the queue is full, requests are still
+answered and their records are dropped and counted; the counts are written too, so status and
+charts show them.
 
 Files: ``<folder>/<deployment>/requests/date=YYYY-MM-DD/part-<time>-<pid>-<seq>.parquet``, written
 under a temporary name and renamed, so a reader never sees half a file and a SIGKILL loses at most
@@ -135,8 +137,8 @@ class Collector:
     def add(self, record: Record) -> None:
         """Queue a request's record; never blocks. Returns at once when the queue is full.
 
-        Records of the common shape (numeric rows, numeric predictions) are copied into the
-        staging lane's blocks (:mod:`.staging`); the rest are queued by reference.
+        Records of the common shape (numeric rows, numeric predictions) go into the staging
+        lane's blocks (:mod:`.staging`); the rest into the queue. Both hold references.
         """
         n = max(record.n, 1)
         with self._qlock:
@@ -155,7 +157,7 @@ class Collector:
                 full = bool(lane.full)
             else:
                 self.queue.append(record)
-                full = len(self.queue) and self.queued_rows + n >= self.config.flush_rows
+                full = self.queued_rows + n >= self.config.flush_rows
             self.queued_rows += n
         if full:
             self._wake.set()
@@ -539,12 +541,6 @@ def write_feedback(root: Path, items: list[dict[str, Any]], writer: Collector | 
     if writer is not None:
         writer._write("feedback", now, {}, table)
     else:
-        import pyarrow.parquet as pq
-
-        folder = root / "feedback" / f"date={_partition_date(now)}"
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"part-{int(now * 1000)}-{os.getpid()}-{random.getrandbits(32):08x}.parquet"
-        tmp = folder / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, folder / name)
+        write_parquet(table, root / "feedback" / f"date={_partition_date(now)}", name)
     return len(items)

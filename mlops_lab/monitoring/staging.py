@@ -3,10 +3,10 @@ machine is idle.
 
 Why: turning collected rows into Parquet (columns, encoding, lz4) and writing them through the
 page cache cost 45-77 us of CPU per 100-row request at saturation (a fifth of a server's CPU;
-measured in ``bench/monitoring.py``). Here, instead, the request path copies each request's
-rows, as parsed (row-major float64), into a page-aligned block the collector reuses (a 16 KiB
-copy); a full block, or the open one every ``flush_seconds``, is written in one ``O_DIRECT``
-write, straight to the disk (measured here: 0.5-0.8 us of kernel time per 16 KiB, against 25-40
+measured in ``bench/monitoring.py``). Here, instead, the request path hands each request's
+arrays (rows as parsed, row-major float64) to a block by reference; the writer thread copies a
+full block (8 MiB of rows or 4,096 requests), or the open one every ``flush_seconds``, into
+page-aligned memory it reuses and writes it in one ``O_DIRECT`` write, straight to the disk (measured here: 0.5-0.8 us of kernel time per 16 KiB, against 25-40
 us through new page-cache pages). A compactor process per server, at idle scheduling priority
 (``SCHED_IDLE``: it runs only on CPU time nothing else wants), turns each staged file into the
 Parquet file the collector would have written directly. The staged backlog has a budget
@@ -26,7 +26,8 @@ A staged file (``part-X.stage``) is three page-aligned regions and a footer::
                  model_version, status_code, latency_ms, error_id, n (rows; 0 for a request
                  that failed before it had rows), has_prediction; the stored column names
                  are in its schema metadata
-    footer       the last 64 bytes: magic, format version, rows, width, region offsets
+    footer       the last 72 bytes: magic, format version, width, rows, and the offset and
+                 length of each region
 
 Files and their life (``<deployment>`` is the collector's folder for one deployment)::
 
@@ -109,7 +110,7 @@ def _round_up(n: int) -> int:
 
 
 class Block:
-    """Rows of one input layout, copied in as requests are answered; one staged file when written.
+    """Requests of one input layout, taken as they are answered; one staged file when written.
 
     The values and predictions live in one anonymous mapping (page-aligned, as ``O_DIRECT``
     needs), reused for the next rows once written, so its pages stay in memory and warm.
@@ -206,7 +207,7 @@ class Lane:
         return o is None or (type(o) is np.ndarray and o.ndim == 1 and o.dtype.kind in "biuf" and len(o) == r.n)
 
     def take(self, r: Record) -> bool:
-        """Copy the record into the open block; False if no block has room (drop it)."""
+        """Add the record to the open block; False if no block has room (drop it)."""
         block = self.open
         if block is not None and (block.rows + r.n > block.capacity or len(block.meta) >= CHUNK_RECORDS
                                   or r.time >= block.day_end):
@@ -534,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     while root.is_dir():
         pending = [p for p in staged_files(root) if p not in failed]
         if not pending:
-            if args.parent and os.getppid() != args.parent:
+            if os.getppid() != args.parent:
                 return 0  # the server is gone and nothing is left
             time.sleep(args.poll)
             continue

@@ -268,57 +268,30 @@ def test_the_idle_gate_waits_while_the_machine_is_busy(monkeypatch):
     assert gate.idle() is True
 
 
-def test_a_full_disk_loses_only_the_rows_it_could_not_write_and_counts_them(tmp_path):
-    """A real 8 MiB file system (tmpfs), so that ENOSPC comes from the kernel, not a mock."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
-    try:
-        # Given a collector that has staged one flush
-        col = _collector(disk, "d", stage_budget_mb=100)
-        X = np.ones((100, 6))
+def test_a_full_disk_loses_only_the_rows_it_could_not_write_and_counts_them(small_disk, fill_disk):
+    disk = small_disk
+    # Given a collector that has staged one flush
+    col = _collector(disk, "d", stage_budget_mb=100)
+    X = np.ones((100, 6))
 
-        def send(prefix, count):
-            for i in range(count):
-                col.add(Record(time.time(), f"{prefix}{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
+    def send(prefix, count):
+        for i in range(count):
+            col.add(Record(time.time(), f"{prefix}{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
 
-        send("a", 20)
-        col.flush()
-        # When the disk fills up and the next flush cannot be written
-        filler = disk / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
-        send("b", 20)
-        col.flush()
-        # Then nothing half-written is left, what was written reads back, and the loss is counted
-        assert not [p for p in (disk / "d").rglob("*") if p.name.endswith(".tmp")]
-        assert set(read_requests(disk / "d").column("request_id").to_pylist()) == {f"a{i}" for i in range(20)}
-        assert col.dropped_total == 2000 and col.queued_rows == 0
-        # and once there is room again, collection goes on and the drop count is written
-        filler.unlink()
-        send("c", 20)
-        col.flush()
-        ids = set(read_requests(disk / "d").column("request_id").to_pylist())
-        assert ids == {f"a{i}" for i in range(20)} | {f"c{i}" for i in range(20)}
-        assert pq.read_table(next((disk / "d" / "drops").rglob("*.parquet"))).column("dropped").to_pylist() == [2000]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def test_a_block_holds_at_most_chunk_records_requests(tmp_path):
-    from mlops_lab.monitoring.collector import CHUNK_RECORDS
-
-    col = _collector(tmp_path, "d")
-    row = np.ones((1, 6))
-    for i in range(CHUNK_RECORDS + 10):  # 1-row requests: rows would fit, requests do not
-        col.add(Record(NOON, f"r{i}", "m:1", 200, 1.0, None, row, COLS, TYPES, np.zeros(1), 1))
-    assert len(col._lane.full) == 1 and len(col._lane.full[0].meta) == CHUNK_RECORDS
+    send("a", 20)
     col.flush()
-    assert [staging.read_file(f).num_rows for f in staging.staged_files(tmp_path / "d")] == [CHUNK_RECORDS, 10]
+    # When the disk fills up and the next flush cannot be written
+    filler = fill_disk(disk)
+    send("b", 20)
+    col.flush()
+    # Then nothing half-written is left, what was written reads back, and the loss is counted
+    assert not [p for p in (disk / "d").rglob("*") if p.name.endswith(".tmp")]
+    assert set(read_requests(disk / "d").column("request_id").to_pylist()) == {f"a{i}" for i in range(20)}
+    assert col.dropped_total == 2000 and col.queued_rows == 0
+    # and once there is room again, collection goes on and the drop count is written
+    filler.unlink()
+    send("c", 20)
+    col.flush()
+    ids = set(read_requests(disk / "d").column("request_id").to_pylist())
+    assert ids == {f"a{i}" for i in range(20)} | {f"c{i}" for i in range(20)}
+    assert pq.read_table(next((disk / "d" / "drops").rglob("*.parquet"))).column("dropped").to_pylist() == [2000]

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
-
 import numpy as np
 import pytest
 
@@ -15,38 +11,12 @@ from mlops_lab.registry import schema
 from mlops_lab.registry.store import Registry
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 8 MiB file system (tmpfs), so that ENOSPC comes from the kernel, not a mock."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(folder):
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
-
-
-def test_full_disk_gets_a_clear_error_and_loses_nothing(small_disk, monkeypatch):
+def test_full_disk_gets_a_clear_error_and_loses_nothing(small_disk, fill_disk, monkeypatch):
     """Given a registry on a full disk, registering fails with StorageFull, nothing is recorded,
     the earlier version still loads, and once space is freed the next version is gap-free."""
     monkeypatch.setenv("MLOPS_LAB_HOME", str(small_disk / "home"))
     ml.register_model(lambda x: x + 1, "m")
-    filler = _fill(small_disk)
+    filler = fill_disk(small_disk)
     big = np.random.RandomState(0).rand(64, 1024)  # 512 KiB: cannot fit
 
     class Big:
