@@ -186,3 +186,22 @@ def test_writer_slices_are_bounded_in_rows_and_records_and_keep_order():
             assert len(p) <= CHUNK_RECORDS and sum(r.n for r in p) <= CHUNK_ROWS + 100
     assert max(sum(r.n for r in p) for p in _slices(big)) < CHUNK_ROWS + 100  # cut after the record that reaches it
     assert len(list(_slices(small))) == -(-10_000 // CHUNK_RECORDS)
+
+
+def test_bad_collect_settings_get_a_clear_error_and_start_nothing(iris_model, sqlite_registry):
+    for bad, message in (
+        ({"stage_budget_mb": -1}, "stage_budget_mb must be a whole number of MiB, 0 or more, got -1"),
+        ({"stage_budget_mb": 1.5}, "stage_budget_mb must be a whole number"),
+        ({"stage_budget_mb": True}, "stage_budget_mb must be a whole number"),
+        ({"rate": 0}, "collect rate must be in"),
+        ({"stage_budget": 10}, "unknown collect setting 'stage_budget'"),
+    ):
+        with pytest.raises(ml.InvalidInput, match=message):
+            ml.deploy("iris", name="bad", collect=bad, progress=False)
+    assert [d.name for d in ml.list_deployments()] == []
+    # 0 is allowed: no staging, Parquet directly
+    d = ml.deploy("iris", name="direct", collect={"stage_budget_mb": 0, "flush_seconds": 0.3}, progress=False)
+    X, _ = iris_model
+    assert _post(d, [X.iloc[0].tolist()]).status_code == 200
+    assert wait_until(lambda: len(_files(sqlite_registry.home, "direct")) == 1, timeout=10)
+    assert staging.staged_files(sqlite_registry.home / "collected" / "direct") == []
