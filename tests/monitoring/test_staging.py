@@ -295,3 +295,15 @@ def test_a_full_disk_loses_only_the_rows_it_could_not_write_and_counts_them(smal
     ids = set(read_requests(disk / "d").column("request_id").to_pylist())
     assert ids == {f"a{i}" for i in range(20)} | {f"c{i}" for i in range(20)}
     assert pq.read_table(next((disk / "d" / "drops").rglob("*.parquet"))).column("dropped").to_pylist() == [2000]
+
+
+def test_a_block_holds_at_most_chunk_records_requests(tmp_path):
+    from mlops_lab.monitoring.collector import CHUNK_RECORDS
+
+    col = _collector(tmp_path, "d")
+    row = np.ones((1, 6))
+    for i in range(CHUNK_RECORDS + 10):  # 1-row requests: rows would fit, requests do not
+        col.add(Record(NOON, f"r{i}", "m:1", 200, 1.0, None, row, COLS, TYPES, np.zeros(1), 1))
+    assert len(col._lane.full) == 1 and len(col._lane.full[0].meta) == CHUNK_RECORDS
+    col.flush()
+    assert [staging.read_file(f).num_rows for f in staging.staged_files(tmp_path / "d")] == [CHUNK_RECORDS, 10]
