@@ -3,35 +3,44 @@ machine is idle.
 
 Why: turning collected rows into Parquet (columns, encoding, lz4) and writing them through the
 page cache cost 45-77 us of CPU per 100-row request at saturation (a fifth of a server's CPU;
-measured in ``bench/monitoring.py``). Here, instead, the request path hands each request's
-arrays (rows as parsed, row-major float64) to a block by reference; the writer thread copies a
-full block (8 MiB of rows or 4,096 requests), or the open one every ``flush_seconds``, into
-page-aligned memory it reuses and writes it in one ``O_DIRECT`` write, straight to the disk (measured here: 0.5-0.8 us of kernel time per 16 KiB, against 25-40
-us through new page-cache pages). A compactor process per server, at idle scheduling priority
-(``SCHED_IDLE``: it runs only on CPU time nothing else wants), turns each staged file into the
-Parquet file the collector would have written directly. The staged backlog has a budget
-(``stage_budget_mb``): beyond it, flushes write Parquet directly again, so saturation that
-outlasts the budget costs what direct writing costs.
+measured in ``bench/monitoring.py``). Here, instead, the collector copies each request's rows
+(row-major float64, as parsed) and predictions into a segment: page-aligned memory it reuses.
+It does so for 16 requests at a time (:meth:`.Collector.add`), so the arrays are still in the
+CPU's cache and freed at once. The writer thread writes a full segment (8 MiB of rows, or
+4,096 requests), or the open one every ``flush_seconds``, with ``O_DIRECT``, straight to the
+disk: measured here, 0.5-4.6 us of kernel time per 16 KiB, against 25-46 us through new
+page-cache pages. A compactor process per server, at idle scheduling priority (``SCHED_IDLE``:
+it runs only on CPU time nothing else wants), turns each staged file into the Parquet file the
+collector would have written directly. The staged backlog has a budget (``stage_budget_mb``):
+beyond it, each staged file is compacted at once, so saturation that outlasts the budget costs
+what direct writing costs.
 
-Only records of the common shape go through blocks: numeric rows of the signature's width (or
+Only records of the common shape go through segments: numeric rows of the signature's width (or
 none, for a failed request) and one numeric prediction per row (or none). Other records (string
 columns, records of dicts, another model's columns) keep the queue of references and are
 written to Parquet directly.
 
-A staged file (``part-X.stage``) is three page-aligned regions and a footer::
+A staged file (``part-X.stage``) is its segments, each two page-aligned regions, then a tail::
 
     values       rows x width float64, row-major (the requests' rows, in order)
-    predictions  rows float64 (cast back to int64 when every prediction was an integer)
+    predictions  float64 for the rows that have one (cast back to int64 when every
+                 prediction was an integer)
+    ...          (the next segment's values and predictions)
     meta         an Arrow IPC file, one row per request: time (epoch s), request_id,
                  model_version, status_code, latency_ms, error_id, n (rows; 0 for a request
                  that failed before it had rows), has_prediction; the stored column names
                  are in its schema metadata
-    footer       the last 72 bytes: magic, format version, width, rows, and the offset and
-                 length of each region
+    segments     per segment: offset and rows of its values, offset and rows of its predictions
+    footer       the last 72 bytes: magic, format version (2), width, rows, and the offset
+                 and length of the segment table and of the meta region
+
+Version 1 files (one segment; the footer gives the regions' offsets) are still read.
 
 Files and their life (``<deployment>`` is the collector's folder for one deployment)::
 
-    <deployment>/staging/date=D/.part-X.stage.tmp   written by the server's collector
+    <deployment>/staging/date=D/.part-X.stage.tmp   written by the server's collector (removed
+                                                    by the next server or compactor when the
+                                                    process that wrote it was killed)
     <deployment>/staging/date=D/part-X.stage        renamed when whole
     <deployment>/requests/date=D/part-X.parquet     written by a compactor (temp + rename),
                                                     which then deletes part-X.stage
@@ -45,6 +54,7 @@ crash between the rename and the delete leaves both, and the next compactor only
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import json
 import logging
@@ -62,6 +72,7 @@ from .collector import CHUNK_RECORDS, Record, assemble, stored_inputs, write_par
 log = logging.getLogger("mlops_lab.compactor")
 
 STAGING = "staging"
+_F8 = np.dtype(np.float64)
 SUFFIX = ".stage"
 
 
@@ -92,29 +103,32 @@ def parquet_for(staged: Path, root: Path) -> Path:
     return root / "requests" / staged.parent.name / (staged.name[: -len(SUFFIX)] + ".parquet")
 
 
-# -- blocks (filled on the request path, written by the collector's writer thread) ----------
+# -- segments and staged files (filled on the request path, written by the writer thread) ---
 
 _PAGE = 4096
 _MAGIC = b"MLSTAGE1"
-#: magic, format version, width, rows, then offset and length of the values, predictions and meta
+#: magic, format version, width, rows, then six offsets and lengths (see :func:`read_file`)
 _FOOTER = struct.Struct("<8sIIqqqqqqq")
-#: Bytes of input values per block: a block is written when full (or every flush_seconds).
-BLOCK_BYTES = 8 << 20
-# A block also holds at most CHUNK_RECORDS requests: the writer builds its per-request values
-# while holding the GIL, and 4,096 of them take a few milliseconds (50,000 1-row requests would
-# hold up the event loop for tens of milliseconds).
+#: Bytes of input values in one staged file (or ``flush_rows`` rows, or 4,096 requests).
+FILE_BYTES = 8 << 20
+#: Bytes of input values in one segment: the memory a staged file's rows are copied into, and
+#: written from in one ``O_DIRECT`` write. Measured here (100-row requests at saturation), smaller
+#: segments appended to one file cost more, not less: +79 us of server CPU per request with
+#: 256 KiB, +48 us with 1 MiB, +37 us with 8 MiB in one run (the writer wakes and writes more
+#: often, and its small direct writes cost more kernel time per byte).
+SEGMENT_BYTES = FILE_BYTES
+# A staged file also holds at most CHUNK_RECORDS requests: the writer builds its per-request
+# values while holding the GIL, and 4,096 of them take a few milliseconds (50,000 1-row requests
+# would hold up the event loop for tens of milliseconds).
 
 
 def _round_up(n: int) -> int:
     return -(-n // _PAGE) * _PAGE
 
 
-class Block:
-    """Requests of one input layout, taken as they are answered; one staged file when written.
-
-    The values and predictions live in one anonymous mapping (page-aligned, as ``O_DIRECT``
-    needs), reused for the next rows once written, so its pages stay in memory and warm.
-    """
+class Segment:
+    """Page-aligned memory (as ``O_DIRECT`` needs) for the rows and predictions of consecutive
+    requests: filled on the request path, appended to its staged file by the writer, reused."""
 
     def __init__(self, width: int, capacity: int) -> None:
         import mmap
@@ -129,47 +143,36 @@ class Block:
 
     def reset(self) -> None:
         self.rows = 0
-        self.meta: list[tuple] = []
-        self.inputs: list[np.ndarray] = []
-        self.outputs: list[np.ndarray] = []
-        self.pred_int = True
-        self.prows = 0
-        self.day_end = 0.0
+        self.prows = 0  # rows with a prediction
         self.counted = 0  # rows as the queue bound counts them (a request with no rows: one)
+        self.file: StagedFile | None = None
 
-    def add(self, r: Record) -> None:
-        """Take one record (the caller checked it fits): its arrays by reference, copied into
-        the block by the writer (:meth:`fill`), not on the request path."""
-        n = r.n
-        if n:
-            self.inputs.append(r.inputs)
-            if r.output is not None:
-                self.outputs.append(r.output)
-            self.rows += n
-        self.counted += max(n, 1)
-        self.meta.append((r.time, r.request_id, r.model_version, r.status, r.latency_ms, r.error_id, n, r.output is not None))
 
-    def fill(self, keep: Any) -> None:
-        """Copy the records' rows and predictions into the block's memory (the writer thread)."""
-        if self.inputs:
-            values = self.values[:self.rows]
-            if keep is None:
-                np.concatenate(self.inputs, axis=0, out=values, casting="same_kind")
-            else:
-                np.concatenate([x[:, keep] for x in self.inputs], axis=0, out=values, casting="same_kind")
-        self.prows = sum(len(o) for o in self.outputs)
-        if self.outputs:
-            # Only the rows that have a prediction, in order (the meta says which requests).
-            np.concatenate(self.outputs, out=self.preds[:self.prows], casting="same_kind")
-            self.pred_int = all(o.dtype.kind in "biu" for o in self.outputs)
-        self.inputs, self.outputs = [], []  # the requests' arrays can go
+class StagedFile:
+    """A staged file in the making: its requests' per-request values (written last, with the
+    footer) and where its segments went."""
+
+    def __init__(self, day_end: float) -> None:
+        self.day_end = day_end
+        self.meta: list[tuple] = []
+        self.rows = 0
+        self.counted = 0  # rows as the queue bound counts them, of all its segments
+        self.pred_int = True  # every prediction so far an integer
+        self.segments: list[tuple[int, int, int, int]] = []  # values offset, rows, predictions offset, rows
+        self.path: Path | None = None
+        self.fd = -1
+        self.direct = False
+        self.offset = 0
+        self.written = 0  # counted rows of the segments written
+        self.failed = False
 
 
 class Lane:
-    """The block lane of one collector: which records fit it, and its blocks.
+    """The staging lane of one collector: which records fit it, the segment being filled and
+    the work for the writer (segments to append, files to finish, in order).
 
-    ``max_blocks`` bounds the memory (the queue bound of the collector): when every block is
-    full and waiting for the writer, a record is dropped and counted, never waited for.
+    ``max_segments`` bounds the memory (the queue bound of the collector): when every segment
+    is full and waiting for the writer, a record is dropped and counted, never waited for.
     """
 
     def __init__(self, columns: list[str], exclude: set[str], max_rows: int, flush_rows: int) -> None:
@@ -178,15 +181,16 @@ class Lane:
         keep = stored_inputs(columns, exclude)
         self.stored = [s for _, s in keep]
         idx = [columns.index(n) for n, _ in keep]
-        self.keep = None if len(idx) == self.width else np.array(idx)
+        self.keep = None if len(idx) == self.width else np.array(idx, dtype=np.intp)
         per_row = max(len(idx), 1) * 8
-        capacity = max(512, min(flush_rows, BLOCK_BYTES // per_row, max_rows // 2))
-        self.capacity = -(-capacity // 512) * 512
-        self.max_blocks = max(2, -(-max_rows // self.capacity))
-        self.blocks = 0
-        self.free: list[Block] = []
-        self.open: Block | None = None
-        self.full: list[Block] = []
+        self.file_rows = max(512, min(flush_rows, FILE_BYTES // per_row, max_rows // 2))
+        self.capacity = max(1, min(self.file_rows, SEGMENT_BYTES // per_row))  # rows per segment
+        self.max_segments = max(2, -(-max_rows // self.capacity) + 1)
+        self.segments = 0
+        self.free: list[Segment] = []
+        self.open: StagedFile | None = None
+        self.seg: Segment | None = None
+        self.work: list[Segment | StagedFile] = []
         self._float_types: list[str] | None = None
 
     def fits(self, r: Record) -> bool:
@@ -207,48 +211,88 @@ class Lane:
         return o is None or (type(o) is np.ndarray and o.ndim == 1 and o.dtype.kind in "biuf" and len(o) == r.n)
 
     def take(self, r: Record) -> bool:
-        """Add the record to the open block; False if no block has room (drop it)."""
-        block = self.open
-        if block is not None and (block.rows + r.n > block.capacity or len(block.meta) >= CHUNK_RECORDS
-                                  or r.time >= block.day_end):
-            self.full.append(block)
-            block = self.open = None
-        if block is None:
-            if self.free:
-                block = self.free.pop()
-            elif self.blocks < self.max_blocks:
-                block = Block(len(self.stored), self.capacity)
-                self.blocks += 1
-            else:
+        """Copy the record's rows and predictions into the segment being filled (they are in
+        the cache, just parsed and answered, and the request's arrays can go at once); False
+        if no segment has room (drop it)."""
+        n = r.n
+        f = self.open
+        if f is not None and (f.rows + n > self.file_rows or len(f.meta) >= CHUNK_RECORDS or r.time >= f.day_end):
+            self._finish_open()
+            f = None
+        seg = self.seg
+        if seg is None or seg.rows + n > seg.capacity:
+            if seg is not None:
+                self.work.append(seg)
+            seg = self.seg = self._segment()
+            if seg is None:
                 return False
-            block.day_end = _day_end(r.time)
-            self.open = block
-        block.add(r)
+        if f is None:
+            f = self.open = StagedFile(_day_end(r.time))
+        seg.file = f  # an empty segment, or one of this file already
+        if n:
+            start, end = seg.rows, seg.rows + n
+            x = r.inputs
+            if self.keep is None and x.dtype == _F8 and x.flags.c_contiguous:
+                # A plain memcpy that keeps the GIL: NumPy lets the GIL go for a copy this size,
+                # and the writer thread, if it wants the GIL then, holds the event loop up.
+                at = start * self.width * 8
+                seg.mem[at:at + x.nbytes] = x.data
+            else:
+                seg.values[start:end] = x if self.keep is None else x[:, self.keep]
+            o = r.output
+            if o is not None:
+                seg.preds[seg.prows:seg.prows + n] = o
+                seg.prows += n
+                if o.dtype.kind not in "biu":
+                    f.pred_int = False
+            seg.rows = end
+            f.rows += n
+        counted = n or 1
+        seg.counted += counted
+        f.counted += counted
+        f.meta.append((r.time, r.request_id, r.model_version, r.status, r.latency_ms, r.error_id, n, r.output is not None))
         return True
 
-    def pending(self, everything: bool) -> list[Block]:
-        """Blocks to write now (under the collector's queue lock): the full ones, and the open
-        one too when ``everything`` (a timed flush or a stop)."""
-        out, self.full = self.full, []
-        if everything and self.open is not None and self.open.meta:
-            out.append(self.open)
-            self.open = None
-        return out
+    def _segment(self) -> Segment | None:
+        if self.free:
+            return self.free.pop()  # the one written last: still in the cache
+        if self.segments < self.max_segments:
+            self.segments += 1
+            return Segment(len(self.stored), self.capacity)
+        return None
 
-    def release(self, block: Block) -> None:
-        block.reset()
-        self.free.append(block)
+    def _finish_open(self) -> None:
+        seg = self.seg
+        if seg is not None and seg.counted:
+            self.work.append(seg)
+            self.seg = None
+        if self.open is not None and self.open.meta:
+            self.work.append(self.open)
+        self.open = None
+
+    def pending(self, everything: bool) -> tuple[list[Segment | StagedFile], int]:
+        """Work for the writer (under the collector's queue lock): the full segments and the
+        files they finished, and with ``everything`` (a timed flush or a stop) the open file;
+        and the rows (as the queue bound counts them) that leave the queue with it."""
+        if everything:
+            self._finish_open()
+        out, self.work = self.work, []
+        return out, sum(w.counted for w in out if isinstance(w, Segment))
+
+    def release(self, seg: Segment) -> None:
+        seg.reset()
+        self.free.append(seg)
 
 
 def _day_end(ts: float) -> float:
     return (ts // 86400 + 1) * 86400
 
 
-def block_meta(block: Block, columns: list[str]) -> Any:
-    """The block's per-request values as an Arrow record batch (the meta region)."""
+def file_meta(f: StagedFile, columns: list[str]) -> Any:
+    """The file's per-request values as an Arrow record batch (the meta region)."""
     import pyarrow as pa
 
-    times, ids, versions, statuses, latencies, errors, ns, has = zip(*block.meta)
+    times, ids, versions, statuses, latencies, errors, ns, has = zip(*f.meta)
     return pa.record_batch({
         "time": pa.array(np.array(times)),
         "request_id": pa.array(ids, pa.string()),
@@ -260,47 +304,115 @@ def block_meta(block: Block, columns: list[str]) -> Any:
         "has_prediction": pa.array(np.array(has, dtype=bool)),
     }).replace_schema_metadata({
         b"columns": json.dumps(columns).encode(),
-        b"prediction_type": b"int64" if block.pred_int else b"float64",
+        b"prediction_type": b"int64" if f.pred_int else b"float64",
     })
 
 
-def block_table(block: Block, meta: Any) -> Any:
-    """The block as the table of request records (for writing Parquet directly)."""
-    return expand(meta, block.values[:block.rows], block.preds[:block.prows].copy())
+def open_file(f: StagedFile, path: Path) -> None:
+    """Create the file's temporary file (the caller renames it once finished)."""
+    try:
+        f.fd, f.direct = _open_direct(path), True
+    except OSError:  # no O_DIRECT on this file system: through the page cache
+        f.fd, f.direct = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), False
+    f.path = path
 
 
-def write_block(path: Path, block: Block, meta: Any, buffer: StageBuffer) -> None:
-    """Write a block as a staged file at ``path`` (the caller renames it into place)."""
+def _open_direct(path: Path) -> int:
+    """Open for writing with ``O_DIRECT`` (straight to the disk, no page cache)."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        raise OSError("no O_DIRECT on this platform")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o644)
+
+
+def _write(f: StagedFile, part: memoryview) -> None:
+    """Write page-aligned bytes at the end of the file."""
+    done = 0
+    while done < len(part):
+        try:
+            done += os.pwrite(f.fd, part[done:], f.offset + done)
+        except OSError as exc:
+            if not (f.direct and exc.errno == errno.EINVAL):
+                raise
+            # The file system took O_DIRECT at open but not at write: the page cache from here.
+            fcntl.fcntl(f.fd, fcntl.F_SETFL, fcntl.fcntl(f.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            f.direct = False
+    f.offset += len(part)
+
+
+def append_segment(f: StagedFile, seg: Segment) -> None:
+    """Append a segment's rows and predictions to its file, each region page-aligned."""
+    view = memoryview(seg.mem)
+    values = view[:_round_up(seg.rows * seg.width * 8)]
+    preds = view[seg.values_len:seg.values_len + _round_up(seg.prows * 8)]
+    try:
+        start = f.offset
+        _write(f, values)
+        f.segments.append((start, seg.rows, f.offset, seg.prows))
+        _write(f, preds)
+    finally:
+        for v in (values, preds, view):
+            v.release()
+
+
+def finish_file(f: StagedFile, columns: list[str], buffer: StageBuffer) -> None:
+    """Write the file's meta region, segment table and footer, and close it."""
     import pyarrow as pa
 
-    rows = block.rows
-    values_len = _round_up(rows * block.width * 8)
-    preds_len = _round_up(block.prows * 8)
-    mem = buffer.aligned(pa.ipc.get_record_batch_size(meta) + (1 << 20))
+    meta = file_meta(f, columns)
+    table = np.array(f.segments, dtype=np.int64).reshape(-1, 4).tobytes()
+    mem = buffer.aligned(pa.ipc.get_record_batch_size(meta) + len(table) + (1 << 20))
     sink = pa.FixedSizeBufferWriter(pa.py_buffer(mem))
     with pa.ipc.new_file(sink, meta.schema) as w:
         w.write_batch(meta)
     meta_len = sink.tell()
     del sink
-    tail = _round_up(meta_len + _FOOTER.size)
-    mem[meta_len:tail - _FOOTER.size] = bytes(tail - _FOOTER.size - meta_len)
+    t_rel = -(-meta_len // 8) * 8
+    tail = _round_up(t_rel + len(table) + _FOOTER.size)
+    mem[meta_len:tail] = bytes(tail - meta_len)
+    mem[t_rel:t_rel + len(table)] = table
+    m_off = f.offset
     mem[tail - _FOOTER.size:tail] = _FOOTER.pack(
-        _MAGIC, 1, block.width, rows, 0, rows * block.width * 8, values_len, block.prows * 8, values_len + preds_len, meta_len)
-    view, mview = memoryview(block.mem), memoryview(mem)
-    parts = [view[:values_len], view[block.values_len:block.values_len + preds_len], mview[:tail]]
+        _MAGIC, 2, len(columns), f.rows, m_off + t_rel, len(table), 0, 0, m_off, meta_len)
+    view = memoryview(mem)
     try:
-        _write_direct(path, parts)
-    except OSError:
-        with open(path, "wb") as f:  # no O_DIRECT here: through the page cache
-            for part in parts:
-                f.write(part)
+        _write(f, view[:tail])
     finally:
-        for part in (*parts, view, mview):
-            part.release()
+        view.release()
+    os.close(f.fd)
+    f.fd = -1
+
+
+def abort_file(f: StagedFile) -> None:
+    """Close and remove a file that cannot be finished (no half-written file stays behind)."""
+    f.failed = True
+    if f.fd >= 0:
+        os.close(f.fd)
+        f.fd = -1
+    if f.path is not None:
+        f.path.unlink(missing_ok=True)
+
+
+def remove_stale(root: Path) -> None:
+    """Remove temporary staged files of server processes that are gone (killed while a file
+    was open: at most its last flush interval, as after any SIGKILL)."""
+    folder = root / STAGING
+    if not folder.is_dir():
+        return
+    for tmp in folder.glob(f"date=*/.part-*{SUFFIX}.tmp"):
+        try:
+            pid = int(tmp.name.split("-")[2])
+            os.kill(pid, 0)
+        except (IndexError, ValueError):
+            continue
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 class StageBuffer:
-    """A reused page-aligned buffer for the meta region of staged files."""
+    """A reused page-aligned buffer for the tail of staged files (meta, table, footer)."""
 
     def __init__(self) -> None:
         self._mem: Any = None
@@ -311,21 +423,6 @@ class StageBuffer:
         if self._mem is None or len(self._mem) < size:
             self._mem = mmap.mmap(-1, _round_up(max(size, 1 << 20)))  # anonymous mappings are page-aligned
         return self._mem
-
-
-def _write_direct(path: Path, parts: list[memoryview]) -> None:
-    """Write page-aligned parts with ``O_DIRECT`` (straight to the disk, no page cache)."""
-    direct = getattr(os, "O_DIRECT", 0)
-    if not direct:
-        raise OSError("no O_DIRECT on this platform")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o644)
-    try:
-        for part in parts:
-            done = 0
-            while done < len(part):
-                done += os.write(fd, part[done:])
-    finally:
-        os.close(fd)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -348,13 +445,21 @@ def read_file(path: Path | int) -> Any:
     buf = _open(path)
     if buf.size < _FOOTER.size:
         raise ValueError("not a staged file (too short)")
-    magic, version, width, rows, v_off, v_len, p_off, p_len, m_off, m_len = _FOOTER.unpack(
+    magic, version, width, rows, a_off, a_len, b_off, b_len, m_off, m_len = _FOOTER.unpack(
         buf.slice(buf.size - _FOOTER.size).to_pybytes())
-    if magic != _MAGIC or version != 1:
+    if magic != _MAGIC or version not in (1, 2):
         raise ValueError("not a staged file (bad footer)")
     meta = pa.ipc.open_file(buf.slice(m_off, m_len)).read_all().combine_chunks()
-    values = np.frombuffer(buf, dtype=np.float64, count=rows * width, offset=v_off).reshape(rows, width)
-    preds = np.frombuffer(buf, dtype=np.float64, count=p_len // 8, offset=p_off)
+    if version == 1:  # one region of values (a_*) and one of predictions (b_*)
+        segments = [(a_off, rows, b_off, b_len // 8)]
+    else:  # a table of segments (a_*): values offset, rows, predictions offset, rows
+        segments = np.frombuffer(buf, dtype=np.int64, count=a_len // 8, offset=a_off).reshape(-1, 4).tolist()
+    if sum(s[1] for s in segments) != rows:
+        raise ValueError("not a staged file (segments do not add up)")
+    values = [np.frombuffer(buf, dtype=np.float64, count=n * width, offset=off).reshape(n, width) for off, n, _, _ in segments]
+    preds = [np.frombuffer(buf, dtype=np.float64, count=n, offset=off) for _, _, off, n in segments]
+    values = values[0] if len(values) == 1 else np.concatenate(values) if values else np.empty((0, width))
+    preds = preds[0] if len(preds) == 1 else np.concatenate(preds) if preds else np.empty(0)
     return expand(meta, values, preds)
 
 
@@ -533,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: set[Path] = set()
     gate = IdleGate(args.poll)
     while root.is_dir():
+        remove_stale(root)
         pending = [p for p in staged_files(root) if p not in failed]
         if not pending:
             if os.getppid() != args.parent:

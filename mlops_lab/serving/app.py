@@ -439,11 +439,7 @@ class ScoringApp:
                 app.keys.check(request.headers.get("authorization"))
             except MlopsLabError as exc:
                 return app._error(exc, rid)
-            col = app.collector
-            collection = None if col is None else {
-                "queued_rows": col.queued_rows, "written_rows": col.written_rows, "files": col.files,
-                "staged_files": col.staged_files, "dropped_rows": col.dropped_total,
-            }
+            collection = None if app.collector is None else app.collector.stats()
             return app._respond(
                 {"pid": os.getpid(), "revision": app.revision,
                  "models": {m.ref: m.stats.as_dict() for r in app.routes.values() for m in r.models},

@@ -104,10 +104,11 @@ def _die_with_parent() -> None:
 def _keep_freed_memory() -> None:
     """glibc: keep freed memory in the process instead of returning it to the system at once.
 
-    Data collection holds each request's arrays for up to a flush interval and then frees them
-    in bulk; by default glibc then trims the heap and the next requests fault the pages back in
-    (measured: 4.3 page faults and 10 us of system time per 100-row request). Freed memory is
-    kept up to 512 MiB and arrays up to 4 MiB come from the heap, where they are reused.
+    Data collection holds the arrays of requests that are not numeric (and so not staged) for up
+    to a flush interval and then frees them in bulk; by default glibc then trims the heap and
+    the next requests fault the pages back in (measured: 4.3 page faults and 10 us of system time
+    per 100-row request). Freed memory is kept up to 512 MiB and arrays up to 4 MiB come from the
+    heap, where they are reused.
     """
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):

@@ -29,7 +29,11 @@ NOON = dt.datetime(2026, 11, 30, 12, tzinfo=dt.timezone.utc).timestamp()
 def _collector(tmp_path, name, **settings):
     settings = {"flush_seconds": 3600, "flush_rows": 10**9, "max_queue_rows": 10**9, **settings}
     col = Collector(name, CollectConfig(folder=str(tmp_path), **settings))
-    col._stop.set()  # flush by hand
+    col._stop.set()  # flush by hand: the writer thread stops before any record comes
+    col._wake.set()
+    col._thread.join()
+    col._wake.clear()
+    col.batch = 1  # each record taken as it comes, to look at the lane after each one
     col._start_compactor = lambda: None  # compaction is driven by the tests
     return col
 
@@ -121,28 +125,66 @@ def test_a_block_never_spans_midnight(tmp_path):
     assert days == ["date=2026-11-30", "date=2026-12-01"]
 
 
-def test_full_blocks_are_written_and_a_full_lane_drops_and_counts(tmp_path):
-    # Given a lane of two blocks of 512 rows and a queue bound of 1,024 rows, no writer running
+def test_full_files_are_written_and_a_full_queue_drops_and_counts(tmp_path):
+    # Given a lane whose staged files hold 512 rows, a queue bound of 1,024 rows, no writer running
     col = _collector(tmp_path, "d", max_queue_rows=1024)
     X = np.ones((100, 6))
     for i in range(12):  # 1,200 rows: the last ones find no room
         col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
     lane = col._lane
-    assert lane.capacity == 512 and lane.max_blocks == 2
+    assert lane.file_rows == 512 and lane.capacity == 512
     assert col.dropped_total == 200 and col.queued_rows == 1000
-    assert len(lane.full) == 1 and col._wake.is_set()  # the writer was told a block is full
-    # When the writer writes the full block only (a full-block wake-up, not the timer)
+    # the first file is whole: its segment and the file itself wait for the writer, who was told
+    assert [type(w).__name__ for w in lane.work] == ["Segment", "StagedFile"] and col._wake.is_set()
+    # When the writer writes what is whole (a wake-up, not the timer)
     col.flush(everything=False)
     assert len(staging.staged_files(tmp_path / "d")) == 1 and col.queued_rows == 500
-    # Then the open block is written at the next timed flush, with the drop count beside it
+    # Then the open file is written at the next timed flush, with the drop count beside it
     col.flush()
     assert len(staging.staged_files(tmp_path / "d")) == 2 and col.queued_rows == 0
     assert read_requests(tmp_path / "d").num_rows == 1000
     assert pq.read_table(next((tmp_path / "d" / "drops").rglob("*.parquet"))).column("dropped").to_pylist() == [200]
-    # and the blocks are reused, not made anew
+    # and the segments are reused, not made anew
     for i in range(10):
         col.add(Record(NOON + 50 + i, f"s{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
-    assert lane.blocks == 2 and col.dropped_total == 200
+    assert lane.segments == 2 and col.dropped_total == 200
+
+
+def test_a_staged_file_of_many_segments_reads_back_whole(tmp_path):
+    # Given segments of 64 rows (set small here) and requests of 1 to 5 rows
+    col = _collector(tmp_path, "d")
+    rng = np.random.default_rng(3)
+    sent = _traffic(rng, n=200)
+    col._lane = col._new_lane(COLS)
+    col._lane.capacity = 64
+    for r in sent:
+        col.add(r)
+    # When the writer appends the full segments as they come, and finishes the file at the flush
+    assert len(col._lane.work) > 3
+    col.flush(everything=False)
+    tmp = list((tmp_path / "d" / "staging").rglob(".part-*.stage.tmp"))
+    assert len(tmp) == 1 and staging.staged_files(tmp_path / "d") == []  # open, not visible to readers
+    col.flush()
+    # Then one staged file holds every segment, and reads back as the direct path writes it
+    [path] = staging.staged_files(tmp_path / "d")
+    direct = _collector(tmp_path, "direct", stage_budget_mb=0)
+    for r in sent:
+        direct.add(r)
+    direct.flush()
+    assert _sorted(read_requests(tmp_path / "d")).equals(_sorted(read_requests(tmp_path / "direct")))
+    assert col._lane.segments == len(col._lane.free)  # every segment written and free for reuse
+
+
+def test_a_temporary_file_of_a_killed_server_is_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    day = tmp_path / "d" / "staging" / "date=2026-11-30"
+    day.mkdir(parents=True)
+    stale = day / f".part-1-{dead}-1.stage.tmp"
+    live = day / f".part-1-{os.getpid()}-2.stage.tmp"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    _collector(tmp_path, "d")  # a server of the deployment starts again
+    assert not stale.exists() and live.exists()
 
 
 def test_records_of_other_shapes_go_to_parquet_directly(tmp_path):
@@ -162,18 +204,38 @@ def test_records_of_other_shapes_go_to_parquet_directly(tmp_path):
 
 
 def test_without_o_direct_the_staged_file_is_written_through_the_page_cache(tmp_path, monkeypatch):
-    """Replaces ``staging._write_direct`` (the O_DIRECT write) with one that fails as it does on
+    """Replaces ``staging._open_direct`` (the O_DIRECT open) with one that fails as it does on
     a file system without O_DIRECT (tmpfs on older kernels, some network file systems)."""
 
-    def refuse(path, parts):
+    def refuse(path):
         raise OSError(22, "Invalid argument")
 
-    monkeypatch.setattr(staging, "_write_direct", refuse)
+    monkeypatch.setattr(staging, "_open_direct", refuse)
     col = _collector(tmp_path, "d")
     for i in range(5):
         col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, np.full((2, 6), float(i)), COLS, TYPES, np.zeros(2), 2))
     col.flush()
     assert read_requests(tmp_path / "d").num_rows == 10
+
+
+def test_when_o_direct_writes_are_refused_the_file_goes_on_through_the_page_cache(tmp_path, monkeypatch):
+    """Replaces ``os.pwrite`` with one that refuses the first write of a file opened with
+    O_DIRECT (EINVAL), as file systems that accept the flag at open but not the write do."""
+    real = os.pwrite
+    refused = []
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and not refused:
+            refused.append(fd)
+            raise OSError(22, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    col = _collector(tmp_path, "d")
+    for i in range(5):
+        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, np.full((2, 6), float(i)), COLS, TYPES, np.zeros(2), 2))
+    col.flush()
+    assert read_requests(tmp_path / "d").column("x0").to_pylist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
 
 
 def test_over_budget_the_collector_writes_parquet_directly(tmp_path):
@@ -297,13 +359,14 @@ def test_a_full_disk_loses_only_the_rows_it_could_not_write_and_counts_them(smal
     assert pq.read_table(next((disk / "d" / "drops").rglob("*.parquet"))).column("dropped").to_pylist() == [2000]
 
 
-def test_a_block_holds_at_most_chunk_records_requests(tmp_path):
+def test_a_staged_file_holds_at_most_chunk_records_requests(tmp_path):
     from mlops_lab.monitoring.collector import CHUNK_RECORDS
 
     col = _collector(tmp_path, "d")
     row = np.ones((1, 6))
     for i in range(CHUNK_RECORDS + 10):  # 1-row requests: rows would fit, requests do not
         col.add(Record(NOON, f"r{i}", "m:1", 200, 1.0, None, row, COLS, TYPES, np.zeros(1), 1))
-    assert len(col._lane.full) == 1 and len(col._lane.full[0].meta) == CHUNK_RECORDS
+    [whole] = [w for w in col._lane.work if isinstance(w, staging.StagedFile)]
+    assert len(whole.meta) == CHUNK_RECORDS
     col.flush()
     assert [staging.read_file(f).num_rows for f in staging.staged_files(tmp_path / "d")] == [CHUNK_RECORDS, 10]
