@@ -95,6 +95,8 @@ class ServedModel:
         self._busy = False
         self._call_s = 0.0  # moving average of one predict call, for the adaptive wait
         self._last_batch = 1  # requests in the last batch: >1 means concurrent callers
+        self._filled: asyncio.Future | None = None  # set when the batch being gathered is full
+        self._want = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{self.name}")
         self._lock = threading.Lock()
 
@@ -143,8 +145,8 @@ class ServedModel:
         ``max_wait_ms`` when set; and for a slow model (a millisecond or more per call) under
         concurrent load (the last batch held several requests), a fifth of a call, at most 5 ms:
         the callers answered by the last call are sending their next requests, and a call that
-        waits for them serves them all at once instead of one by one. An idle model or a single
-        caller never waits."""
+        waits for them serves them all at once instead of one by one; the wait ends as soon as
+        they are all back (:meth:`_gather`). An idle model or a single caller never waits."""
         wait = self.batching.max_wait_ms / 1000
         if not self.inline and self._last_batch > 1 and self._call_s >= 0.001:
             wait = max(wait, min(0.2 * self._call_s, 0.005))
@@ -156,6 +158,27 @@ class ServedModel:
                   "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
         return ModelError(f"the model {self.ref} raised {type(exc).__name__}: {exc}", error_id)
 
+    async def _gather(self, yield_: bool = False) -> None:
+        """Let the next batch fill before a call (:meth:`_wait_s`): at most the wait, and with
+        the adaptive wait only until as many requests are pending as the last call served."""
+        wait = self._wait_s()
+        if wait <= 0:
+            if yield_:
+                await asyncio.sleep(0)  # let requests that arrived reach the queue
+            return
+        want = self._last_batch if self.batching.max_wait_ms <= 0 else float("inf")
+        if len(self._pending) >= want:
+            return
+        loop = asyncio.get_running_loop()
+        fut = self._filled = loop.create_future()
+        self._want = want
+        timer = loop.call_later(wait, _settle, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._filled = None
+
     async def predict(self, chunk: Chunk) -> Any:
         """The model's answer for one request's rows (possibly scored with others)."""
         if not self.can_batch:
@@ -163,6 +186,8 @@ class ServedModel:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((chunk, fut))
+        if self._filled is not None and len(self._pending) >= self._want:
+            _settle(self._filled)
         if not self._busy:
             self._busy = True
             # Keep a reference: the loop holds tasks only weakly.
@@ -189,9 +214,7 @@ class ServedModel:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            wait = self._wait_s()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await self._gather()
             pending = self._pending
             max_rows = self.batching.max_batch_rows
             while pending:
@@ -223,7 +246,7 @@ class ServedModel:
                     for (_, fut), out in zip(batch, outs):
                         _settle(fut, result=out)
                 # Let the requests that arrived meanwhile reach the queue: they form the next batch.
-                await asyncio.sleep(self._wait_s())
+                await self._gather(yield_=True)
         finally:
             self._busy = False
 

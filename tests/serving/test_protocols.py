@@ -384,3 +384,36 @@ def test_batches_stay_within_max_batch_rows(module_home):
                 assert stats["batches"] == 80, stats  # 2 + 2 rows would pass the bound of 3
         finally:
             d.delete()
+
+
+def test_the_adaptive_wait_ends_when_the_callers_of_the_last_batch_are_back():
+    """Unit test of ``ServedModel._gather`` (no server: the batcher's wait on its own). The
+    wait is stretched to an hour, so the test can only finish if the wait ends early."""
+    import asyncio
+
+    from mlops_lab.serving.runtime import ServedModel
+
+    class Model:
+        method = "predict"
+
+        def predict(self, X):
+            return [0.0] * len(X)
+
+    async def scenario():
+        m = ServedModel("slow", 1, Model(), {"signature": None})
+        m.can_batch, m.inline, m._last_batch, m._call_s = True, False, 3, 3600.0
+        m._wait_s = lambda: 3600.0
+        m._busy = True  # as if a drainer were running: it is the one gathering here
+        gather = asyncio.ensure_future(m._gather())
+        callers = []
+        for _ in range(3):  # the three callers of the last batch send their next requests
+            await asyncio.sleep(0)
+            assert not gather.done()
+            callers.append(asyncio.ensure_future(m.predict(object())))
+        await asyncio.wait_for(gather, timeout=10)
+        assert m._filled is None and len(m._pending) == 3
+        for c in callers:
+            c.cancel()
+        m.close()
+
+    asyncio.run(scenario())
