@@ -371,7 +371,7 @@ def test_batches_stay_within_max_batch_rows(module_home):
                       **({"max_batch_rows": bound} if bound else {}))
         try:
             with httpx.Client(timeout=30) as client:
-                def call(_):
+                def call(_, d=d):
                     return client.post(f"{d.url}/score", json=body, headers=auth(d)).status_code
 
                 with ThreadPoolExecutor(8) as pool:
