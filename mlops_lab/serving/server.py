@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.fd is not None:
         _die_with_parent()
+    # No cyclic collection while starting: importing the model's libraries (scikit-learn alone
+    # imports SciPy and pandas) allocates heavily and nothing of it is garbage; the collector's
+    # passes then cost a tenth to a fifth of the start (measured here: 1.09-1.29 s against
+    # 0.95-1.08 s to import sklearn.ensemble). Everything loaded is frozen below.
+    gc.disable()
     spec = resolve_paths(orjson.loads(Path(args.spec).read_bytes()), Path(args.spec).resolve().parent)
     if spec.get("collect"):
         _keep_freed_memory()
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     # the slowest requests. (No full collection first: after imports and loading it finds nothing
     # to free and would cost some 60 ms of start-up.)
     gc.freeze()
+    gc.enable()
     log.info("serving %s revision %s: %s", spec.get("deployment"), spec.get("revision"),
              ", ".join(f"{m.ref} ({m.traffic:g}%)" for r in app.routes.values() for m in r.models))
     serve(app, shared)
