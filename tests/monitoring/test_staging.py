@@ -370,3 +370,47 @@ def test_a_staged_file_holds_at_most_chunk_records_requests(tmp_path):
     assert len(whole.meta) == CHUNK_RECORDS
     col.flush()
     assert [staging.read_file(f).num_rows for f in staging.staged_files(tmp_path / "d")] == [CHUNK_RECORDS, 10]
+
+
+def test_records_are_taken_sixteen_at_a_time_and_none_is_left_behind(tmp_path):
+    # Given a collector as a server has it (records taken in batches of 16)
+    col = _collector(tmp_path, "d")
+    col.batch = 16
+    X = np.ones((2, 6))
+    for i in range(15):
+        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(2), 2))
+    # Then 15 records wait, by reference, and nothing is in the lane yet
+    assert len(col._pending) == 15 and col._lane is None and col.queued_rows == 0
+    # When the 16th comes, all 16 are copied into the segment and the list is empty
+    col.add(Record(NOON + 15, "r15", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(2), 2))
+    assert len(col._pending) == 0 and col._lane.seg.rows == 32 and col.queued_rows == 32
+    # and the counters for /metrics, or a flush, take the ones still waiting
+    col.add(Record(NOON + 16, "r16", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(2), 2))
+    assert col.stats()["queued_rows"] == 34 and not col._pending
+    col.add(Record(NOON + 17, "r17", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(2), 2))
+    col.flush()
+    assert sorted(read_requests(tmp_path / "d").column("request_id").to_pylist()) == sorted(f"r{i}" for i in range(18) for _ in range(2))
+
+
+def test_a_staged_file_of_format_1_still_reads(tmp_path):
+    """Format 1 (one region of values, one of predictions; written by the previous release)
+    may still be on disk, not yet compacted, after an upgrade."""
+    import pyarrow as pa
+
+    f = staging.StagedFile(NOON + 3600)
+    f.meta = [(NOON, "a", "m:1", 200, 1.0, None, 2, True)]
+    sink = pa.BufferOutputStream()
+    meta = staging.file_meta(f, COLS)
+    with pa.ipc.new_file(sink, meta.schema) as w:
+        w.write_batch(meta)
+    ipc = sink.getvalue().to_pybytes()
+    page = 4096
+    values = np.arange(12.0).reshape(2, 6).tobytes().ljust(page, b"\0")
+    preds = np.array([3.0, 4.0]).tobytes().ljust(page, b"\0")
+    footer = staging._FOOTER.pack(staging._MAGIC, 1, 6, 2, 0, 96, page, 16, 2 * page, len(ipc))
+    day = tmp_path / "d" / "staging" / "date=2026-11-30"
+    day.mkdir(parents=True)
+    (day / "part-1-1-1.stage").write_bytes(values + preds + ipc + footer)
+    t = read_requests(tmp_path / "d")
+    assert t.column("x0").to_pylist() == [0.0, 6.0] and t.column("x5").to_pylist() == [5.0, 11.0]
+    assert t.column("prediction").to_pylist() == [3, 4]
