@@ -126,10 +126,12 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None) 
                 print(f"  rows={rows:<3} conns={conns:<3} off {rps['off']:>7.0f} req/s {us['off']:.0f} us"
                       f" | staged {rps['staged']:>7.0f} req/s cost {cost['staged']:5.1f}% {us['staged']:.0f} us"
                       f" | direct {rps['direct']:>7.0f} req/s cost {cost['direct']:5.1f}% {us['direct']:.0f} us", flush=True)
+                print("    rounds (req/s): " + "; ".join(f"{k} {' '.join(str(round(x)) for x in v)}" for k, v in runs.items()), flush=True)
                 out.append((rows, conns, rps, cost, us))
         stats = deployments["staged"].call("metrics", method="GET")["collection"]
         print(f"  collected by one staged server process: {stats['written_rows']} rows in {stats['staged_files']} staged"
-              f" and {stats['files']} Parquet files, {stats['dropped_rows']} dropped")
+              f" and {stats['files']} Parquet files, {stats['dropped_rows']} dropped (Parquet files: written at once"
+              f" because the staged backlog had reached its budget)")
         staged_root = Path(os.environ["MLOPS_LAB_HOME"]) / "collected" / "collect-staged"
         deployments["staged"].delete()  # its compactors finish the work once the machine is idle
         secs, compacted = compaction_cpu(staged_root)
