@@ -8,9 +8,9 @@
     5 rounds by default. The throughput is the median of each; the cost is the median over
     rounds of each round's loss against collection off in the same round (this VM's throughput
     drifts by up to a quarter between minutes; runs side by side drift together). Target:
-    collection costs under 10 % of throughput. Beside
-    it, the servers' CPU time per request (user + system, all threads, from /proc): it says how
-    many microseconds collection adds to each request. After the runs, the CPU the compactors
+    collection costs under 10 % of throughput. Beside it, the servers' CPU time per request
+    (user + system, all threads, from /proc): it says how many microseconds collection adds to
+    each request. After the runs, the CPU the compactors
     spend turning the staged files into Parquet (deferred to idle time) is measured too.
 (b) Reading back 1,000,000 collected rows (one day, 10 features, 1 row per request, two
     versions): ``collected_data`` for the day, ``metrics``, ``drift`` and ``monitor``, each

@@ -55,8 +55,9 @@ class CollectConfig:
     flush_seconds: float = 5.0
     flush_rows: int = 50_000
     max_queue_rows: int = 500_000
-    #: Staged (not yet compacted) data beyond which flushes write Parquet directly; 0: never
-    #: stage; None: a tenth of the free space of the collection folder's disk, at most 8 GiB.
+    #: Staged (not yet compacted) data beyond which each staged file is compacted to Parquet at
+    #: once; 0: never stage; None: a tenth of the free space of the collection folder's disk, at
+    #: most 8 GiB.
     stage_budget_mb: int | None = None
 
     @classmethod
@@ -161,6 +162,7 @@ class Collector:
     def _take_pending(self) -> None:
         pending = self._pending
         wake = False
+        dropped = 0
         with self._qlock:
             limit = self.config.max_queue_rows
             lane = self._lane
@@ -168,21 +170,21 @@ class Collector:
                 record = pending.popleft()
                 n = record.n or 1
                 if self.queued_rows + n > limit:
-                    self.dropped += n
-                    self.dropped_total += n
+                    dropped += n
                     continue
                 if lane is None and self._stage and record.columns:
                     lane = self._lane = self._new_lane(record.columns)
                 if lane is not None and lane.fits(record):
                     if not lane.take(record):  # every segment full and waiting for the writer
-                        self.dropped += n
-                        self.dropped_total += n
+                        dropped += n
                         continue
                     wake = wake or bool(lane.work)  # a segment to write
                 else:
                     self.queue.append(record)
                     wake = wake or self.queued_rows + n >= self.config.flush_rows
                 self.queued_rows += n
+            self.dropped += dropped
+            self.dropped_total += dropped
             # Wake the writer once: the flag stays set until it takes the work (under this lock).
             if wake and not self._wake.is_set():
                 self._wake.set()
@@ -272,9 +274,7 @@ class Collector:
             finally:
                 with self._qlock:
                     self._lane.release(item)
-                    if lost:
-                        self.dropped += lost
-                        self.dropped_total += lost
+                self._count_lost(lost)
             return
         f = item
         if f.failed:
@@ -289,9 +289,7 @@ class Collector:
         except OSError as exc:
             log.error("cannot write %d collected rows (%s): counted as dropped", f.written, exc)
             staging.abort_file(f)
-            with self._qlock:
-                self.dropped += f.written
-                self.dropped_total += f.written
+            self._count_lost(f.written)
             return
         self.written_rows += f.counted
         if stage:
@@ -301,6 +299,13 @@ class Collector:
         else:
             staging.compact_file(final, self.root)  # saturation beyond the budget: Parquet now
             self.files += 1
+
+    def _count_lost(self, rows: int) -> None:
+        """Rows that could not be written: counted as dropped (and the count written later)."""
+        if rows:
+            with self._qlock:
+                self.dropped += rows
+                self.dropped_total += rows
 
     def _under_budget(self) -> bool:
         """Whether the staged backlog is under its budget: the folder is measured at most once a
