@@ -414,3 +414,22 @@ def test_a_staged_file_of_format_1_still_reads(tmp_path):
     t = read_requests(tmp_path / "d")
     assert t.column("x0").to_pylist() == [0.0, 6.0] and t.column("x5").to_pylist() == [5.0, 11.0]
     assert t.column("prediction").to_pylist() == [3, 4]
+
+
+def test_the_writer_is_woken_once_for_work_that_waits(tmp_path):
+    # Given a collector with no writer running, counting how often it would be woken
+    col = _collector(tmp_path, "d", max_queue_rows=10**6, flush_rows=512)
+    wakes = []
+    real_set = col._wake.set
+    col._wake.set = lambda: (wakes.append(1), real_set())
+    X = np.ones((100, 6))
+    # When 30 requests come after the first file is whole (so its work waits all along)
+    for i in range(36):
+        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
+    # Then the writer was woken once, not once per request
+    assert len(wakes) == 1 and col._lane.work
+    # and after it took the work, the next whole file wakes it once more
+    col.flush(everything=False)
+    for i in range(36, 48):
+        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
+    assert len(wakes) == 2
