@@ -107,7 +107,6 @@ class Collector:
         self.files = 0
         self.staged_files = 0
         self._compactor: Any = None
-        self._stage_buffer: Any = None
         self._budget = _stage_budget(config.stage_budget_mb, Path(config.folder)) if config.enabled else 0
         self._stage = self._budget > 0
         self._lane: Any = None  # the staging lane, made with the first record that has columns
@@ -280,9 +279,7 @@ class Collector:
         if f.failed:
             return  # counted already
         try:
-            if self._stage_buffer is None:
-                self._stage_buffer = staging.StageBuffer()
-            staging.finish_file(f, self._lane.stored, self._stage_buffer)
+            staging.finish_file(f, self._lane.stored)
             final = f.path.with_name(f.path.name[1:-len(".tmp")])
             stage = self._under_budget()
             os.replace(f.path, final)  # readers and compactors see whole files only
@@ -558,9 +555,12 @@ def _slices(records: list[Record]):
 
 def write_parquet(table: Any, folder: Path, name: str) -> Path:
     """Write ``table`` as ``folder/name`` under a temporary name, then rename: readers see whole
-    files only."""
+    files only. Encoded into reused page-aligned memory and written with ``O_DIRECT``
+    (:mod:`.directio`): through the page cache, writing cost more CPU than encoding."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from . import directio
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp"
@@ -569,9 +569,27 @@ def write_parquet(table: Any, folder: Path, name: str) -> Path:
     strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
     # min/max statistics only where readers filter (time, version, status)
     stats = [c for c in ("request_time", "model_version", "status_code") if c in table.column_names] or False
-    pq.write_table(table, tmp, compression="lz4", use_dictionary=strings, write_statistics=stats)
+    size = _parquet_bound(table)
+    while True:
+        mem = directio.buffers.write.aligned(size)
+        sink = pa.FixedSizeBufferWriter(pa.py_buffer(mem))
+        try:
+            pq.write_table(table, sink, compression="lz4", use_dictionary=strings, write_statistics=stats)
+            written = sink.tell()
+            break
+        except OSError:  # "Write out of bounds" (nothing else can fail in memory): a bigger buffer
+            size = 2 * len(mem)
+        finally:
+            del sink
+    directio.write_file(tmp, mem, written)
     os.replace(tmp, folder / name)
     return folder / name
+
+
+def _parquet_bound(table: Any) -> int:
+    """Bytes that surely hold ``table`` as Parquet: its Arrow data (lz4 and dictionaries only
+    shrink it), page headers and the footer."""
+    return table.get_total_buffer_size() + 64 * table.num_columns * (1 + table.num_rows // 4096) + (1 << 20)
 
 
 def write_feedback(root: Path, items: list[dict[str, Any]], writer: Collector | None = None) -> int:

@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -203,39 +204,82 @@ def test_records_of_other_shapes_go_to_parquet_directly(tmp_path):
     assert c[["a", "b", "c"]].to_numpy().tolist() == [[1.0, 1.0, 1.0]] and c["city"].isna().all()
 
 
-def test_without_o_direct_the_staged_file_is_written_through_the_page_cache(tmp_path, monkeypatch):
-    """Replaces ``staging._open_direct`` (the O_DIRECT open) with one that fails as it does on
-    a file system without O_DIRECT (tmpfs on older kernels, some network file systems)."""
+def _both_paths(tmp_path):
+    """The same 5 requests through a staging collector (then compacted) and a direct one."""
+    cols = [_collector(tmp_path, "staged"), _collector(tmp_path, "direct", stage_budget_mb=0)]
+    for col in cols:
+        for i in range(5):
+            col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, np.full((2, 6), float(i)), COLS, TYPES, np.zeros(2), 2))
+        col.flush()
+    assert len(staging.staged_files(tmp_path / "staged")) == 1
+    assert staging.compact(tmp_path / "staged") == 10
+    expected = [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
+    for name in ("staged", "direct"):
+        assert sorted(read_requests(tmp_path / name).column("x0").to_pylist()) == expected
+        assert not list((tmp_path / name).rglob("*.tmp"))
 
-    def refuse(path):
-        raise OSError(22, "Invalid argument")
 
-    monkeypatch.setattr(staging, "_open_direct", refuse)
-    col = _collector(tmp_path, "d")
-    for i in range(5):
-        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, np.full((2, 6), float(i)), COLS, TYPES, np.zeros(2), 2))
-    col.flush()
-    assert read_requests(tmp_path / "d").num_rows == 10
+def test_without_o_direct_files_are_written_and_read_through_the_page_cache(tmp_path, monkeypatch):
+    """Replaces ``os.open`` and ``fcntl.fcntl`` with ones that refuse O_DIRECT (EINVAL) as file
+    systems without it do (tmpfs before Linux 6.6, some network file systems): the O_DIRECT
+    opens of staged and Parquet files, and the F_SETFL that turns it on to read a staged file."""
+    real_open, real_fcntl, refused = os.open, fcntl.fcntl, []
 
+    def open_(path, flags, mode=0o777, **kw):
+        if flags & os.O_DIRECT:
+            refused.append(path)
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, mode, **kw)
 
-def test_when_o_direct_writes_are_refused_the_file_goes_on_through_the_page_cache(tmp_path, monkeypatch):
-    """Replaces ``os.pwrite`` with one that refuses the first write of a file opened with
-    O_DIRECT (EINVAL), as file systems that accept the flag at open but not the write do."""
-    real = os.pwrite
-    refused = []
-
-    def pwrite(fd, data, offset):
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and not refused:
+    def fcntl_(fd, cmd, arg=0):
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
             refused.append(fd)
             raise OSError(22, "Invalid argument")
-        return real(fd, data, offset)
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(fcntl, "fcntl", fcntl_)
+    _both_paths(tmp_path)
+    assert len(refused) == 4  # staged file, its Parquet file, its read; the direct Parquet file
+
+
+def test_when_o_direct_transfers_are_refused_files_go_on_through_the_page_cache(tmp_path, monkeypatch):
+    """Replaces ``os.pwrite`` and ``os.preadv`` with ones that refuse the first transfer of a file
+    opened with O_DIRECT (EINVAL), as file systems that accept the flag at open but not the
+    transfer do."""
+    real_pwrite, real_preadv, refused = os.pwrite, os.preadv, set()
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and os.fstat(fd).st_ino not in refused:
+            refused.add(os.fstat(fd).st_ino)
+            raise OSError(22, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    def preadv(fd, buffers, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and ("read", os.fstat(fd).st_ino) not in refused:
+            refused.add(("read", os.fstat(fd).st_ino))
+            raise OSError(22, "Invalid argument")
+        return real_preadv(fd, buffers, offset)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
-    col = _collector(tmp_path, "d")
-    for i in range(5):
-        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, np.full((2, 6), float(i)), COLS, TYPES, np.zeros(2), 2))
-    col.flush()
-    assert read_requests(tmp_path / "d").column("x0").to_pylist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
+    monkeypatch.setattr(os, "preadv", preadv)
+    _both_paths(tmp_path)
+    assert len(refused) == 4
+
+
+def test_parquet_bigger_than_its_first_buffer_is_written_whole(tmp_path, monkeypatch):
+    """Replaces ``collector._parquet_bound`` (the size of memory Parquet is encoded into) with
+    one that is far too small, and gives this test fresh buffers (this thread's may have grown
+    in earlier tests), so that encoding overruns the buffer and is done again in a bigger one."""
+    from mlops_lab.monitoring import collector, directio
+
+    monkeypatch.setattr(collector, "_parquet_bound", lambda table: 1)
+    monkeypatch.setattr(directio, "buffers", directio._Buffers())
+    table = pa.table({f"c{i}": np.random.default_rng(i).normal(size=50_000) for i in range(8)})  # 3.2 MB
+    path = collector.write_parquet(table, tmp_path / "out", "x.parquet")
+    assert len(directio.buffers.write.aligned(0)) >= path.stat().st_size > 3_000_000
+    assert pq.read_table(path).equals(table)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.parquet"]
 
 
 def test_over_budget_the_collector_writes_parquet_directly(tmp_path):
