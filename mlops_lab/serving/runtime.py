@@ -122,9 +122,35 @@ class ServedModel:
         n = len(out) if hasattr(out, "__len__") else None
         if n != chunk.n:
             self.can_batch = False
+        faster = self._faster(x, out)
+        if faster is not None:
+            t0 = time.perf_counter()
+            faster(x)
+            elapsed = time.perf_counter() - t0
         self.inline = elapsed < INLINE_BELOW_S
         log.info("%s warmed up: %.3f ms per call on %d rows, batching %s, %s", self.ref, elapsed * 1000,
                  chunk.n, "on" if self.can_batch else "off", "inline" if self.inline else "threaded")
+
+    def _faster(self, x: Any, out: Any) -> Any:
+        """Swap in a faster call with the same results (:mod:`.accel`) if the model has one and
+        it answers the example exactly as the model's own call did; returns it, or None."""
+        from .accel import faster_call, same_output
+
+        loaded = self.model
+        faster = faster_call(getattr(loaded, "model", None), getattr(loaded, "method", ""))
+        if faster is None:
+            return None
+        try:
+            same = same_output(faster(x), out)
+        except Exception as exc:  # noqa: BLE001 - the model's own call stays
+            log.warning("%s: the faster call failed on the example (%s): kept the model's own", self.ref, exc)
+            return None
+        if not same:
+            log.warning("%s: the faster call answered the example differently: kept the model's own", self.ref)
+            return None
+        loaded._call = faster
+        log.info("%s: scored tree by tree, without joblib's per-tree dispatch (same results on the example)", self.ref)
+        return faster
 
     # -- scoring ---------------------------------------------------------------------------
 
