@@ -5,7 +5,10 @@ A daemon (its own session, detached from the kernel or CLI that started it) that
 * owns the deployment's listening socket for its whole life, so the port never changes and
   no connection is refused while servers come and go;
 * runs ``workers`` scoring server processes on that socket (a *generation*), restarts any that
-  exits with exponential backoff, and probes each one's health on its private port;
+  exits with exponential backoff, and probes each one's health on its private port. A new
+  deployment is ready when its first server is: the others start after it, one at a time
+  (on two cores, servers importing their libraries side by side made the first one ready a
+  fifth later, and its start varied by half a second);
 * answers a control channel (a Unix socket) with ``status``, ``switch`` (update, rollback,
   promote: a new generation starts beside the old one, must pass readiness, then the old one
   drains and stops) and ``stop``;
@@ -147,6 +150,10 @@ class Supervisor:
             proc.kill()
             await proc.wait()
             raise StartFailed(f"the server did not become ready within {self.startup_timeout:g} s") from None
+        except asyncio.CancelledError:  # the deployment stops while this server starts
+            proc.kill()
+            await proc.wait()
+            raise
         text = line.decode(errors="replace").strip()
         if text.startswith("READY"):
             return Server(proc, port=int(text.split()[1]))
@@ -162,9 +169,10 @@ class Supervisor:
             return ""
         return " | ".join(tail[-lines:])
 
-    async def start_generation(self, spec: str, revision: int) -> Generation:
+    async def start_generation(self, spec: str, revision: int, count: int | None = None) -> Generation:
+        """Start ``count`` servers (all ``workers`` by default) side by side; all must be ready."""
         gen = Generation(spec, revision)
-        results = await asyncio.gather(*(self.spawn(spec) for _ in range(self.workers)), return_exceptions=True)
+        results = await asyncio.gather(*(self.spawn(spec) for _ in range(count or self.workers)), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         gen.servers = [r for r in results if isinstance(r, Server)]
         if errors:
@@ -191,25 +199,39 @@ class Supervisor:
         log.warning("%s; restarting", self.last_exit)
         if server in gen.servers:
             gen.servers.remove(server)
-        while not gen.stopping and not self.stopping.is_set():
-            delay = min(BACKOFF_MAX_S, BACKOFF_START_S * (2 ** gen.failures))
-            await self._record("crashed", f"{self.last_exit}; restarting in {delay:g} s ({self.restarts} restarts)")
-            await asyncio.sleep(delay)
-            if gen.stopping or self.stopping.is_set():
-                return
-            try:
-                new = await self.spawn(gen.spec)
-            except StartFailed as exc:
-                gen.failures += 1
-                self.last_exit = f"restart failed: {exc}"
-                log.error(self.last_exit)
-                continue
-            gen.failures = 0
-            gen.servers.append(new)
-            self._spawn_task(self.watch(gen, new))
-            log.info("server restarted as pid %d", new.proc.pid)
-            await self._record("healthy", f"restarted after: {self.last_exit}")
-            return
+        await self.start_more(gen, 1, restart=True)
+
+    async def start_more(self, gen: Generation, count: int, restart: bool = False) -> None:
+        """Add ``count`` servers to a generation, one at a time; a server that fails to start
+        is tried again with exponential backoff (a restart waits before its first try too)."""
+        for _ in range(count):
+            while not gen.stopping and not self.stopping.is_set():
+                if restart or gen.failures:
+                    delay = min(BACKOFF_MAX_S, BACKOFF_START_S * (2 ** gen.failures))
+                    await self._record("crashed", f"{self.last_exit}; restarting in {delay:g} s ({self.restarts} restarts)")
+                    await asyncio.sleep(delay)
+                    if gen.stopping or self.stopping.is_set():
+                        return
+                try:
+                    new = await self.spawn(gen.spec)
+                except StartFailed as exc:
+                    gen.failures += 1
+                    self.last_exit = f"{'restart' if restart else 'a further server'} failed: {exc}"
+                    log.error(self.last_exit)
+                    continue
+                if gen.stopping or self.stopping.is_set():  # retired while this one started
+                    await self.stop_servers([new], drain=False)
+                    return
+                gen.failures = 0
+                gen.servers.append(new)
+                self._spawn_task(self.watch(gen, new))
+                if restart:
+                    log.info("server restarted as pid %d", new.proc.pid)
+                    await self._record("healthy", f"restarted after: {self.last_exit}")
+                else:
+                    log.info("server %d of %d started as pid %d", len(gen.servers), self.workers, new.proc.pid)
+                    await self._record("healthy" if self.status == "crashed" else None)
+                break
 
     async def stop_servers(self, servers: list[Server], drain: bool = True, grace_s: float = 20.0) -> None:
         alive = [s for s in servers if s.proc.returncode is None]
@@ -323,6 +345,12 @@ class Supervisor:
             log.info("now serving revision %d", rec.revision)
             return {"ok": True, "revision": rec.revision}
 
+    async def _start_the_others(self, gen: Generation) -> None:
+        """The servers of a new deployment after its first; an update waits for them (it
+        takes the switch lock), so that generations never start side by side."""
+        async with self.switch_lock:
+            await self.start_more(gen, self.workers - len(gen.servers))
+
     # -- life ------------------------------------------------------------------------------
 
     async def run(self, spec: str, ready_fd: int | None, revision: int = 1) -> int:
@@ -344,7 +372,7 @@ class Supervisor:
         # Open the registry (SQLAlchemy's import is a fifth of a second) while the servers boot.
         opening = asyncio.ensure_future(asyncio.to_thread(lambda: self.registry))
         try:
-            self.active = await self.start_generation(spec, revision)
+            self.active = await self.start_generation(spec, revision, count=1)
         except StartFailed as exc:
             log.error("deployment failed to start: %s", exc)
             _tell(ready_fd, f"FAILED {exc}")
@@ -359,10 +387,12 @@ class Supervisor:
         _tell(ready_fd, f"READY {self.port}")
         log.info("deployment %s ready on http://%s:%d with %d server(s)", self.name, self.host, self.port, self.workers)
         health = self._spawn_task(self.health_loop())
+        more = self._spawn_task(self._start_the_others(self.active))
         await self.stopping.wait()
         log.info("stopping")
         control.close()
         health.cancel()
+        more.cancel()
         if self.active is not None:
             await self.retire(self.active)
         self.sock.close()

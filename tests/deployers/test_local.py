@@ -112,6 +112,54 @@ def test_killed_server_is_restarted(models):
     assert d.predict([[0, 0]]) == [1.0]
 
 
+def _servers_of(home) -> set[int]:
+    """PIDs of every scoring server process started for deployments of this home folder."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and not _is_zombie(int(entry)):
+            try:
+                cmd = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if b"mlops_lab.serving.server" in cmd and any(str(home).encode() in c for c in cmd):
+                out.add(int(entry))
+    return out
+
+
+def test_a_deployment_is_ready_with_its_first_server_and_the_others_join(models):
+    """deploy() returns once one server answers; the others start after it, one at a time,
+    and show in the record; delete stops them all."""
+    d = ml.deploy("m:1", name="svc", progress=False, workers=3, drain_seconds=0.2)
+    assert d.predict([[0, 0]]) == [1.0]
+
+    def all_up():
+        servers = d.status().details["servers"]
+        return len(servers) == 3 and all(s["healthy"] for s in servers)
+
+    assert wait_until(all_up, timeout=60), d.status().details
+    pids = {s["pid"] for s in d.status().details["servers"]}
+    assert len(pids) == 3 and d.status().state == "healthy"
+    assert "server 3 of 3 started" in d.logs(tail=50)
+    assert _servers_of(os.environ["MLOPS_LAB_HOME"]) == pids
+    d.delete()
+    assert wait_until(lambda: not _servers_of(os.environ["MLOPS_LAB_HOME"]), timeout=30)
+
+
+def test_deleted_while_its_other_servers_start_leaves_no_server_behind(models):
+    d = ml.deploy("m:1", name="svc", progress=False, workers=3, drain_seconds=0.2)
+    assert len(d.status().details["servers"]) < 3  # the others are starting (each takes a second)
+    d.delete()
+    assert wait_until(lambda: not _servers_of(os.environ["MLOPS_LAB_HOME"]), timeout=30)
+
+
+def test_update_right_after_deploy_waits_for_the_servers_starting(models):
+    d = ml.deploy("m:1", name="svc", progress=False, workers=2, drain_seconds=0.2)
+    d.update("m:2", progress=False)
+    servers = d.status().details["servers"]
+    assert len(servers) == 2 and d.predict([[0, 0]]) == [2.0]
+    assert wait_until(lambda: _servers_of(os.environ["MLOPS_LAB_HOME"]) == {s["pid"] for s in servers}, timeout=30)
+
+
 def test_update_under_load_fails_no_request(models_both):
     """Given steady concurrent load over keep-alive connections, when the deployment is updated,
     then every request succeeds, and answers move from version 1 to version 2."""
