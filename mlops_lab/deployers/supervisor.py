@@ -385,7 +385,7 @@ class Supervisor:
         shown = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
         await self._record("healthy", "", endpoint=f"http://{shown}:{self.port}")
         _tell(ready_fd, f"READY {self.port}")
-        log.info("deployment %s ready on http://%s:%d with %d server(s)", self.name, self.host, self.port, self.workers)
+        log.info("deployment %s ready on http://%s:%d (server 1 of %d)", self.name, self.host, self.port, self.workers)
         health = self._spawn_task(self.health_loop())
         more = self._spawn_task(self._start_the_others(self.active))
         await self.stopping.wait()

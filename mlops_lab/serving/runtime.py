@@ -148,7 +148,7 @@ class ServedModel:
         if not same:
             log.warning("%s: the faster call answered the example differently: kept the model's own", self.ref)
             return None
-        loaded._call = faster
+        loaded.use_call(faster)
         log.info("%s: scored tree by tree, without joblib's per-tree dispatch (same results on the example)", self.ref)
         return faster
 
