@@ -90,6 +90,7 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None) 
     from sklearn.linear_model import LogisticRegression
 
     import mlops_lab as ml
+    from mlops_lab.deployers.base import wait_until
 
     rng = np.random.RandomState(0)
     X = rng.rand(2000, 20)
@@ -103,6 +104,8 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None) 
     }
     out = []
     try:
+        for d in deployments.values():  # a deployment is ready with its first server; the other joins
+            wait_until(lambda d=d: len(d.status().details["servers"]) == 2, timeout=60)
         for rows in (1, 100):
             body = json.dumps({"data": X[:rows].round(6).tolist()})
             for d in deployments.values():  # warm-up: first flushes and the imports they make are not measured

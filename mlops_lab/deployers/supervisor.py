@@ -139,6 +139,7 @@ class Supervisor:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlops_lab.serving.server", "--spec", spec, "--fd", str(fd),
+                "--peers", str(self.workers - 1),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=logf,
                 pass_fds=(fd,), cwd=str(self.folder),
             )

@@ -370,3 +370,52 @@ def test_several_models_on_one_server_and_an_ensemble_script(models, tmp_path):
     r = httpx.post(f"{e.url}/score", json={"data": [[0, 0], [1, 1]]}, headers={"Authorization": f"Bearer {e.keys['primary']}"})
     assert r.status_code == 200, r.text
     assert r.json() == {"mean": [4.0, 4.0]}
+
+
+def _server_of_connections(pids: set[int], port: int, client_ports: list[int]) -> Counter:
+    """How many of these client connections (by local port) each server process holds, read
+    from /proc: the server side of each is the socket whose remote port is the client's."""
+    inode_of = {}
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        local, remote, inode = f[1], f[2], f[9]
+        if int(local.split(":")[1], 16) == port:
+            inode_of[int(remote.split(":")[1], 16)] = inode
+    owner = {}
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[target[8:-1]] = pid
+    return Counter(owner.get(inode_of.get(p)) for p in client_ports)
+
+
+def test_connections_opened_together_are_shared_by_the_servers(models):
+    """16 keep-alive connections opened at once: each of the 2 servers takes some of them, each
+    through its acceptor on the shared socket (under uvloop), and answers on it. (That one
+    server could take a whole burst is shown in tests/serving/test_accept.py: a client here
+    does not open connections as fast as wrk does.)"""
+    d = ml.deploy("m:1", name="svc", progress=False, workers=2, drain_seconds=0.2)
+    assert wait_until(lambda: len(d.status().details["servers"]) == 2, timeout=60)
+    pids = {s["pid"] for s in d.status().details["servers"]}
+    port = int(d.url.rsplit(":", 1)[1].split("/")[0])
+    socks = [socket.socket() for _ in range(16)]
+    for s in socks:
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+    request = (f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d.keys['primary']}\r\n"
+               "Content-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"data\": [[0,0]]}").encode()
+    try:
+        for s in socks:
+            s.setblocking(True)
+            s.sendall(request)
+        for s in socks:
+            assert b" 200 " in s.recv(4096).split(b"\r\n", 1)[0]
+        held = _server_of_connections(pids, port, [s.getsockname()[1] for s in socks])
+        assert set(held) == pids and min(held.values()) >= 3, held
+    finally:
+        for s in socks:
+            s.close()

@@ -297,6 +297,17 @@ def test_over_budget_the_collector_writes_parquet_directly(tmp_path):
     assert read_requests(tmp_path / "d", columns=["request_id"]).num_rows == 300_000
 
 
+def test_the_default_budget_is_a_quarter_of_the_free_disk_at_most_16_gib(tmp_path):
+    import shutil
+
+    from mlops_lab.monitoring.collector import _stage_budget
+
+    free = shutil.disk_usage(tmp_path).free
+    budget = _stage_budget(None, tmp_path / "not" / "made" / "yet")  # measured where it will be
+    assert abs(budget - min(free // 4, 16 << 30)) < 64 << 20  # other files come and go meanwhile
+    assert _stage_budget(3, tmp_path) == 3 << 20 and _stage_budget(0, tmp_path) == 0
+
+
 def test_readers_never_count_a_file_twice_and_a_second_compactor_waits(tmp_path):
     col = _collector(tmp_path, "d")
     col.add(Record(NOON, "a", "m:1", 200, 1.0, None, np.ones((3, 6)), COLS, TYPES, np.zeros(3), 3))
