@@ -62,11 +62,15 @@ def _sorted(table):
     return table.sort_by([("request_id", "ascending"), ("row", "ascending")])
 
 
-def test_staged_records_read_back_exactly_as_the_direct_parquet_path_writes_them(tmp_path):
-    # Given the same records sent to a staging collector and to one that writes Parquet directly
+@pytest.mark.parametrize("batch", [1, 16])
+def test_staged_records_read_back_exactly_as_the_direct_parquet_path_writes_them(tmp_path, batch):
+    # Given the same records sent to a staging collector and to one that writes Parquet directly,
+    # taken one at a time or 16 at a time (most batches then mix failed requests, integer rows
+    # and answers without a prediction with the others)
     rng = np.random.default_rng(7)
     records = _traffic(rng) + [r._replace(time=r.time + 100) for r in _traffic(np.random.default_rng(8), 40)]
     staged, direct = _collector(tmp_path, "staged"), _collector(tmp_path, "direct", stage_budget_mb=0)
+    staged.batch = batch
     for r in records:
         staged.add(r)
         direct.add(r)
@@ -89,6 +93,37 @@ def test_staged_records_read_back_exactly_as_the_direct_parquet_path_writes_them
     [direct_file] = (tmp_path / "direct" / "requests").rglob("*.parquet")
     assert pq.read_table(parquet).equals(pq.read_table(direct_file))
     assert _sorted(read_requests(tmp_path / "staged")).equals(b)
+
+
+def test_batches_with_rows_of_every_layout_keep_every_value(tmp_path):
+    """Batches of 16 in which one record, at a different place in each batch, is not a
+    row-major float64 array with integer predictions (a column-major array, a strided view,
+    float32 rows, a float prediction): every value reads back as sent."""
+    rng = np.random.default_rng(5)
+    col = _collector(tmp_path, "d")
+    col.batch = 16
+    sent, preds = [], []
+    for i in range(16 * 12):
+        X = rng.normal(size=(1 + i % 4, 6))
+        pred = np.arange(len(X)) + i
+        odd = i % 16 == (i // 16) % 16
+        if odd and i // 16 % 4 == 0:
+            X = np.asfortranarray(X)
+        elif odd and i // 16 % 4 == 1:
+            X = np.hstack([X, X])[:, ::2]
+        elif odd and i // 16 % 4 == 2:
+            X = X.astype(np.float32)
+        elif odd:
+            pred = pred + 0.5
+        col.add(Record(NOON + i, f"r{i:04d}", "m:1", 200, 1.0, None, X, COLS, TYPES, pred, len(X)))
+        sent.append(np.asarray(X, dtype=np.float64))
+        preds.append(pred)
+    col.flush()
+    df = read_requests(tmp_path / "d").to_pandas().sort_values(["request_id", "row"])
+    np.testing.assert_array_equal(df[COLS].to_numpy(), np.concatenate(sent))
+    np.testing.assert_array_equal(df["prediction"].to_numpy(), np.concatenate(preds))
+    assert df["prediction"].dtype == np.float64  # one float prediction: the file's are floats
+    assert col.written_rows == len(df) and col.dropped_total == 0
 
 
 def test_integer_predictions_stay_integers_and_excluded_columns_are_never_written(tmp_path):
