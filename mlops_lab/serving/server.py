@@ -302,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     # the slowest requests. (No full collection first: after imports and loading it finds nothing
     # to free and would cost some 60 ms of start-up.)
     gc.freeze()
+    # A request allocates some 30 objects the cyclic collector tracks, and nearly all of them
+    # are freed by reference counting when it is answered: at the default threshold (700) the
+    # youngest generation was swept every 20-odd requests, each sweep going over the requests
+    # then in flight (100-row requests, 64 connections: 100 us a sweep, 5.6 us a request).
+    # Every 20,000 allocations it is a sweep per 600-odd requests. A/B, 2 x 8 rounds: 152.0 and
+    # 149.1 us of CPU a request against 153.5 and 157.2.
+    gc.set_threshold(20_000, 10, 10)
     gc.enable()
     log.info("serving %s revision %s: %s", spec.get("deployment"), spec.get("revision"),
              ", ".join(f"{m.ref} ({m.traffic:g}%)" for r in app.routes.values() for m in r.models))
