@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MLOPS_LAB_HOME"] = str(tmp / "home")
     os.environ.pop("MLOPS_LAB_DB", None)
     import mlops_lab as ml
+    from mlops_lab.deployers.base import wait_until
     from mlops_lab.serving.accel import faster_call
 
     results: list[tuple] = []
@@ -252,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             mf_proc, mf_url, _ = start_mlflow(mf_python, mf_path, args.workers)
             mfu_proc, mfu_url, _ = start_mlflow(sys.executable, mf_path, args.workers)
             bare_proc, bare_url = start_bare(tmp, model, kind, args.workers)
+            # deploy() returns with the first server; the others have joined by now (MLflow
+            # takes seconds to start), which this makes sure of.
+            wait_until(lambda dep=dep: len(dep.status().details["servers"]) == args.workers, timeout=60)
             servers = [
                 ("mlops_lab", dep.url, {"Authorization": f"Bearer {dep.keys['primary']}"}),
                 ("mlflow", mf_url, {}),
