@@ -79,3 +79,27 @@ def test_alone_on_its_socket_it_looks_again_at_once():
 def test_it_looks_again_after_the_pause_and_takes_the_others():
     made, waiting, later = _run(peers=True, held=0, keep_accepting=True)
     assert made == 5 and not waiting and later[0] == 0.0
+
+
+def test_a_connection_taken_just_before_a_stop_is_handed_over_before_the_shutdown():
+    """The server's shutdown closes the connections uvicorn knows; ``settle`` makes sure one
+    accepted just before is among them (else it would keep the shutdown waiting)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    Recorder.made = []
+
+    async def main():
+        acceptor = Acceptor(listener, Recorder, asyncio.get_running_loop(), peers=True)
+        acceptor.start()
+        acceptor._ready()  # accepted; handing it to the protocol is a task not yet run
+        acceptor.stop()
+        assert Recorder.made == [] and len(acceptor.starting) == 1
+        await acceptor.settle()
+        assert len(Recorder.made) == 1 and not acceptor.starting
+        Recorder.made[0].close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        client.close()
+        listener.close()
