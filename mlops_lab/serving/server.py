@@ -168,11 +168,9 @@ class Acceptor:
         task = self.loop.create_task(self._serve(conn))
         self.starting.add(task)
         task.add_done_callback(self.starting.discard)
-        self.loop.remove_reader(self.sock.fileno())
-        if self.pause:
+        if self.pause:  # alone on the socket, the reader stays: the loop calls again next turn
+            self.loop.remove_reader(self.sock.fileno())
             self.loop.call_later(self.pause * min(len(self.connections), 32), self._resume)
-        else:
-            self.loop.call_soon(self._resume)
 
     def _resume(self) -> None:
         if self.accepting:
