@@ -168,23 +168,26 @@ class Collector:
         with self._qlock:
             limit = self.config.max_queue_rows
             lane = self._lane
+            queued = self.queued_rows
             while pending:
                 record = pending.popleft()
                 n = record.n or 1
-                if self.queued_rows + n > limit:
+                if queued + n > limit:
                     dropped += n
                     continue
                 if lane is None and self._stage and record.columns:
                     lane = self._lane = self._new_lane(record.columns)
-                if lane is not None and lane.fits(record):
-                    if not lane.take(record):  # every segment full and waiting for the writer
-                        dropped += n
-                        continue
-                    wake = wake or bool(lane.work)  # a segment to write
-                else:
+                taken = -1 if lane is None else lane.take(record)
+                if taken < 0:
                     self.queue.append(record)
-                    wake = wake or self.queued_rows + n >= self.config.flush_rows
-                self.queued_rows += n
+                    wake = wake or queued + n >= self.config.flush_rows
+                elif not taken:  # every segment full and waiting for the writer
+                    dropped += n
+                    continue
+                queued += n
+            self.queued_rows = queued
+            if lane is not None and lane.work:
+                wake = True  # a segment to write
             self.dropped += dropped
             self.dropped_total += dropped
             # Wake the writer once: the flag stays set until it takes the work (under this lock).

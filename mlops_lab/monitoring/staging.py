@@ -208,11 +208,21 @@ class Lane:
             return False
         return o is None or (type(o) is np.ndarray and o.ndim == 1 and o.dtype.kind in "biuf" and len(o) == r.n)
 
-    def take(self, r: Record) -> bool:
+    def take(self, r: Record) -> int:
         """Copy the record's rows and predictions into the segment being filled (they are in
-        the cache, just parsed and answered, and the request's arrays can go at once); False
-        if no segment has room (drop it)."""
-        n = r.n
+        the cache, just parsed and answered, and the request's arrays can go at once): 1 when
+        taken, 0 when no segment has room (drop it), -1 when the record is not for this lane.
+
+        The common record is recognised with a few identity checks (the model's own column and
+        type lists come with every request; rows as parsed are float64 in C order); any other
+        goes through :meth:`fits` and the general copy.
+        """
+        x, o, n = r.inputs, r.output, r.n
+        fast = (r.columns is self.columns and r.types is self._float_types and self.keep is None
+                and type(x) is np.ndarray and x.dtype is _F8 and x.shape == (n, self.width) and n <= self.capacity
+                and (o is None or (type(o) is np.ndarray and o.shape == (n,) and o.dtype.kind in "biuf")))
+        if not fast and not self.fits(r):
+            return -1
         f = self.open
         if f is not None and (f.rows + n > self.file_rows or len(f.meta) >= CHUNK_RECORDS or r.time >= f.day_end):
             self._finish_open()
@@ -223,33 +233,37 @@ class Lane:
                 self.work.append(seg)
             seg = self.seg = self._segment()
             if seg is None:
-                return False
+                return 0
         if f is None:
             f = self.open = StagedFile(_day_end(r.time))
         seg.file = f  # an empty segment, or one of this file already
         if n:
-            start, end = seg.rows, seg.rows + n
-            x = r.inputs
-            if self.keep is None and x.dtype == _F8 and x.flags.c_contiguous:
+            start = seg.rows
+            if fast:
                 # A plain memcpy that keeps the GIL: NumPy lets the GIL go for a copy this size,
                 # and the writer thread, if it wants the GIL then, holds the event loop up.
                 at = start * self.width * 8
-                seg.mem[at:at + x.nbytes] = x.data
+                try:
+                    seg.mem[at:at + x.nbytes] = x
+                except ValueError:  # not in C order
+                    seg.values[start:start + n] = x
             else:
-                seg.values[start:end] = x if self.keep is None else x[:, self.keep]
-            o = r.output
+                seg.values[start:start + n] = x if self.keep is None else x[:, self.keep]
             if o is not None:
-                seg.preds[seg.prows:seg.prows + n] = o
-                seg.prows += n
+                p = seg.prows
+                seg.preds[p:p + n] = o
+                seg.prows = p + n
                 if o.dtype.kind not in "biu":
                     f.pred_int = False
-            seg.rows = end
+            seg.rows = start + n
             f.rows += n
-        counted = n or 1
-        seg.counted += counted
-        f.counted += counted
-        f.meta.append((r.time, r.request_id, r.model_version, r.status, r.latency_ms, r.error_id, n, r.output is not None))
-        return True
+            seg.counted += n
+            f.counted += n
+        else:
+            seg.counted += 1
+            f.counted += 1
+        f.meta.append((r.time, r.request_id, r.model_version, r.status, r.latency_ms, r.error_id, n, o is not None))
+        return 1
 
     def _segment(self) -> Segment | None:
         if self.free:
