@@ -6,9 +6,9 @@ page cache cost 45-77 us of CPU per 100-row request at saturation (a fifth of a 
 measured in ``bench/monitoring.py``). Here, instead, the collector copies each request's rows
 (row-major float64, as parsed) and predictions into a segment: page-aligned memory it reuses.
 It does so for 16 requests at a time (:meth:`.Collector.add`), so the arrays are still in the
-CPU's cache and freed at once. The writer thread writes a full segment (8 MiB of rows, or
-4,096 requests), or the open one every ``flush_seconds``, with ``O_DIRECT``, straight to the
-disk: measured here, 0.5-4.6 us of kernel time per 16 KiB, against 25-46 us through new
+CPU's cache and freed at once. The writer thread appends a full segment (8 MiB of rows, or
+``flush_rows`` rows) to its staged file with ``O_DIRECT``, straight to the disk, and finishes
+the file at 32 MiB of rows, 4,096 requests, or every ``flush_seconds``: measured here, 0.5-4.6 us of kernel time per 16 KiB, against 25-46 us through new
 page-cache pages. A compactor process per server, at idle scheduling priority (``SCHED_IDLE``:
 it runs only on CPU time nothing else wants), turns each staged file into the Parquet file the
 collector would have written directly; it reads the staged file and writes the Parquet file
@@ -111,14 +111,18 @@ def parquet_for(staged: Path, root: Path) -> Path:
 _MAGIC = b"MLSTAGE1"
 #: magic, format version, width, rows, then six offsets and lengths (see :func:`read_file`)
 _FOOTER = struct.Struct("<8sIIqqqqqqq")
-#: Bytes of input values in one staged file (or ``flush_rows`` rows, or 4,096 requests).
-FILE_BYTES = 8 << 20
-#: Bytes of input values in one segment: the memory a staged file's rows are copied into, and
-#: written from in one ``O_DIRECT`` write. Measured here (100-row requests at saturation), smaller
-#: segments appended to one file cost more, not less: +79 us of server CPU per request with
-#: 256 KiB, +48 us with 1 MiB, +37 us with 8 MiB in one run (the writer wakes and writes more
-#: often, and its small direct writes cost more kernel time per byte).
-SEGMENT_BYTES = FILE_BYTES
+#: Bytes of input values in one staged file (or 4,096 requests, or what came in one
+#: ``flush_seconds``). Each file costs its writer a file creation, a rename and its meta region:
+#: with 8 MiB files, 2.9-3.2 us of the writer's CPU per 100-row request, with 32 MiB files
+#: 1.7-2.2 us (measured here; this VM's ext4 has no journal, and creating a file looks past the
+#: inodes deleted in the last minutes).
+FILE_BYTES = 32 << 20
+#: Bytes of input values in one segment (or ``flush_rows`` rows): the memory a staged file's rows
+#: are copied into, and written from in one ``O_DIRECT`` write. Measured here (100-row requests
+#: at saturation), smaller segments appended to one file cost more, not less: +79 us of server
+#: CPU per request with 256 KiB, +48 us with 1 MiB, +37 us with 8 MiB in one run (the writer
+#: wakes and writes more often, and its small direct writes cost more kernel time per byte).
+SEGMENT_BYTES = 8 << 20
 # A staged file also holds at most CHUNK_RECORDS requests: the writer builds its per-request
 # values while holding the GIL, and 4,096 of them take a few milliseconds (50,000 1-row requests
 # would hold up the event loop for tens of milliseconds).
@@ -181,8 +185,11 @@ class Lane:
         idx = [columns.index(n) for n, _ in keep]
         self.keep = None if len(idx) == self.width else np.array(idx, dtype=np.intp)
         per_row = max(len(idx), 1) * 8
-        self.file_rows = max(512, min(flush_rows, FILE_BYTES // per_row, max_rows // 2))
-        self.capacity = max(1, min(self.file_rows, SEGMENT_BYTES // per_row))  # rows per segment
+        self.file_rows = max(512, min(FILE_BYTES // per_row, max_rows // 2))
+        # Rows per segment: a full segment is written at once, so at most flush_rows rows wait
+        # in memory (a staged file becomes visible to readers when whole, at the latest every
+        # flush_seconds).
+        self.capacity = max(1, min(self.file_rows, SEGMENT_BYTES // per_row, flush_rows))
         self.max_segments = max(2, -(-max_rows // self.capacity) + 1)
         self.segments = 0
         self.free: list[Segment] = []

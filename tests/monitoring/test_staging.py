@@ -514,12 +514,13 @@ def test_the_writer_is_woken_once_for_work_that_waits(tmp_path):
     real_set = col._wake.set
     col._wake.set = lambda: (wakes.append(1), real_set())
     X = np.ones((100, 6))
-    # When 30 requests come after the first file is whole (so its work waits all along)
+    # When 30 requests come after the first segment is full (flush_rows rows: its work waits all along)
     for i in range(36):
         col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
+    assert col._lane.capacity == 512 and col._lane.file_rows > 512  # files span several segments
     # Then the writer was woken once, not once per request
     assert len(wakes) == 1 and col._lane.work
-    # and after it took the work, the next whole file wakes it once more
+    # and after it took the work, the next full segment wakes it once more
     col.flush(everything=False)
     for i in range(36, 48):
         col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
