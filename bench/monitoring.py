@@ -4,10 +4,12 @@
     ``workers=2``: collection off, collection on as deployed by default (staged, compacted to
     Parquet at idle time), and collection on writing Parquet directly (``stage_budget_mb=0``:
     what saturation that outlasts the staging budget costs). Driven by wrk at 8 and 64
-    connections with 1-row and 100-row requests; runs take turns (off, staged, direct, off, ...),
-    5 rounds by default. The throughput is the median of each; the cost is the median over
-    rounds of each round's loss against collection off in the same round (this VM's throughput
-    drifts by up to a quarter between minutes; runs side by side drift together). Target:
+    connections with 1-row and 100-row requests; runs take turns, in alternating order (off,
+    staged, direct, then direct, staged, off, ...: a machine that slows down or speeds up during
+    a round favours neither), 7 rounds by default. The throughput is the median of each; the
+    cost is the median over rounds of each round's loss against collection off in the same round
+    (this VM's throughput drifts by up to a quarter between minutes; runs side by side drift
+    together). Target:
     collection costs under 10 % of throughput. Beside it, the servers' CPU time per request
     (user + system, all threads, from /proc): it says how many microseconds collection adds to
     each request. After the runs, the CPU the compactors
@@ -113,8 +115,8 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None) 
             for conns in (8, 64):
                 runs: dict[str, list[float]] = {k: [] for k in deployments}
                 cpu: dict[str, list[float]] = {k: [] for k in deployments}  # server CPU us per request
-                for _ in range(rounds):
-                    for label, d in deployments.items():
+                for i in range(rounds):
+                    for label, d in list(deployments.items())[::1 if i % 2 == 0 else -1]:
                         pids = [s["pid"] for s in d.status().details["servers"]]
                         before = _cpu_seconds(pids)
                         r = wrk(f"{d.url}/score", body, conns, duration, {"Authorization": f"Bearer {d.keys['primary']}"})
@@ -204,7 +206,7 @@ def reading(rows: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=5.0)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--stage-budget-mb", type=int, help="the staged deployment's staging budget (default: the deployment default)")
     args = ap.parse_args(argv)
