@@ -8,14 +8,15 @@
     staged, direct, then direct, staged, off, ...: a machine that slows down or speeds up during
     a round favours neither), 7 rounds by default. Each run starts after ``os.sync()``: writing
     Parquet directly goes through the page cache, which is written back up to 30 s later,
-    during whichever run comes then (so the direct path's cost is understated). The throughput is the median of each; the
-    cost is the median over rounds of each round's loss against collection off in the same round
-    (this VM's throughput drifts by up to a quarter between minutes; runs side by side drift
-    together). Target:
-    collection costs under 10 % of throughput. Beside it, the servers' CPU time per request
-    (user + system, all threads, from /proc): it says how many microseconds collection adds to
-    each request. After the runs, the CPU the compactors
-    spend turning the staged files into Parquet (deferred to idle time) is measured too.
+    during whichever run comes then (so the direct path's cost is understated). The throughput
+    is the median of each; the cost is the median over rounds of each round's loss against
+    collection off in the same round (this VM's throughput drifts by up to a quarter between
+    minutes; runs side by side drift together). Target: collection costs under 10 % of
+    throughput. Beside it, the servers' CPU time per request (user + system, all threads, from
+    /proc): it says how many microseconds collection adds to each request; and the staged
+    compactors' CPU during the runs (compaction waits for idle CPU). After the runs, the CPU the
+    compactors spend turning the staged files into Parquet (deferred to idle time) is measured
+    too.
 (b) Reading back 1,000,000 collected rows (one day, 10 features, 1 row per request, two
     versions): ``collected_data`` for the day, ``metrics``, ``drift`` and ``monitor``, each
     timed (best of 3). Target: under 2 s each.

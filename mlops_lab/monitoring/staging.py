@@ -8,8 +8,8 @@ measured in ``bench/monitoring.py``). Here, instead, the collector copies each r
 It does so for 16 requests at a time (:meth:`.Collector.add`), so the arrays are still in the
 CPU's cache and freed at once. The writer thread appends a full segment (8 MiB of rows, or
 ``flush_rows`` rows) to its staged file with ``O_DIRECT``, straight to the disk, and finishes
-the file at 32 MiB of rows, 4,096 requests, or every ``flush_seconds``: measured here, 0.5-4.6 us of kernel time per 16 KiB, against 25-46 us through new
-page-cache pages. A compactor process per server, at idle scheduling priority (``SCHED_IDLE``:
+the file at 32 MiB of rows, 4,096 requests, or every ``flush_seconds``: measured here,
+0.5-4.6 us of kernel time per 16 KiB, against 25-46 us through new page-cache pages. A compactor process per server, at idle scheduling priority (``SCHED_IDLE``:
 it runs only on CPU time nothing else wants), turns each staged file into the Parquet file the
 collector would have written directly; it reads the staged file and writes the Parquet file
 past the page cache too (:mod:`.directio`: 25 us of CPU per 100-row request against 44-47 us
