@@ -333,7 +333,6 @@ class MonitorPanel(_Panel):
 
         chart = monitor(self.deployment, since=self.window.value)
         self.chart = chart
-        bundle = chart._repr_mimebundle_()
-        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        data = chart.mimebundle(static=False)  # a live front end draws the spec itself
         # Set the outputs directly: works from a background thread and without a kernel.
         self.output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)

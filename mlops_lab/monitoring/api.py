@@ -210,9 +210,15 @@ def _drift(deployment: str, window: str, *, until=None, version=None, thresholds
 
 def monitor(deployment: str, since: Any = "24h", *, every: str | None = None, drift_window: str | None = None,
             show_drift: bool = True):
-    """One Altair chart of a deployment: traffic and errors, latency percentiles, predictions
-    over time, the most drifted features (baseline against live), live accuracy when feedback
-    exists; versions coloured apart (a canary shows as two lines)."""
+    """One chart of a deployment: traffic and errors, latency percentiles, predictions over
+    time, the most drifted features (baseline against live), live accuracy when feedback exists;
+    versions coloured apart (a canary shows as two lines). Time buckets follow the span of the
+    data (from one second up); the time axis is UTC.
+
+    Returns a :class:`~mlops_lab.monitoring.charts.MonitorChart`: it draws interactive in
+    JupyterLab, Notebook 7 and VS Code with no network, and as a PNG elsewhere (nbconvert,
+    GitHub); ``.chart`` is the Altair chart, ``.save("monitor.html")`` a page that opens offline.
+    """
     from .charts import bucket_for, build_chart
 
     reg, root = _root(deployment)
@@ -237,4 +243,4 @@ def monitor(deployment: str, since: Any = "24h", *, every: str | None = None, dr
     dropped = int(sum(drops.column("dropped").to_pylist())) if drops.num_rows else 0
     import pandas as pd
 
-    return build_chart(deployment, m, req if req is not None else pd.DataFrame(), drift_table, baseline, live, acc, dropped, every_s)
+    return build_chart(deployment, m, req if req is not None else pd.DataFrame(), drift_table, baseline, live, acc, dropped, every_s, span)

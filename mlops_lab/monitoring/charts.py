@@ -15,13 +15,33 @@ TOP_FEATURES = 3
 HIST_BINS = 20
 
 
+_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400]
+
+
 def bucket_for(span_seconds: float) -> str:
-    """A bucket size giving at most ``MAX_BUCKETS`` buckets over the span (at least 1 min)."""
-    steps = [60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400]
-    for s in steps:
+    """The finest round bucket size giving at most ``MAX_BUCKETS`` buckets over the span, from one
+    second up: 20 seconds of traffic get 20 buckets, not one."""
+    for s in _STEPS:
         if span_seconds / s <= MAX_BUCKETS:
             return f"{s}s"
     return f"{int(math.ceil(span_seconds / MAX_BUCKETS / 86400))}d"
+
+
+def _time_x(every_s: int, span_s: float):
+    """The time axis every panel shares: UTC, 24-hour clock, the zone named in the title; seconds
+    shown when buckets are shorter than a minute, the date when the span is over a day."""
+    import altair as alt
+
+    fmt = "%H:%M:%S" if every_s < 60 else "%H:%M"
+    if span_s > 86400:
+        fmt = "%b %d " + fmt
+    return alt.X("time:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=alt.Axis(format=fmt, labelOverlap=True))
+
+
+def _time_tip():
+    import altair as alt
+
+    return alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M:%S", formatType="utc")
 
 
 def prediction_summary(requests, every_s: int):
@@ -82,23 +102,30 @@ def build_chart(
     accuracy,
     dropped: int,
     every_s: int,
+    span_s: float | None = None,
 ) -> Any:
-    """Assemble the chart from data already aggregated by :mod:`mlops_lab.monitoring.api`."""
+    """Assemble the Altair chart from data already aggregated by :mod:`mlops_lab.monitoring.api`."""
     import altair as alt
     import pandas as pd
 
     width = 560
     color = alt.Color("model_version:N", title="version")
+    x = _time_x(every_s, span_s if span_s is not None else every_s * max(len(metrics), 1))
+    tip = _time_tip()
+    # Lines need two points: with few buckets every bucket is also drawn as a point, so a
+    # single bucket still shows its values.
+    buckets = metrics["time"].nunique() if len(metrics) else 0
+    points = buckets < 60
     panels = []
 
     sub = f"{int(metrics['requests'].sum()) if len(metrics) else 0} requests"
     if dropped:
         sub += f"; {dropped} records dropped (collection queue full)"
     if len(metrics):
-        base = alt.Chart(metrics).encode(x=alt.X("time:T", title=None))
-        traffic = base.mark_line(point=len(metrics) < 60).encode(
+        base = alt.Chart(metrics).encode(x=x)
+        traffic = base.mark_line(point=points).encode(
             y=alt.Y("requests:Q", title="requests"), color=color,
-            tooltip=["time:T", "model_version:N", "requests:Q", "errors:Q"],
+            tooltip=[tip, "model_version:N", "requests:Q", "errors:Q"],
         )
         errors = base.mark_bar(color="#d62728", opacity=0.7).encode(y="errors:Q")
         panels.append((traffic + errors).properties(width=width, height=120, title=alt.TitleParams("Traffic and errors (red)", subtitle=sub)))
@@ -106,10 +133,10 @@ def build_chart(
                            var_name="percentile", value_name="ms")
         lat["percentile"] = lat["percentile"].str.extract(r"(p\d+)")[0]
         panels.append(
-            alt.Chart(lat).mark_line().encode(
-                x=alt.X("time:T", title=None), y=alt.Y("ms:Q", title="latency (ms)"),
+            alt.Chart(lat).mark_line(point=points).encode(
+                x=x, y=alt.Y("ms:Q", title="latency (ms)"),
                 color=alt.Color("percentile:N", scale=alt.Scale(domain=["p50", "p95", "p99"], range=["#9ecae1", "#3182bd", "#08519c"])),
-                strokeDash="model_version:N", tooltip=["time:T", "model_version:N", "percentile:N", "ms:Q"],
+                strokeDash=alt.StrokeDash("model_version:N", title="version"), tooltip=[tip, "model_version:N", "percentile:N", "ms:Q"],
             ).properties(width=width, height=120, title="Latency percentiles")
         )
     else:
@@ -117,16 +144,17 @@ def build_chart(
 
     preds, kind = prediction_summary(requests, every_s)
     if kind == "numeric":
-        band = alt.Chart(preds).encode(x=alt.X("time:T", title=None))
+        band = alt.Chart(preds).encode(x=x)
         panels.append(
             (band.mark_area(opacity=0.25).encode(y=alt.Y("p10:Q", title="prediction (p10-p90, median)"), y2="p90:Q", color=color)
-             + band.mark_line().encode(y="p50:Q", color=color)).properties(width=width, height=120, title="Predictions over time")
+             + band.mark_line(point=points).encode(y="p50:Q", color=color, tooltip=[tip, "model_version:N", "p10:Q", "p50:Q", "p90:Q"]))
+            .properties(width=width, height=120, title="Predictions over time")
         )
     elif kind == "categorical":
         panels.append(
             alt.Chart(preds).mark_bar().encode(
-                x=alt.X("time:T", title=None), y=alt.Y("count:Q", stack="normalize", title="share of predictions"),
-                color=alt.Color("prediction:N"), tooltip=["time:T", "model_version:N", "prediction:N", "count:Q"],
+                x=x, y=alt.Y("count:Q", stack="normalize", title="share of predictions"),
+                color=alt.Color("prediction:N"), tooltip=[tip, "model_version:N", "prediction:N", "count:Q"],
             ).properties(width=width, height=120, title="Predictions over time")
         )
 
@@ -142,11 +170,16 @@ def build_chart(
                 continue
             hist, hkind = histograms(baseline[feat], live_features[feat], feat)
             flag = "DRIFT" if row["drifted"] else "ok"
-            stat = f"PSI {row['psi']:.2f}" if row["kind"] == "numeric" else f"JS {row['js_distance']:.2f}"
+            key, label = ("psi", "PSI") if row["kind"] == "numeric" else ("js_distance", "JS")
+            value = row[key]
+            stat = f"{label} {value:.2f}" if value is not None and value == value else f"{label} n/a"
             title = alt.TitleParams(f"{feat}", subtitle=f"{stat} · {flag}", color="#d62728" if row["drifted"] else "black")
             if hkind == "numeric":
-                chart = alt.Chart(hist).mark_bar(opacity=0.5, binSpacing=0).encode(
+                # Each bar spans its bin and rises from zero (a bar mark with x2 and no y2 is
+                # drawn by Vega-Lite 5 and 6 as a thin tile at its value).
+                chart = alt.Chart(hist).mark_rect(opacity=0.5).encode(
                     x=alt.X("bin_start:Q", title=None), x2="bin_end:Q", y=alt.Y("share:Q", stack=None, title="share"),
+                    y2=alt.datum(0),
                     color=alt.Color("source:N", scale=alt.Scale(domain=["baseline", "live"], range=["#7f7f7f", "#ff7f0e"])),
                 )
             else:
@@ -161,8 +194,94 @@ def build_chart(
     if accuracy is not None and len(accuracy):
         panels.append(
             alt.Chart(accuracy).mark_line(point=True).encode(
-                x=alt.X("time:T", title=None), y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), color=color,
-                tooltip=["time:T", "model_version:N", "accuracy:Q", "labelled:Q"],
+                x=x, y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])), color=color,
+                tooltip=[tip, "model_version:N", "accuracy:Q", "labelled:Q"],
             ).properties(width=width, height=100, title="Live accuracy (from feedback)")
         )
-    return alt.vconcat(*panels).properties(title=alt.TitleParams(f"Deployment {deployment}", fontSize=16)).resolve_scale(color="independent")
+    chart = alt.vconcat(*panels).properties(title=alt.TitleParams(f"Deployment {deployment}", fontSize=16)).resolve_scale(color="independent", strokeDash="independent")
+    return MonitorChart(chart)
+
+
+VEGALITE_V5 = "application/vnd.vegalite.v5+json"
+V5_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+
+
+class MonitorChart:
+    """A chart that draws wherever a notebook is opened, with no network.
+
+    Its display bundle holds the Vega-Lite spec under the v5 mimetype, which JupyterLab,
+    Notebook 7 and VS Code render themselves, interactive, with the Vega they ship; and a PNG
+    drawn by vl-convert (bundled Vega, no browser) for every front end without a Vega renderer:
+    nbconvert's HTML, nbviewer, GitHub. No HTML that loads Vega from a CDN is emitted, and the
+    user's Altair renderer settings are left as they are.
+
+    ``.chart`` is the Altair chart; its other attributes (``to_dict``, ``to_json``,
+    ``properties``, ...) are reachable on this object too.
+    """
+
+    def __init__(self, chart: Any) -> None:
+        self.chart = chart
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.chart, name)
+
+    def __repr__(self) -> str:
+        title = self.chart.title
+        text = getattr(title, "text", title)
+        return f"<MonitorChart {text!r}>"
+
+    def vegalite(self) -> dict[str, Any]:
+        """The spec for the Vega-Lite v5 renderers of JupyterLab and Notebook 7 (Altair writes
+        v6 specs; this chart uses nothing that v5 lacks, which the browser tests check)."""
+        spec = self.chart.to_dict()
+        spec["$schema"] = V5_SCHEMA
+        return spec
+
+    def to_png(self, scale: float = 1.0) -> bytes | None:
+        """The chart as PNG, or None where vl-convert is not installed."""
+        try:
+            import vl_convert as vlc
+        except ImportError:
+            return None
+        return vlc.vegalite_to_png(self.chart.to_dict(), scale=scale)
+
+    def to_svg(self) -> str:
+        import vl_convert as vlc
+
+        return vlc.vegalite_to_svg(self.chart.to_dict())
+
+    def to_html(self) -> str:
+        """A page that draws the chart with no network: Vega's JavaScript is inlined."""
+        import vl_convert as vlc
+
+        return vlc.vegalite_to_html(self.chart.to_dict(), bundle=True)
+
+    def save(self, path: str, **kwargs: Any) -> None:
+        """Write ``.html`` (self-contained, opens offline), ``.png``, ``.svg`` or ``.json``."""
+        from pathlib import Path
+
+        suffix = Path(path).suffix.lower()
+        if suffix == ".html":
+            Path(path).write_text(self.to_html(), encoding="utf-8")
+        elif suffix == ".png":
+            Path(path).write_bytes(self.to_png(scale=kwargs.get("scale", 1.0)) or b"")
+        elif suffix == ".svg":
+            Path(path).write_text(self.to_svg(), encoding="utf-8")
+        else:
+            self.chart.save(path, **kwargs)
+
+    def mimebundle(self, static: bool = True) -> dict[str, Any]:
+        """The display bundle; ``static=False`` leaves the PNG out (a panel that redraws often
+        in a live front end has no use for it)."""
+        import base64
+
+        bundle: dict[str, Any] = {VEGALITE_V5: self.vegalite(), "text/plain": repr(self)}
+        png = self.to_png() if static else None
+        if png:
+            bundle["image/png"] = base64.b64encode(png).decode("ascii")
+        return bundle
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return self.mimebundle()

@@ -4,15 +4,8 @@ Screenshots go to ``test-output/``."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -20,72 +13,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 import mlops_lab as ml  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "test-output"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-TOKEN = "mlops-lab-ui-test"
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"), reason="no chromium: `apt-get install chromium` (make test does)"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def lab(request, tmp_path, _isolated_home):
-    """A JupyterLab server on loopback, sharing the test's MLOPS_LAB_HOME (``server_extension=False``
-    through indirect parametrization: with the mlops_lab server extension disabled)."""
-    port = _free_port()
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    config = tmp_path / "jcfg"
-    (config / "labconfig").mkdir(parents=True)
-    # No "get Jupyter news?" toast over the screenshots.
-    (config / "labconfig" / "page_config.json").write_text(
-        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
-    if not getattr(request, "param", {}).get("server_extension", True):
-        (config / "jupyter_server_config.json").write_text(
-            json.dumps({"ServerApp": {"jpserver_extensions": {"mlops_lab.server": False}}}))
-    log = open(tmp_path / "lab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
-         "--ServerApp.disable_check_xsrf=False"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "JUPYTER_CONFIG_DIR": str(config)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError((tmp_path / "lab.log").read_text()[-3000:]) from None
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-@pytest.fixture
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
+from .conftest import OUT, TOKEN  # noqa: E402
 
 
 def test_sidebar_shows_models_and_a_healthy_deployment_and_its_actions_work(lab, browser, iris, trained):

@@ -1,0 +1,139 @@
+"""Charts as a user sees them, in a real JupyterLab and Debian's headless Chromium whose every
+request to a host other than the Jupyter server is refused (an offline laptop, an air-gapped
+cluster): tutorial 3 run from the menu, and the ``MonitorPanel`` widget. The Vega view must have
+drawn its marks, and no error text may show. Screenshots go to ``test-output/``."""
+
+from __future__ import annotations
+
+import shutil
+
+import nbformat
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+import mlops_lab as ml  # noqa: E402
+
+from .conftest import OUT, ROOT, TOKEN  # noqa: E402
+
+# What a Vega view drew: coloured pixels (marks: lines, points, bars, areas; axes and text are
+# grey or black) on its canvas, or mark elements in its SVG.
+DRAWN = """(el) => {
+  const canvas = el.querySelector('canvas');
+  if (canvas) {
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    let coloured = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+      if (a > 0 && Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured++;
+    }
+    return {renderer: 'canvas', width: canvas.width, height: canvas.height, marks: coloured};
+  }
+  const svg = el.querySelector('svg');
+  return {renderer: svg ? 'svg' : 'none', marks: svg ? svg.querySelectorAll('[class*="mark-"] path').length : 0};
+}"""
+
+
+def _run_all(page) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def _wait_idle_kernel(page) -> None:
+    try:
+        playwright.expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=60_000)
+    except AssertionError:
+        OUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUT / "kernel-not-idle.png"))
+        (OUT / "kernel-not-idle.html").write_text(page.content())
+        raise
+
+
+def _open(page, lab: str, name: str) -> None:
+    page.goto(f"{lab}/lab/tree/{name}?token={TOKEN}")
+    playwright.expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
+    # JupyterLab 4.6 asks which kernel to start unless "Always start the preferred kernel" is
+    # set: the user takes the preferred one, as the notebook's metadata names it
+    dialog = page.locator(".jp-Dialog")
+    try:
+        dialog.get_by_role("button", name="Select").click(timeout=10_000)
+    except playwright.Error:
+        pass
+    _wait_idle_kernel(page)
+
+
+def _assert_no_error_output(page) -> None:
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
+                          ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error'], .vega-embed .error")
+    texts = [t for t in errors.all_inner_texts() if "Error" in t or "error" in t]
+    assert texts == []
+    assert page.get_by_text("Error loading script").count() == 0
+
+
+def test_tutorial_3_draws_its_chart_in_jupyterlab_with_no_network(lab, offline, tmp_path):
+    # Given tutorial 3 in a JupyterLab whose browser reaches nothing but the Jupyter server
+    shutil.copy(ROOT / "notebooks" / "03_monitor.ipynb", tmp_path / "notebooks" / "03_monitor.ipynb")
+    page = offline.new_page()
+    try:
+        _open(page, lab, "03_monitor.ipynb")
+        # When the user runs every cell from the menu
+        _run_all(page)
+        # Then the chart of %monitor is drawn by JupyterLab's own Vega renderer, marks and all
+        chart = page.locator(".jp-RenderedVegaCommon5").first
+        playwright.expect(chart).to_be_visible(timeout=240_000)
+        chart.locator("canvas, svg").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(500)  # the view's first paint
+        drawn = chart.evaluate(DRAWN)
+        assert drawn["renderer"] in ("canvas", "svg") and drawn["marks"] > 2000, drawn
+        # The notebook ran to its end without an error, and nothing was fetched from elsewhere
+        last = page.locator(".jp-Cell.jp-CodeCell").last
+        playwright.expect(last.locator(".jp-InputPrompt")).to_contain_text("[", timeout=120_000)
+        playwright.expect(last.locator(".jp-InputPrompt")).not_to_contain_text("*", timeout=120_000)
+        _wait_idle_kernel(page)
+        _assert_no_error_output(page)
+        assert offline.refused == []
+        OUT.mkdir(exist_ok=True)
+        chart.scroll_into_view_if_needed()
+        chart.screenshot(path=str(OUT / "monitor-chart-jupyterlab.png"))
+        page.screenshot(path=str(OUT / "tutorial-3-jupyterlab.png"), full_page=False)
+    finally:
+        for d in ml.list_deployments():
+            d.delete()
+
+
+def test_monitor_panel_draws_its_chart_with_no_network(lab, offline, tmp_path, iris, trained):
+    # Given a deployment that has collected some traffic
+    X, _ = iris
+    ml.register_model(trained, "iris", sample_input=X.iloc[:3], baseline=X)
+    d = ml.deploy("iris:1", name="svc", collect={"flush_seconds": 0.2})
+    try:
+        for i in range(10):
+            d.predict(X.sample(5, random_state=i))
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(
+            "import time\n"
+            "time.sleep(1)  # one flush of the collected data\n"
+            "from mlops_lab.widgets import MonitorPanel\n"
+            "MonitorPanel('svc', since='1h', refresh=None)")]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / "notebooks" / "panel.ipynb")
+        page = offline.new_page()
+        # When the panel is shown in a notebook
+        _open(page, lab, "panel.ipynb")
+        _run_all(page)
+        # Then the widget's output holds the chart, drawn by JupyterLab's Vega renderer
+        chart = page.locator(".jupyter-widgets .jp-RenderedVegaCommon5, .widget-output .jp-RenderedVegaCommon5").first
+        playwright.expect(chart).to_be_visible(timeout=120_000)
+        chart.locator("canvas, svg").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        drawn = chart.evaluate(DRAWN)
+        assert drawn["marks"] > 2000, drawn
+        # with the window buttons above it, and no image fallback in a live front end
+        playwright.expect(page.locator(".widget-toggle-buttons button", has_text="1h")).to_be_visible()
+        assert page.locator(".jupyter-widgets img").count() == 0
+        _assert_no_error_output(page)
+        assert offline.refused == []
+        OUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUT / "monitor-panel-jupyterlab.png"))
+    finally:
+        d.delete()
