@@ -60,6 +60,8 @@ def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: 
         "models": entries,
         "entry_script": entry_script,
         "keys_file": str(deployment_dir(registry.home, name) / "keys.json") if config.get("auth", True) else None,
+        # every server of every revision writes its counters here; /metrics sums them
+        "metrics_dir": str(deployment_dir(registry.home, name) / "metrics"),
         "body_limit": config.get("body_limit"),
         "batching": config.get("batching", {}),
         "collect": _collect_spec(registry.home, config.get("collect")),

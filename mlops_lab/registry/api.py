@@ -48,6 +48,7 @@ def register_model(
     requirements: Iterable[str] | str | os.PathLike | None = None,
     lineage: Mapping[str, Any] | None = None,
     entry_script: str | os.PathLike | None = None,
+    allow_missing: Iterable[str] | bool | None = None,
 ) -> ModelVersion:
     """Register a model as the next version of ``name``.
 
@@ -77,6 +78,10 @@ def register_model(
     entry_script:
         With a file or folder: an Azure-ML-style scoring script defining ``init()`` and
         ``run(data)``, found by ``init()`` through ``AZUREML_MODEL_DIR``.
+    allow_missing:
+        Columns in which the model takes missing values (``null``, NaN), or ``True`` for all.
+        Columns where ``sample_input`` or ``baseline`` lack a value are added; a request lacking
+        a value in any other column gets 422 naming the column and the row.
 
     Examples
     --------
@@ -89,7 +94,7 @@ def register_model(
     return default_registry().register_model(
         model, name, tags=tags, properties=properties, description=description,
         sample_input=sample_input, baseline=baseline, requirements=requirements,
-        lineage=lineage, entry_script=entry_script,
+        lineage=lineage, entry_script=entry_script, allow_missing=allow_missing,
     )
 
 

@@ -8,7 +8,11 @@ A signature is a JSON document of one of two kinds:
   dimension, the number of rows, is free).
 
 ``type`` is one of ``integer``, ``float``, ``boolean``, ``string``, ``datetime``, ``object``;
-``dtype`` is the exact NumPy/pandas dtype seen.
+``dtype`` is the exact NumPy/pandas dtype seen. ``missing`` says whether the column may lack a
+value (JSON ``null``, NaN): true when the sample input or the baseline lacks one there, or when
+the user says so at registration (``allow_missing``); a request lacking a value elsewhere is
+refused with 422 before the model sees it. Signatures written before ``missing`` existed have
+no such key, and their float columns take missing values as before.
 """
 
 from __future__ import annotations
@@ -132,6 +136,54 @@ def infer_signature(sample: Any) -> dict[str, Any]:
         f"cannot infer a signature from {type(sample).__name__}: "
         "give a pandas DataFrame, a NumPy array, a list of rows or a list of dicts"
     )
+
+
+def _missing_columns(data: Any, names: list[str]) -> set[str]:
+    """The columns of ``data`` (a DataFrame or a list of dicts) that lack a value somewhere."""
+    if data is None:
+        return set()
+    if _is_dataframe(data):
+        present = [n for n in names if n in data.columns]
+        return {n for n in present if bool(data[n].isna().any())}
+    if isinstance(data, dict):
+        data = [data]
+    if isinstance(data, (list, tuple)) and all(isinstance(r, dict) for r in data):
+        out = set()
+        for row in data:
+            for n in names:
+                v = row.get(n)
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    out.add(n)
+        return out
+    return set()
+
+
+def mark_missing(signature: dict[str, Any] | None, sample: Any, baseline: Any = None,
+                 allow_missing: Any = None) -> dict[str, Any] | None:
+    """Record on each column of a columns signature whether it may lack a value.
+
+    ``allow_missing`` is ``True`` (every column), or column names the model takes missing
+    values in although the sample and the baseline have none there."""
+    if signature is None or signature.get("kind") != "columns":
+        if allow_missing not in (None, False, [], ()):
+            raise InvalidInput("allow_missing needs a sample_input with named columns (a DataFrame or a list of dicts)")
+        return signature
+    names = [c["name"] for c in signature["columns"]]
+    if allow_missing is True:
+        allowed = set(names)
+    elif allow_missing in (None, False):
+        allowed = set()
+    else:
+        if isinstance(allow_missing, str):
+            allow_missing = [allow_missing]
+        allowed = {str(a) for a in allow_missing}
+        unknown = sorted(allowed - set(names))
+        if unknown:
+            raise InvalidInput(f"allow_missing names {', '.join(map(repr, unknown))}, not a column of sample_input")
+    allowed |= _missing_columns(sample, names) | _missing_columns(baseline, names)
+    for c in signature["columns"]:
+        c["missing"] = c["name"] in allowed
+    return signature
 
 
 def _jsonable(value: Any) -> Any:

@@ -224,10 +224,11 @@ class Registry:
         requirements: Iterable[str] | str | os.PathLike | None = None,
         lineage: Mapping[str, Any] | None = None,
         entry_script: str | os.PathLike | None = None,
+        allow_missing: Any = None,
     ) -> ModelVersion:
         from .environment import capture_lineage, capture_requirements
         from .flavors import package
-        from .signature import infer_signature, input_example
+        from .signature import infer_signature, input_example, mark_missing
 
         check_name(name)
         tag_map = _str_map(tags, "tag")
@@ -236,8 +237,10 @@ class Registry:
             raise InvalidInput(f"lineage must be a dict, not {type(lineage).__name__}")
         signature = example = None
         if sample_input is not None:
-            signature = infer_signature(sample_input)
+            signature = mark_missing(infer_signature(sample_input), sample_input, baseline, allow_missing)
             example = input_example(sample_input)
+        elif allow_missing not in (None, False):
+            raise InvalidInput("allow_missing needs a sample_input: it describes the signature's columns")
 
         try:
             staging = self.artifacts.staging_dir()

@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..monitoring.collector import Record
 from .inputs import to_jsonable
+from .metrics import TEXT_TYPE, Counters, Snapshots, aggregate, render, wants_text
 from .runtime import Route, ServedModel, new_error_id
 
 log = logging.getLogger("mlops_lab.serving")
@@ -128,6 +129,7 @@ class ScoringApp:
         keys_file: str | None = None,
         body_limit: int = DEFAULT_BODY_LIMIT,
         collector: Any = None,
+        metrics_dir: str | None = None,
     ) -> None:
         if not routes:
             raise ValueError("a scoring server needs at least one model")
@@ -140,7 +142,24 @@ class ScoringApp:
         self.draining = False
         self.started = time.time()
         self.collector = collector if collector is not None and collector.enabled else None
+        self.counters = Counters()
+        self.snapshots = Snapshots(metrics_dir)
+        for r in routes:
+            for m in r.models:
+                m.counters = self.counters
         self.asgi = self._build()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        return self.counters.snapshot(None if self.collector is None else self.collector.stats())
+
+    def write_metrics(self) -> None:
+        """This server's counters, for the deployment's other servers to sum (once a second)."""
+        self.snapshots.write(self.metrics_snapshot())
+
+    def prometheus_text(self) -> str:
+        """The whole deployment's metrics: this server's live counters and the others' last
+        snapshots."""
+        return render(self.deployment, aggregate([self.metrics_snapshot(), *self.snapshots.others()]))
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -195,13 +214,16 @@ class ScoringApp:
             content = orjson.dumps(_deep_jsonable(payload), option=_DUMP_OPTS)
         return Response(content, status_code=status, media_type=_JSON, headers=hdrs)
 
-    def _error(self, exc: MlopsLabError, request_id: str, v2: bool = False) -> Response:
+    def _error(self, exc: MlopsLabError, request_id: str, v2: bool = False, mlflow: bool = False) -> Response:
         body = exc.to_dict()
         body["request_id"] = request_id
         if v2:
             # Open Inference Protocol: {"error": message}; the details stay beside it.
             body["type"] = body.pop("error")
             body["error"] = str(exc)
+        elif mlflow:
+            # MLflow's scoring server: {"error_code": ..., "message": ...}, read by its clients.
+            body["error_code"] = mlflow_error_code(exc.http_status)
         headers = {"www-authenticate": "Bearer"} if exc.http_status == 401 else None
         return self._respond(body, request_id, status=exc.http_status, headers=headers)
 
@@ -254,16 +276,19 @@ class ScoringApp:
                 out = to_jsonable(raw_out)
                 payload = out if protocol == "score" else {"predictions": out}
             model.stats.requests += 1
-            model.stats.latency_s += time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            model.stats.latency_s += elapsed
             response = self._respond(payload, request_id, model)
+            self.counters.request(model.ref, protocol, 200, elapsed, chunk.n if chunk is not None else 0)
             self._collect(model, request_id, t0, 200, chunk, raw_out)
             return response
         except MlopsLabError as exc:
             if model is not None:
                 model.stats.requests += 1
                 model.stats.errors += 1
+            self.counters.request(model.ref if model is not None else "", protocol, exc.http_status, time.perf_counter() - t0)
             self._collect(model, request_id, t0, exc.http_status, None, None, getattr(exc, "error_id", None))
-            return self._error(exc, request_id)
+            return self._error(exc, request_id, mlflow=protocol == "invocations")
 
     # -- protocols -------------------------------------------------------------------------
 
@@ -326,14 +351,7 @@ class ScoringApp:
         try:
             self.keys.check(request.headers.get("authorization"))
             route = self._route(request.path_params["model"])
-            model = route.pick()
-            version = request.path_params.get("version")
-            if version is not None and version != str(model.version):
-                picked = [m for m in route.models if str(m.version) == version]
-                if not picked:
-                    raise NotFound(f"{route.name} has no version {version} here",
-                                   hint="versions: " + ", ".join(str(m.version) for m in route.models))
-                model = picked[0]
+            model = _v2_version(route, request.path_params.get("version")) or route.pick()
             if model.raw_body:
                 raise InvalidRequest("this deployment runs an entry script: use POST /score", field="path")
             body = await self._body(request)
@@ -346,7 +364,13 @@ class ScoringApp:
             if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
                 raise InvalidRequest("the body needs a non-empty 'inputs' list", field="inputs")
             arrays = _v2_inputs(doc["inputs"], binary)
-            if model.spec.kind == "columns" or (model.spec.kind is None and len(arrays) > 1):
+            spec = model.spec
+            first_name, first = next(iter(arrays.items()))
+            if spec.kind == "columns" and len(arrays) == 1 and first.ndim == 2 and first_name not in spec.index:
+                # One [N, F] tensor for a tabular model, as KServe's and MLServer's
+                # scikit-learn runtimes take it: its columns in the signature's order.
+                chunk = spec.from_array(first, "inputs[0]")
+            elif spec.kind == "columns" or (spec.kind is None and len(arrays) > 1):
                 chunk = model.spec.from_columns({k: v.reshape(len(v), -1)[:, 0].tolist() if v.ndim > 1 else v.tolist() for k, v in arrays.items()}, "inputs")
             else:
                 if len(arrays) != 1:
@@ -356,6 +380,7 @@ class ScoringApp:
             out = await model.predict(chunk)
             arr = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out)
             model.stats.requests += 1
+            self.counters.request(model.ref, "v2_infer", 200, time.perf_counter() - t0, chunk.n)
             self._collect(model, request_id, t0, 200, chunk, out)
             want_binary = bool(doc.get("parameters", {}).get("binary_data_output"))
             for o in doc.get("outputs") or []:
@@ -380,6 +405,7 @@ class ScoringApp:
             if model is not None:
                 model.stats.requests += 1
                 model.stats.errors += 1
+            self.counters.request(model.ref if model is not None else "", "v2_infer", exc.http_status, time.perf_counter() - t0)
             self._collect(model, request_id, t0, exc.http_status, None, None, getattr(exc, "error_id", None))
             return self._error(exc, request_id, v2=True)
 
@@ -437,8 +463,13 @@ class ScoringApp:
             rid = os.urandom(8).hex()
             try:
                 app.keys.check(request.headers.get("authorization"))
+                fmt = request.query_params.get("format")
+                if fmt is not None and fmt.lower() not in ("prometheus", "text", "json"):
+                    raise InvalidRequest(f"unknown format {fmt!r}: use prometheus or json", field="format")
             except MlopsLabError as exc:
                 return app._error(exc, rid)
+            if wants_text(request.headers.get("accept"), fmt):
+                return Response(app.prometheus_text(), media_type=TEXT_TYPE, headers={"x-request-id": rid})
             collection = None if app.collector is None else app.collector.stats()
             return app._respond(
                 {"pid": os.getpid(), "revision": app.revision,
@@ -488,17 +519,19 @@ class ScoringApp:
             rid = os.urandom(8).hex()
             try:
                 route = app._route(request.path_params["model"])
+                m = _v2_version(route, request.path_params.get("version")) or route.models[0]
             except MlopsLabError as exc:
                 return app._error(exc, rid, v2=True)
-            m = route.models[0]
             return app._respond(_v2_model_metadata(route, m), rid)
 
         async def v2_model_ready(request: Request) -> Response:
+            rid = os.urandom(8).hex()
             try:
-                app._route(request.path_params["model"])
-            except NotFound:
-                return Response(status_code=404)
-            return Response(status_code=200)
+                route = app._route(request.path_params["model"])
+                _v2_version(route, request.path_params.get("version"))
+            except MlopsLabError as exc:
+                return app._error(exc, rid, v2=True)
+            return Response(status_code=503 if app.draining else 200)
 
         async def v2_infer(request: Request) -> Response:
             return await app._v2_infer(request)
@@ -537,9 +570,11 @@ class ScoringApp:
             StarletteRoute("/v2/health/live", v2_live, methods=["GET"]),
             StarletteRoute("/v2/health/ready", v2_ready, methods=["GET"]),
             StarletteRoute("/v2", v2_server, methods=["GET"]),
+            StarletteRoute("/v2/", v2_server, methods=["GET"]),
             StarletteRoute("/v2/models/{model}", v2_model, methods=["GET"]),
             StarletteRoute("/v2/models/{model}/versions/{version}", v2_model, methods=["GET"]),
             StarletteRoute("/v2/models/{model}/ready", v2_model_ready, methods=["GET"]),
+            StarletteRoute("/v2/models/{model}/versions/{version}/ready", v2_model_ready, methods=["GET"]),
             StarletteRoute("/openapi.json", openapi, methods=["GET"]),
             StarletteRoute("/docs", docs, methods=["GET"]),
         ]
@@ -569,6 +604,27 @@ def _deep_jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+_MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "RESOURCE_DOES_NOT_EXIST", 409: "RESOURCE_CONFLICT", 413: "BAD_REQUEST",
+                 422: "BAD_REQUEST", 429: "REQUEST_LIMIT_EXCEEDED"}
+
+
+def mlflow_error_code(status: int) -> str:
+    """The ``error_code`` MLflow's scoring server gives an error of this HTTP status."""
+    return _MLFLOW_CODES.get(status, "BAD_REQUEST" if 400 <= status < 500 else "INTERNAL_ERROR")
+
+
+def _v2_version(route: Route, version: str | None) -> ServedModel | None:
+    """The model a v2 path's ``/versions/{v}`` names (None when the path names no version)."""
+    if version is None:
+        return None
+    for m in route.models:
+        if str(m.version) == version:
+            return m
+    raise NotFound(f"{route.name} has no version {version} here",
+                   hint="versions: " + ", ".join(str(m.version) for m in route.models))
 
 
 def _v2_model_metadata(route: Route, m: ServedModel) -> dict[str, Any]:

@@ -54,10 +54,10 @@ def _type_name(value: Any) -> str:
 
 
 def _cell_ok(kind: str, value: Any) -> bool:
-    # JSON booleans count as 0/1 in numeric columns, as NumPy and pandas read them; null is a
-    # missing value (NaN) in float columns.
+    # JSON booleans count as 0/1 in numeric columns, as NumPy and pandas read them. Missing
+    # values (null) are decided before, by the signature's ``missing``.
     if kind == "float":
-        return value is None or isinstance(value, (int, float))
+        return isinstance(value, (int, float))
     if kind == "integer":
         return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if kind == "boolean":
@@ -81,6 +81,10 @@ class InputSpec:
             self.index = {name: i for i, name in enumerate(self.columns)}
             self.numeric = all(t in _NUMERIC for t in self.types)
             self.int_cols = [i for i, t in enumerate(self.types) if t == "integer"]
+            # May a column lack a value? As the signature records it; signatures from before
+            # the record take missing values in float columns only, as they always did.
+            self.may_miss = [c.get("missing", c["type"] == "float") for c in cols]
+            self.required = [i for i, ok in enumerate(self.may_miss) if not ok and self.types[i] in _NUMERIC]
         elif self.kind == "tensor":
             self.dtype = np.dtype(signature["dtype"])
             self.shape = list(signature["shape"])
@@ -212,6 +216,12 @@ class InputSpec:
                     f"expected {len(self.columns)} columns ({self._cols_text()}), got shape {list(arr.shape)}",
                     field=field,
                 )
+            # A 2-D tensor of numbers goes in as it is (KServe's and MLServer's scikit-learn
+            # runtimes send one [N, F] tensor); anything else value by value.
+            if self.numeric and arr.dtype.kind in "biuf":
+                if arr.dtype.kind == "f" and arr.dtype.itemsize < 8:
+                    arr = arr.astype(np.float64)  # FP16/FP32 widen without loss
+                return self._positional(arr)
             return self._positional(arr.tolist())
         if self.kind == "tensor":
             return self._check_tensor(arr, field)
@@ -312,6 +322,8 @@ class InputSpec:
             except ValueError:
                 arr = None
             if arr is not None and arr.ndim == 2 and arr.shape[1] == ncols and arr.dtype.kind in "biuf":
+                if self.required and arr.dtype.kind == "f":
+                    self._check_present(arr)
                 if self.int_cols and arr.dtype.kind == "f":
                     sub = arr[:, self.int_cols]
                     if not np.all(sub == np.floor(sub)):
@@ -323,7 +335,7 @@ class InputSpec:
                         )
                 return Chunk("array", arr, len(arr))
         # Slow path: find the cell at fault (or accept mixed types) value by value.
-        types, cols = self.types, self.columns
+        types, cols, may_miss = self.types, self.columns, self.may_miss
         for i, row in enumerate(rows):
             if not checked_width:
                 if not isinstance(row, (list, tuple)):
@@ -333,12 +345,30 @@ class InputSpec:
                         f"row {i} has {len(row)} values, expected {ncols} ({self._cols_text()})", row=i
                     )
             for j, v in enumerate(row):
+                if v is None or (v != v and isinstance(v, float)):
+                    if may_miss[j]:
+                        continue
+                    raise self._missing(i, j)
                 if not _cell_ok(types[j], v):
                     raise InvalidRequest(
                         f"row {i}: column {cols[j]!r} expects {types[j]}, got {_type_name(v)} {v!r}",
                         field=cols[j], row=i,
                     )
         return Chunk("rows", rows, len(rows))
+
+    def _missing(self, row: int, col: int) -> InvalidRequest:
+        name = self.columns[col]
+        return InvalidRequest(
+            f"row {row}: column {name!r} has no value; the model was registered with no missing values in it",
+            field=name, row=row,
+            hint=f"send a value, or register the model with allow_missing=[{name!r}] if it takes missing values",
+        )
+
+    def _check_present(self, arr: np.ndarray) -> None:
+        sub = arr[:, self.required]
+        if np.isnan(sub).any():
+            r, c = np.argwhere(np.isnan(sub))[0]
+            raise self._missing(int(r), self.required[int(c)])
 
     # -- from chunks to the model's input and back ---------------------------------------------
 

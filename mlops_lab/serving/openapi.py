@@ -26,8 +26,9 @@ def _row_schemas(sig: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, 
     for c in sig["columns"]:
         t = _JSON_TYPE.get(c["type"])
         props[c["name"]] = {"type": t} if t else {}
-        if c["type"] == "float":
-            props[c["name"]] = {"type": ["number", "null"]}
+        # null only where the signature lets the column lack a value (older signatures: floats)
+        if t and c.get("missing", c["type"] == "float"):
+            props[c["name"]] = {"type": [t, "null"]}
     names = [c["name"] for c in sig["columns"]]
     record = {"type": "object", "properties": props, "required": names, "additionalProperties": False}
     row = {

@@ -69,6 +69,7 @@ class ServedModel:
     traffic: float = 100.0
     batching: BatchConfig = field(default_factory=BatchConfig)
     stats: ModelStats = field(default_factory=ModelStats)
+    counters: Any = None  # the server's metrics.Counters, set by the app
 
     def __post_init__(self) -> None:
         self.ref = f"{self.name}:{self.version}"
@@ -221,6 +222,8 @@ class ServedModel:
         return await fut
 
     async def _single(self, chunk: Chunk) -> Any:
+        if self.counters is not None:
+            self.counters.batch(self.ref, chunk.n)
         try:
             if self.inline:
                 return self.model.predict(self.spec.model_input([chunk]))
@@ -253,6 +256,8 @@ class ServedModel:
                 chunks = [c for c, _ in batch]
                 self.stats.batches += 1
                 self._last_batch = len(batch)
+                if self.counters is not None:
+                    self.counters.batch(self.ref, rows)
                 try:
                     if self.inline:
                         outs = self._run(chunks)

@@ -80,6 +80,7 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
         deployment=spec.get("deployment", ""),
         revision=spec.get("revision", 0),
         keys_file=spec.get("keys_file"),
+        metrics_dir=spec.get("metrics_dir"),
         body_limit=int(spec.get("body_limit") or DEFAULT_BODY_LIMIT),
         collector=collector,
     )
@@ -217,6 +218,7 @@ def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, grac
             if app.collector is not None:
                 app.collector.close()
                 log.info("collection flushed: %d rows written", app.collector.written_rows)
+            app.write_metrics()  # the final counts, for the deployment's later scrapes
 
     server = Server(config)
 
@@ -235,6 +237,13 @@ def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, grac
         # uvicorn serves the private port; the shared socket is taken from by the acceptor,
         # with uvicorn's protocol (its connections are then closed and waited for on shutdown).
         task = asyncio.create_task(server.serve(sockets=[private]))
+
+        async def snapshots() -> None:
+            while True:  # the counters the deployment's other servers add to their /metrics
+                await asyncio.sleep(1.0)
+                app.write_metrics()
+
+        writer = asyncio.create_task(snapshots())
         while not server.started and not task.done():
             await asyncio.sleep(0.005)
         if server.started:
@@ -246,6 +255,7 @@ def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, grac
             if announce:
                 print(f"READY {private.getsockname()[1]}", flush=True)
         await task
+        writer.cancel()
 
     if loop_name == "uvloop":
         import uvloop

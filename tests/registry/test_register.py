@@ -40,7 +40,7 @@ def test_sklearn_round_trip_gives_same_predictions(registry, iris, trained):
     assert got.description == "first try"
     assert got.signature == {
         "kind": "columns",
-        "columns": [{"name": c, "type": "float", "dtype": "float64"} for c in X.columns],
+        "columns": [{"name": c, "type": "float", "dtype": "float64", "missing": False} for c in X.columns],
     }
     assert len(got.input_example) == 5 and set(got.input_example[0]) == set(X.columns)
     # requirements name the distributions the model's classes come from, pinned

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import mlops_lab as ml
+
 from .conftest import auth
 
 
@@ -116,7 +118,8 @@ def test_health_metadata_openapi_docs(served, http):
     schema = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     record = schema["properties"]["data"]["items"]["oneOf"][1]
     assert record["required"] == list(served["X"].columns)
-    assert record["properties"]["sepal length (cm)"] == {"type": ["number", "null"]}
+    # iris was registered with no missing value anywhere: no column takes null
+    assert record["properties"]["sepal length (cm)"] == {"type": "number"}
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     page = http.get(f"{d.url}/docs")
     assert page.status_code == 200 and "sepal length (cm)" in page.text and "<script>" in page.text
@@ -149,11 +152,54 @@ def test_bad_inputs_get_a_status_and_the_field_at_fault(served, http, body, stat
     assert doc.get("row") == row
 
 
-def test_null_is_a_missing_value_the_model_may_refuse(served, http):
+def test_a_missing_value_where_the_signature_has_none_gets_422_naming_column_and_row(served, http):
+    # Given iris, registered with a sample that lacks no value (LogisticRegression takes no NaN)
     d = served["iris"]
-    r = http.post(f"{d.url}/score", json={"data": [[1, 2, None, 4]]}, headers=auth(d))
-    assert r.status_code == 500
-    assert r.json()["error"] == "ModelError" and "NaN" in r.json()["message"]
+    # When a request lacks a value, as null in any protocol's body or as an empty CSV cell
+    for path, kwargs in [
+        ("/score", {"json": {"data": [[1, 2, 3, 4], [1, 2, None, 4]]}}),
+        ("/score", {"json": {"data": [{"sepal length (cm)": 1, "sepal width (cm)": 2, "petal length (cm)": None, "petal width (cm)": 4}] * 2}}),
+        ("/invocations", {"json": {"dataframe_split": {"columns": list(served["X"].columns), "data": [[1, 2, 3, 4], [1, 2, None, 4]]}}}),
+        ("/invocations", {"content": b"sepal length (cm),sepal width (cm),petal length (cm),petal width (cm)\n1,2,3,4\n1,2,,4\n",
+                          "headers": {"Content-Type": "text/csv"}}),
+    ]:
+        headers = {**auth(d), **kwargs.pop("headers", {})}
+        r = http.post(f"{d.url}{path}", headers=headers, **kwargs)
+        # Then it is refused before the model sees it, naming the column (and the row, when there are two)
+        assert r.status_code == 422, (path, r.text)
+        doc = r.json()
+        assert doc["field"] == "petal length (cm)" and "has no value" in doc["message"], doc
+        assert doc["row"] in (0, 1) and "allow_missing" in doc["hint"]
+        if path == "/invocations":
+            assert doc["error_code"] == "BAD_REQUEST"
+
+
+def test_allow_missing_lets_a_model_that_takes_nan_have_it(module_home, http):
+    # Given a model that handles NaN itself, registered with allow_missing for one column
+    import pandas as pd
+
+    class NanCount:
+        def predict(self, X):
+            return X.isna().sum(axis=1).to_numpy()
+
+    sample = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "c": [None, 5.0]})
+    mv = ml.register_model(NanCount(), "nans", sample_input=sample, allow_missing=["a"])
+    # The signature records it: "a" as the user said, "c" as the sample shows, "b" not
+    assert {c["name"]: c["missing"] for c in mv.signature["columns"]} == {"a": True, "b": False, "c": True}
+    d = ml.deploy("nans:1", name="nans", progress=False)
+    try:
+        r = http.post(f"{d.url}/score", json={"data": [[None, 1, None], [1, 1, 1]]}, headers=auth(d))
+        assert r.status_code == 200 and r.json() == [2, 0]
+        r = http.post(f"{d.url}/score", json={"data": [[1, None, 1]]}, headers=auth(d))
+        assert r.status_code == 422 and r.json()["field"] == "b"
+        # the OpenAPI document says the same
+        spec = http.get(f"{d.url}/openapi.json").json()
+        props = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["data"]["items"]["oneOf"][1]["properties"]
+        assert props == {"a": {"type": ["number", "null"]}, "b": {"type": "number"}, "c": {"type": ["number", "null"]}}
+    finally:
+        d.delete()
+    with pytest.raises(ml.InvalidInput, match="allow_missing names 'z', not a column"):
+        ml.register_model(NanCount(), "nans", sample_input=sample, allow_missing=["z"])
 
 
 def test_tensor_shape_and_dtype_errors(served, http):
@@ -257,17 +303,21 @@ def test_concurrent_callers_each_get_their_own_rows(served):
     d = served["echo"]
     headers = auth(d)
 
-    async def one(client, i):
+    async def one(client, gate, i):
         n = 1 + i % 5
         rows = [[i * 1000 + j, 0, 0, 0] for j in range(n)]
-        r = await client.post(f"{d.url}/score", json={"data": rows}, headers=headers)
+        async with gate:
+            r = await client.post(f"{d.url}/score", json={"data": rows}, headers=headers)
         assert r.status_code == 200, r.text
         return i, r.json(), [row[0] for row in rows]
 
     async def run():
+        # 64 callers at a time: httpx's pool slows down quadratically with a long queue of its
+        # own (1,500 requests queued took 30-70 s on 2 cores), so the callers wait here instead
+        gate = asyncio.Semaphore(64)
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            return await asyncio.gather(*(one(client, i) for i in range(1500)))
+            return await asyncio.gather(*(one(client, gate, i) for i in range(1500)))
 
     before = httpx.get(f"{d.url}/metrics", headers=headers).json()["models"]["echo:1"]
     results = asyncio.run(run())
@@ -417,3 +467,102 @@ def test_the_adaptive_wait_ends_when_the_callers_of_the_last_batch_are_back():
         m.close()
 
     asyncio.run(scenario())
+
+
+# KServe's sklearn v2 example (its docs' iris-input-v2.json): one FP32 tensor of shape [N, 4]
+KSERVE_IRIS_V2 = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32",
+                              "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}
+
+
+def test_a_tabular_model_takes_one_n_by_f_tensor_as_kserve_and_mlserver_send_it(served, http):
+    d, clf = served["iris"], served["clf"]
+    import pandas as pd
+
+    rows = pd.DataFrame(np.array(KSERVE_IRIS_V2["inputs"][0]["data"], dtype=np.float32).astype(np.float64),
+                        columns=served["X"].columns)
+    # KServe's own payload, nested data
+    r = http.post(f"{d.url}/v2/models/iris/infer", json=KSERVE_IRIS_V2, headers=auth(d))
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == clf.predict(rows).tolist()
+    # the same, flat in row-major order and with the version in the path, as MLServer's examples send it
+    flat = {"inputs": [{**KSERVE_IRIS_V2["inputs"][0], "data": sum(KSERVE_IRIS_V2["inputs"][0]["data"], [])}]}
+    r = http.post(f"{d.url}/v2/models/iris/versions/1/infer", json=flat, headers=auth(d))
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == clf.predict(rows).tolist()
+    # INT64 converts without loss
+    ints = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT64", "data": [5, 3, 1, 0]}]}
+    r = http.post(f"{d.url}/v2/models/iris/infer", json=ints, headers=auth(d))
+    assert r.status_code == 200
+    # a tensor of the wrong width is refused naming it, in the v2 error format
+    wide = {"inputs": [{"name": "input-0", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}
+    r = http.post(f"{d.url}/v2/models/iris/infer", json=wide, headers=auth(d))
+    assert r.status_code == 422 and "expected 4 columns" in r.json()["error"] and r.json()["field"] == "inputs[0]"
+
+
+def test_tritonclient_sends_an_n_by_f_tensor_to_a_tabular_model(served):
+    import tritonclient.http as tc
+
+    d, clf, X = served["iris"], served["clf"], served["X"]
+    client = tc.InferenceServerClient(url=d.url.removeprefix("http://"))
+    batch = X.iloc[:6].to_numpy(dtype=np.float32)
+    for binary in (True, False):
+        inp = tc.InferInput("input-0", list(batch.shape), "FP32")
+        inp.set_data_from_numpy(batch, binary_data=binary)
+        res = client.infer("iris", [inp], headers=dict(auth(d)))
+        expected = clf.predict(pd_frame(batch.astype(np.float64), X.columns))
+        np.testing.assert_array_equal(res.as_numpy("predict"), expected)
+
+
+def pd_frame(arr, columns):
+    import pandas as pd
+
+    return pd.DataFrame(arr, columns=columns)
+
+
+V2_ROUTES = [  # every path of open_inference_rest.yaml, and the version-less forms inference_rest.md allows
+    ("GET", "/v2/health/live", 200),
+    ("GET", "/v2/health/ready", 200),
+    ("GET", "/v2/models/iris/versions/1/ready", 200),
+    ("GET", "/v2/models/iris/ready", 200),
+    ("GET", "/v2/", 200),
+    ("GET", "/v2", 200),
+    ("GET", "/v2/models/iris/versions/1", 200),
+    ("GET", "/v2/models/iris", 200),
+    ("POST", "/v2/models/iris/versions/1/infer", 200),
+    ("POST", "/v2/models/iris/infer", 200),
+]
+
+
+@pytest.mark.parametrize("method, path, status", V2_ROUTES)
+def test_every_route_of_the_v2_specification_answers(served, http, method, path, status):
+    d = served["iris"]
+    r = http.request(method, f"{d.url}{path}", headers=auth(d), json=KSERVE_IRIS_V2 if method == "POST" else None)
+    assert r.status_code == status, r.text
+    if path.rstrip("/") == "/v2":
+        assert set(r.json()) >= {"name", "version", "extensions"}
+    if path.startswith("/v2/models/iris/versions/1") and method == "GET" and not path.endswith("ready"):
+        assert r.json()["name"] == "iris" and r.json()["versions"] == ["1"] and r.json()["platform"]
+    # an unknown model or version: 404 with the specification's error body
+    if "/models/iris" in path:
+        for wrong in (path.replace("/iris", "/nope"), path.replace("/versions/1", "/versions/7") if "/versions/1" in path else None):
+            if wrong is None:
+                continue
+            r = http.request(method, f"{d.url}{wrong}", headers=auth(d), json=KSERVE_IRIS_V2 if method == "POST" else None)
+            assert r.status_code == 404 and isinstance(r.json()["error"], str), (wrong, r.text)
+
+
+def test_mlflow_errors_carry_error_code_and_message(served, http):
+    d = served["iris"]
+    cases = [
+        ({"json": {"dataframe_records": [{"sepal length (cm)": 1}]}}, 422, "BAD_REQUEST"),
+        ({"content": b"{nope", "headers": {"Content-Type": "application/json"}}, 400, "BAD_REQUEST"),
+        ({"json": {"instances": [[1, 2, 3, 4]]}, "auth": False}, 401, "UNAUTHENTICATED"),
+    ]
+    for kwargs, status, code in cases:
+        headers = {**(auth(d) if kwargs.pop("auth", True) else {}), **kwargs.pop("headers", {})}
+        r = http.post(f"{d.url}/invocations", headers=headers, **kwargs)
+        assert r.status_code == status
+        doc = r.json()
+        # as MLflow's scoring server answers, which its clients read: error_code and message
+        assert doc["error_code"] == code and isinstance(doc["message"], str) and doc["message"]
+    r = http.post(f"{d.url}/models/nope/invocations", json={"instances": [[1, 2, 3, 4]]}, headers=auth(d))
+    assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
