@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ._args import key_values, options
@@ -76,12 +77,15 @@ def cmd_deploy(args) -> int:
         settings.pop("context", None)
         print(to_yaml(render_manifests(ref, args.name, auth=not args.no_auth, **settings)), end="")
         return 0
+    if isinstance(ref, str) and Path(ref).exists():
+        ref = Path(ref)  # a model file or folder: registered as the next version of --name, then deployed
     d = ml.deploy(
         ref, name=args.name, target=args.target, host=args.host, port=args.port,
         workers=args.workers, auth=not args.no_auth, collect=not args.no_collect, progress=not args.json, **settings,
     )
-    data = {**d.to_dict(), "keys": d.keys}
-    _out(args, data, f"{d.name}: {d.url}" + (f"\nprimary key: {d.keys['primary']}" if d.keys else ""))
+    data = {**d.to_dict(), "keys": d.keys, "registered": d.registered.ref if d.registered else None}
+    text = (f"registered {d.registered.ref}\n" if d.registered else "") + f"{d.name}: {d.url}"
+    _out(args, data, text + (f"\nprimary key: {d.keys['primary']}" if d.keys else ""))
     return 0
 
 
@@ -111,8 +115,10 @@ def cmd_build_image(args) -> int:
 def cmd_update(args) -> int:
     import mlops_lab as ml
 
-    d = ml.update(args.deployment, args.ref, traffic=args.traffic, progress=not args.json)
-    _out(args, d.to_dict(), f"{d.name}: revision {d.revision}")
+    ref = Path(args.ref) if Path(args.ref).exists() else args.ref  # a model file: registered first
+    d = ml.update(args.deployment, ref, traffic=args.traffic, progress=not args.json)
+    data = {**d.to_dict(), "registered": d.registered.ref if d.registered else None}
+    _out(args, data, (f"registered {d.registered.ref}\n" if d.registered else "") + f"{d.name}: revision {d.revision}")
     return 0
 
 

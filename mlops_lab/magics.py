@@ -64,8 +64,11 @@ class MlopsLabMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("ref", help="model reference: name, name:VERSION or name@ALIAS")
+    @argument("ref", help="model reference (name, name:VERSION, name@ALIAS), or a variable holding a model "
+                          "to register and deploy in one step (with --name)")
     @argument("--name", help="deployment name (default: the model's)")
+    @argument("--sample", metavar="VAR", help="with a model variable: a sample input (gives the signature)")
+    @argument("--baseline", metavar="VAR", help="with a model variable: training data (reference for drift)")
     @argument("--target", default="local", choices=["local", "docker", "kubernetes"], help="where it runs")
     @argument("--port", type=int, help="port (default: a free one)")
     @argument("--workers", type=int, default=1, help="server processes")
@@ -75,24 +78,35 @@ class MlopsLabMagics(Magics):
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
     def deploy(self, args):
-        """Deploy a registered version as a web service; returns the Deployment."""
+        """Deploy a registered version as a web service; returns the Deployment. Given a variable
+        holding a model, register it as the next version of --name first."""
         from .deployers.api import deploy
 
-        return deploy(args.ref, name=args.name, target=args.target, port=args.port, workers=args.workers,
-                      auth=not args.no_auth, **options(args.option))
+        return deploy(self._model_or_ref(args.ref), name=args.name, target=args.target, port=args.port,
+                      workers=args.workers, auth=not args.no_auth, sample_input=self._var(args.sample),
+                      baseline=self._var(args.baseline), **options(args.option))
+
+    def _model_or_ref(self, text: str):
+        """A variable of the notebook holding a model (not a string), else the reference as typed."""
+        value = self.shell.user_ns.get(text)
+        return value if value is not None and not isinstance(value, str) else text
 
     @line_magic
     @magic_arguments()
     @argument("deployment")
-    @argument("ref", help="the version to serve")
+    @argument("ref", help="the version to serve, or a variable holding a model to register first")
     @argument("--traffic", type=float, help="canary share in percent (then %%promote or %%rollback)")
+    @argument("--sample", metavar="VAR", help="with a model variable: a sample input (gives the signature)")
+    @argument("--baseline", metavar="VAR", help="with a model variable: training data (reference for drift)")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
     def update(self, args):
-        """Serve another version with no downtime (a canary with --traffic)."""
+        """Serve another version with no downtime (a canary with --traffic). Given a variable
+        holding a model, register it as the next version of the served model first."""
         from .deployers.api import update
 
-        return update(args.deployment, args.ref, traffic=args.traffic)
+        return update(args.deployment, self._model_or_ref(args.ref), traffic=args.traffic,
+                      sample_input=self._var(args.sample), baseline=self._var(args.baseline))
 
     @line_magic
     @magic_arguments()

@@ -10,8 +10,8 @@ from typing import Any
 
 from .._html import Listing
 from .._progress import Progress
-from ..errors import DeploymentFailed, InvalidInput, NotFound
-from ..refs import check_name, parse_ref
+from ..errors import DeploymentFailed, InvalidInput, MlopsLabError, NotFound
+from ..refs import ModelRef, check_name, parse_ref
 from .base import Deployer, Deployment
 from .keys import SLOTS, key_file, key_hash, new_key, read_keys, write_private
 
@@ -80,9 +80,22 @@ def deploy(
     drain_seconds: float = 1.0,
     collect: bool | dict[str, Any] = True,
     progress: bool = True,
+    sample_input: Any = None,
+    baseline: Any = None,
+    tags: Any = None,
+    properties: Any = None,
+    description: str | None = None,
+    allow_missing: Any = None,
     **target_options: Any,
 ) -> Deployment:
     """Serve one or several registered versions as a web service.
+
+    ``ref`` may also be a model object (or a file or folder path): ``deploy(clf, name="churn",
+    sample_input=X)`` registers it as the next version of ``churn`` (``sample_input``,
+    ``baseline``, ``tags``, ``properties``, ``description`` and ``allow_missing`` go to
+    :func:`~mlops_lab.register_model`) and deploys that version as ``churn``; the returned
+    deployment's ``registered`` is the new version. An error names the step that failed, and a
+    version registered before a failed deploy stays in the registry.
 
     Parameters
     ----------
@@ -128,6 +141,17 @@ def deploy(
     >>> d.predict([{"age": 31, "plan": "pro"}])  # doctest: +SKIP
     """
     reg = _registry()
+    register = {"sample_input": sample_input, "baseline": baseline, "tags": tags, "properties": properties,
+                "description": description, "allow_missing": allow_missing}
+    registered = None
+    if not isinstance(ref, (list, tuple)) and not is_reference(ref):
+        # A model object (or a file or folder path): step 1 registers it as the next version
+        if name is None:
+            raise InvalidInput("deploying a model object needs name=: the model and the deployment are named after it")
+        registered = _register_step(reg, ref, check_name(name, "deployment name"), "deploy", register)
+        ref = registered.ref
+    else:
+        _no_register_args(register, ref)
     refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
     if not refs:
         raise InvalidInput("deploy needs at least one model reference")
@@ -179,11 +203,46 @@ def deploy(
         reg.delete_deployment(name)
         key_file(reg.home, name).unlink(missing_ok=True)
         shutil.rmtree(reg.home / "deployments" / name, ignore_errors=True)
+        if registered is not None:
+            _after_registering(exc, registered, "deploying it")
         if progress:
             prog.done(f"failed: {exc}")
         raise
     prog.done(f"ready at {record.endpoint}")
-    return Deployment(record, keys, reg)
+    d = Deployment(record, keys, reg)
+    d.registered = registered
+    return d
+
+
+def is_reference(obj: Any) -> bool:
+    """A reference to a registered version (``"churn:3"``, a ``ModelRef``, a ``ModelVersion``),
+    as opposed to a model to register (an object with ``predict``, a file or folder path)."""
+    if isinstance(obj, (str, ModelRef)):
+        return True
+    return isinstance(getattr(obj, "name", None), str) and isinstance(getattr(obj, "version", None), int)
+
+
+def _no_register_args(register: dict[str, Any], ref: Any) -> None:
+    given = [k for k, v in register.items() if v is not None]
+    if given:
+        raise InvalidInput(f"{given[0]} describes a model to register, but {ref!r} names a registered version",
+                           hint="pass the model object itself to register and deploy it in one call")
+
+
+def _register_step(reg, model: Any, name: str, doing: str, register: dict[str, Any]):
+    """Step 1 of a deploy or update given a model object: register it. Its errors say so."""
+    try:
+        return reg.register_model(model, name, **{k: v for k, v in register.items() if v is not None})
+    except MlopsLabError as exc:
+        exc.message = f"{doing} stopped at registering the model as {name!r}: {exc.message}"
+        raise
+
+
+def _after_registering(exc: BaseException, registered, doing: str) -> None:
+    """A failure after step 1: the error names the step, and the version registered stays."""
+    if isinstance(exc, MlopsLabError):
+        exc.message = (f"registered {registered.ref}, then {doing} failed: {exc.message} "
+                       f"({registered.ref} stays in the registry, a version like any other)")
 
 
 def _check_collect(collect: Any) -> Any:
@@ -220,11 +279,30 @@ def list_deployments() -> list[Deployment]:
                    empty="No deployments yet: deploy a version with %deploy NAME:VERSION or mlops_lab.deploy()")
 
 
-def update(name: str, ref: Any, *, traffic: float | None = None, route: str | None = None, progress: bool = True, registry=None) -> Deployment:
+def update(name: str, ref: Any, *, traffic: float | None = None, route: str | None = None, progress: bool = True,
+           registry=None, sample_input: Any = None, baseline: Any = None, tags: Any = None, properties: Any = None,
+           description: str | None = None, allow_missing: Any = None) -> Deployment:
     """Serve ``ref`` in deployment ``name`` with no downtime; ``traffic=10`` makes it a canary
-    taking 10 % of the requests of its route until :func:`promote`."""
+    taking 10 % of the requests of its route until :func:`promote`.
+
+    ``ref`` may also be a model object (or a file or folder path): it is registered first, as the
+    next version of the model the route serves (``sample_input``, ``baseline``, ``tags``, ...
+    go to :func:`~mlops_lab.register_model`), and the returned deployment's ``registered`` says
+    which version that is."""
     reg = registry or _registry()
     record = reg.get_deployment(name)
+    register = {"sample_input": sample_input, "baseline": baseline, "tags": tags, "properties": properties,
+                "description": description, "allow_missing": allow_missing}
+    registered = None
+    if not is_reference(ref):
+        wanted = route or (record.models[0].get("route") or record.models[0]["name"])
+        served = [m for m in record.models if (m.get("route") or m["name"]) == wanted]
+        if not served:
+            raise NotFound(f"deployment {name!r} has no route {wanted!r}")
+        registered = _register_step(reg, ref, served[0]["name"], "update", register)
+        ref = registered.ref
+    else:
+        _no_register_args(register, ref)
     new = parse_ref(reg.resolve(ref))
     if traffic is not None and not (0 < traffic < 100):
         raise InvalidInput(f"traffic must be between 0 and 100 (exclusive), got {traffic}",
@@ -252,10 +330,14 @@ def update(name: str, ref: Any, *, traffic: float | None = None, route: str | No
     try:
         record = _deployer(record.target, reg).update(record, models, note, prog)
     except DeploymentFailed as exc:
+        if registered is not None:
+            _after_registering(exc, registered, "updating the deployment")
         prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
         raise
     prog.done(f"revision {record.revision} serving")
-    return Deployment(record, read_keys(reg.home, name), reg)
+    d = Deployment(record, read_keys(reg.home, name), reg)
+    d.registered = registered
+    return d
 
 
 def promote(name: str, *, progress: bool = True, registry=None) -> Deployment:

@@ -99,6 +99,9 @@ class Deployment:
     >>> d.update("churn:4", traffic=10); d.promote()  # doctest: +SKIP
     """
 
+    #: The version that deploy() or update() registered from a model object, else None.
+    registered: Any = None
+
     def __init__(self, record: DeploymentRecord, keys: dict[str, str] | None = None, registry=None) -> None:
         self._record = record
         self.keys = keys
@@ -187,12 +190,16 @@ class Deployment:
 
         return _deployer(self.target, self._registry).logs(self._record, tail)
 
-    def update(self, ref: Any, traffic: float | None = None, *, route: str | None = None, progress: bool = True) -> Deployment:
+    def update(self, ref: Any, traffic: float | None = None, *, route: str | None = None, progress: bool = True,
+               **register: Any) -> Deployment:
         """Serve ``ref`` instead of the current version; with ``traffic=10``, send it 10 % of the
-        requests (a canary) and keep the rest on the current version until :meth:`promote`."""
+        requests (a canary) and keep the rest on the current version until :meth:`promote`.
+        ``ref`` may be a model object: it is registered first (``register`` goes to
+        :func:`~mlops_lab.register_model`), and ``registered`` then names the new version."""
         from .api import update
 
-        update(self.name, ref, traffic=traffic, route=route, progress=progress, registry=self._registry)
+        done = update(self.name, ref, traffic=traffic, route=route, progress=progress, registry=self._registry, **register)
+        self.registered = done.registered
         return self.refresh()
 
     def promote(self, *, progress: bool = True) -> Deployment:
