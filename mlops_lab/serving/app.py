@@ -320,7 +320,7 @@ class ScoringApp:
                 f"unsupported content type {ctype!r}: use application/json or text/csv",
                 field="Content-Type",
             )
-        chunk = model.spec.from_json(body, _INVOCATION_KEYS, ("instances", "inputs"))
+        chunk = model.spec.from_json(body, _INVOCATION_KEYS, ("instances", "inputs"), exclusive=True)
         if chunk is not None:
             return chunk
         doc = self._json(body)
@@ -328,6 +328,12 @@ class ScoringApp:
             raise InvalidRequest(
                 "the body must be an object with one of dataframe_split, dataframe_records, "
                 "instances, inputs", field="body",
+            )
+        unknown = [k for k in doc if k not in _INVOCATION_KEYS]
+        if unknown:
+            raise InvalidRequest(
+                f"unexpected key {unknown[0]!r}: the body takes one of dataframe_split, dataframe_records, "
+                "instances, inputs", field=str(unknown[0]),
             )
         keys = [k for k in _INVOCATION_KEYS if k in doc]
         if len(keys) != 1:
@@ -382,9 +388,14 @@ class ScoringApp:
             model.stats.requests += 1
             self.counters.request(model.ref, "v2_infer", 200, time.perf_counter() - t0, chunk.n)
             self._collect(model, request_id, t0, 200, chunk, out)
-            want_binary = bool(doc.get("parameters", {}).get("binary_data_output"))
-            for o in doc.get("outputs") or []:
-                if o.get("parameters", {}).get("binary_data"):
+            want_binary = bool(_v2_parameters(doc, "parameters").get("binary_data_output"))
+            outputs = doc.get("outputs") or []
+            if not isinstance(outputs, list):
+                raise InvalidRequest("'outputs' must be a list of objects", field="outputs")
+            for i, o in enumerate(outputs):
+                if not isinstance(o, dict):
+                    raise InvalidRequest(f"outputs[{i}] must be an object", field=f"outputs[{i}]")
+                if _v2_parameters(o, f"outputs[{i}].parameters").get("binary_data"):
                     want_binary = True
             out_desc = {"name": model.output_name, "datatype": v2_datatype(arr), "shape": list(arr.shape)}
             resp = {"model_name": route.name, "model_version": str(model.version), "outputs": [out_desc]}
@@ -547,7 +558,10 @@ class ScoringApp:
             err = NotFound(f"no route {request.method} {request.url.path}", hint="see /docs") if status == 404 else None
             rid = os.urandom(8).hex()
             if err is None:
-                return app._respond({"error": "MethodNotAllowed", "message": f"{request.method} is not allowed on {request.url.path}"}, rid, status=status)
+                allow = (getattr(exc, "headers", None) or {}).get("Allow")  # RFC 9110: a 405 says what is
+                return app._respond({"error": "MethodNotAllowed", "message": f"{request.method} is not allowed on {request.url.path}"
+                                     + (f" (allowed: {allow})" if allow else "")}, rid, status=status,
+                                    headers={"allow": allow} if allow else None)
             return app._error(err, rid)
 
         async def server_error(request: Request, exc: Exception) -> Response:
@@ -616,6 +630,16 @@ def mlflow_error_code(status: int) -> str:
     return _MLFLOW_CODES.get(status, "BAD_REQUEST" if 400 <= status < 500 else "INTERNAL_ERROR")
 
 
+def _v2_parameters(obj: dict[str, Any], field: str) -> dict[str, Any]:
+    """An object's ``parameters`` (the protocol's free-form settings): an object, or none."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidRequest(f"'{field}' must be an object", field=field)
+    return params
+
+
 def _v2_version(route: Route, version: str | None) -> ServedModel | None:
     """The model a v2 path's ``/versions/{v}`` names (None when the path names no version)."""
     if version is None:
@@ -655,13 +679,17 @@ def _v2_inputs(inputs: list[Any], binary: bytes) -> dict[str, np.ndarray]:
         if not isinstance(spec, dict):
             raise InvalidRequest(f"{field} must be an object", field=field)
         name = spec.get("name") or f"input-{i}"
+        if not isinstance(name, str):
+            raise InvalidRequest(f"{field}: 'name' must be a string", field=f"{field}.name")
         dtype_name = spec.get("datatype")
         shape = spec.get("shape")
-        if dtype_name not in V2_DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in V2_DTYPES:
             raise InvalidRequest(f"{field}: unknown datatype {dtype_name!r}", field=f"{field}.datatype")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise InvalidRequest(f"{field}: 'shape' must be a list of sizes", field=f"{field}.shape")
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = _v2_parameters(spec, f"{field}.parameters").get("binary_data_size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise InvalidRequest(f"{field}: binary_data_size must be a size in bytes", field=f"{field}.parameters")
         count = int(np.prod(shape)) if shape else 1
         if size is not None:
             chunk = binary[offset : offset + size]
@@ -678,7 +706,7 @@ def _v2_inputs(inputs: list[Any], binary: bytes) -> dict[str, np.ndarray]:
             data = spec["data"]
             try:
                 arr = np.asarray(data, dtype=V2_DTYPES[dtype_name] if dtype_name != "BYTES" else object)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:
                 raise InvalidRequest(f"{field}: data does not match datatype {dtype_name}: {exc}", field=f"{field}.data") from None
         if arr.size != count:
             raise InvalidRequest(f"{field}: {arr.size} values do not fill shape {shape}", field=f"{field}.shape")

@@ -4,6 +4,7 @@ and a self-contained docs page (no CDN: it works offline and behind the Jupyter 
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import orjson
@@ -17,7 +18,8 @@ def _row_schemas(sig: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, 
         return {"type": "array"}, {"type": "object"}
     if sig["kind"] == "tensor":
         width = sig["shape"][1] if len(sig["shape"]) > 1 else None
-        item = {"type": "integer" if sig["dtype"].startswith(("int", "uint")) else "number"}
+        # JSON true and false read as 1 and 0 in numbers, as NumPy and pandas read them
+        item = {"type": ["integer" if sig["dtype"].startswith(("int", "uint")) else "number", "boolean"]}
         row: dict[str, Any] = {"type": "array", "items": item}
         if isinstance(width, int) and width > 0:
             row.update(minItems=width, maxItems=width)
@@ -26,9 +28,11 @@ def _row_schemas(sig: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, 
     for c in sig["columns"]:
         t = _JSON_TYPE.get(c["type"])
         props[c["name"]] = {"type": t} if t else {}
-        # null only where the signature lets the column lack a value (older signatures: floats)
+        types = [t, "boolean"] if t in ("number", "integer") else [t]  # true/false read as 1/0
         if t and c.get("missing", c["type"] == "float"):
-            props[c["name"]] = {"type": [t, "null"]}
+            types.append("null")  # only where the signature lets the column lack a value
+        if t:
+            props[c["name"]] = {"type": types if len(types) > 1 else t}
     names = [c["name"] for c in sig["columns"]]
     record = {"type": "object", "properties": props, "required": names, "additionalProperties": False}
     row = {
@@ -39,6 +43,55 @@ def _row_schemas(sig: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, 
         "description": "values in this order: " + ", ".join(names),
     }
     return row, record
+
+
+_CSV_NUMBER = r"-?[0-9]{1,15}(\.[0-9]{1,15})?"
+
+
+def _csv_schema(sig: dict[str, Any] | None) -> dict[str, Any]:
+    """A CSV body as pandas reads it: a header line, then rows of the signature's width."""
+    schema: dict[str, Any] = {"type": "string", "description": "a header line with the column names, then one line per row"}
+    if not sig:
+        return schema
+    if sig["kind"] == "tensor":
+        if len(sig["shape"]) != 2 or not isinstance(sig["shape"][1], int) or sig["shape"][1] < 1:
+            return schema
+        header, cells = ",".join(f"c{i}" for i in range(sig["shape"][1])), [_CSV_NUMBER] * sig["shape"][1]
+    else:
+        names = [c["name"] for c in sig["columns"]]
+        if any(ch in n for n in names for ch in ',"\n\r') or any(c["type"] not in ("integer", "float") for c in sig["columns"]):
+            return schema
+        header = ",".join(re.escape(n) for n in names)
+        cells = [(f"({_CSV_NUMBER})?" if c.get("missing", c["type"] == "float") else _CSV_NUMBER)
+                 if c["type"] == "float" else "-?[0-9]{1,15}" for c in sig["columns"]]
+    schema["pattern"] = "^" + header + "\n(" + ",".join(cells) + "\n){1,20}$"
+    return schema
+
+
+_TENSOR_DATA = {"type": "array", "minItems": 1, "items": {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}, {"type": "array"}]}}
+#: The Open Inference Protocol's inference_request (open_inference_rest.yaml), with the
+#: datatypes it names; each input's data must fill its shape, which no JSON schema can say.
+V2_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["name", "shape", "datatype", "data"],
+            "properties": {
+                "name": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "datatype": {"enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                                      "FP16", "FP32", "FP64", "BYTES"]},
+                "parameters": {"type": "object"},
+                "data": _TENSOR_DATA,
+            },
+        }},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}},
+    },
+}
 
 
 def build_openapi(app) -> dict[str, Any]:
@@ -57,21 +110,34 @@ def build_openapi(app) -> dict[str, Any]:
         m = route.models[0]
         row, record = _row_schemas(m.meta.get("signature"))
         example = m.meta.get("input_example")
-        score_schema = {
-            "type": "object",
-            "required": ["data"],
-            "properties": {"data": {"type": "array", "items": {"oneOf": [row, record]}}},
-        }
+        sig = m.meta.get("signature")
+        # all rows positional, or all records (the first row decides)
+        rows = {"oneOf": [{"type": "array", "minItems": 1, "items": row}, {"type": "array", "minItems": 1, "items": record}]}
+        if row == record:  # a tensor: rows only
+            rows = {"type": "array", "minItems": 1, "items": row}
+        score_schema = {"type": "object", "required": ["data"], "properties": {"data": rows}}
+        split: dict[str, Any] = {"type": "object", "required": ["data"],
+                                 "properties": {"data": {"type": "array", "minItems": 1, "items": row}}}
+        inputs: dict[str, Any] = rows
+        if sig and sig.get("kind") == "columns":
+            names = [c["name"] for c in sig["columns"]]
+            split["properties"]["columns"] = {"const": names}
+            inputs = {"oneOf": [rows, {
+                "type": "object", "required": names, "additionalProperties": False,
+                "properties": {n: {"type": "array", "minItems": 1, "maxItems": 1, "items": record["properties"][n]} for n in names},
+                "description": "one list of values per column (one value each here; equal lengths in general)",
+            }]}
         mlflow_schema = {
             "type": "object",
             "properties": {
-                "dataframe_split": {"type": "object", "properties": {"columns": {"type": "array"}, "data": {"type": "array", "items": row}}},
-                "dataframe_records": {"type": "array", "items": record},
-                "instances": {"type": "array", "items": {"oneOf": [row, record]}},
-                "inputs": {},
+                "dataframe_split": split,
+                "dataframe_records": {"type": "array", "minItems": 1, "items": record},
+                "instances": rows,
+                "inputs": inputs,
             },
             "minProperties": 1,
             "maxProperties": 1,
+            "additionalProperties": False,
         }
         prefixes = [("", route_name)] if route is app.default else []
         prefixes.append((f"/models/{route_name}", route_name))
@@ -93,7 +159,7 @@ def build_openapi(app) -> dict[str, Any]:
                     "summary": f"Score with {m.ref} (MLflow scoring protocol)",
                     "operationId": f"invocations_{name}{'_default' if not prefix else ''}",
                     "security": security,
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": mlflow_schema}, "text/csv": {"schema": {"type": "string"}}}},
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": mlflow_schema}, "text/csv": {"schema": _csv_schema(m.meta.get("signature"))}}},
                     "responses": {"200": {"description": "predictions", "content": {"application/json": {"schema": {"type": "object", "properties": {"predictions": {"type": "array"}}}}}}, **errors},
                 }
             }
@@ -102,7 +168,7 @@ def build_openapi(app) -> dict[str, Any]:
                 "summary": f"Score with {m.ref} (Open Inference Protocol v2)",
                 "operationId": f"v2_infer_{route_name}",
                 "security": security,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {"inputs": {"type": "array"}}}}}},
+                "requestBody": {"required": True, "content": {"application/json": {"schema": V2_REQUEST}}},
                 "responses": {"200": {"description": "outputs"}, **errors},
             }
         }

@@ -116,10 +116,10 @@ def test_health_metadata_openapi_docs(served, http):
     assert [c["name"] for c in model["signature"]["columns"]] == list(served["X"].columns)
     spec = http.get(f"{d.url}/openapi.json").json()
     schema = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    record = schema["properties"]["data"]["items"]["oneOf"][1]
+    record = schema["properties"]["data"]["oneOf"][1]["items"]
     assert record["required"] == list(served["X"].columns)
-    # iris was registered with no missing value anywhere: no column takes null
-    assert record["properties"]["sepal length (cm)"] == {"type": "number"}
+    # iris was registered with no missing value anywhere: no column takes null (true/false read as 1/0)
+    assert record["properties"]["sepal length (cm)"] == {"type": ["number", "boolean"]}
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     page = http.get(f"{d.url}/docs")
     assert page.status_code == 200 and "sepal length (cm)" in page.text and "<script>" in page.text
@@ -194,8 +194,9 @@ def test_allow_missing_lets_a_model_that_takes_nan_have_it(module_home, http):
         assert r.status_code == 422 and r.json()["field"] == "b"
         # the OpenAPI document says the same
         spec = http.get(f"{d.url}/openapi.json").json()
-        props = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["data"]["items"]["oneOf"][1]["properties"]
-        assert props == {"a": {"type": ["number", "null"]}, "b": {"type": "number"}, "c": {"type": ["number", "null"]}}
+        props = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["data"]["oneOf"][1]["items"]["properties"]
+        assert props == {"a": {"type": ["number", "boolean", "null"]}, "b": {"type": ["number", "boolean"]},
+                         "c": {"type": ["number", "boolean", "null"]}}
     finally:
         d.delete()
     with pytest.raises(ml.InvalidInput, match="allow_missing names 'z', not a column"):
