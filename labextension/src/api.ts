@@ -110,3 +110,27 @@ export const deleteDeployment = (name: string) =>
   request<{ deleted: boolean }>(`deployments/${encodeURIComponent(name)}`, {
     method: 'DELETE'
   });
+
+export interface IDriftRow {
+  feature: string;
+  kind: string;
+  psi?: number | null;
+  ks_pvalue?: number | null;
+  chi2_pvalue?: number | null;
+  js_distance?: number | null;
+  drifted: boolean;
+}
+
+export interface IMonitorView {
+  deployment: string;
+  since: string;
+  spec: any;
+  drift: IDriftRow[];
+  reference: string | null;
+  generated_at: number;
+}
+
+export const getMonitor = (name: string, since: string) =>
+  request<IMonitorView>(
+    `deployments/${encodeURIComponent(name)}/monitor?since=${encodeURIComponent(since)}`
+  );

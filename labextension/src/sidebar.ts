@@ -71,6 +71,8 @@ function button(
 export interface ISidebarOptions {
   notebooks: INotebookTracker | null;
   refreshSeconds: number;
+  /** Opens the kernel-free monitoring panel of a deployment in the main area. */
+  openMonitor?: (deployment: string) => void;
 }
 
 export class MlopsSidebar extends Widget {
@@ -81,6 +83,7 @@ export class MlopsSidebar extends Widget {
     this.title.icon = rocketIcon;
     this.title.caption = 'mlops_lab: models and deployments';
     this._notebooks = options.notebooks;
+    this._openMonitor = options.openMonitor ?? null;
     this._message = h('div', { class: 'mlops-lab-message', 'data-test-id': 'mlops-message' });
     this._models = h('div', { class: 'mlops-lab-list', 'data-test-id': 'mlops-models' });
     this._deployments = h('div', { class: 'mlops-lab-list', 'data-test-id': 'mlops-deployments' });
@@ -220,6 +223,9 @@ export class MlopsSidebar extends Widget {
           h('div', { class: 'mlops-lab-actions' },
             button('Copy URL', 'mlops-copy-url', 'Copy the scoring URL (through this Jupyter server)', () => this._copyUrl(d)),
             button('Docs', 'mlops-open-docs', "Open the endpoint's API docs", () => this._openDocs(d)),
+            this._openMonitor
+              ? button('Monitor', 'mlops-open-monitor', 'Open the monitoring chart and drift table (no kernel needed)', () => this._openMonitor?.(d.name))
+              : null,
             button('%monitor', 'mlops-insert-monitor', 'Insert a %monitor cell into the active notebook', () => this._insertMonitor(d)),
             button('Roll back', 'mlops-rollback', 'Serve the previous revision again', () => void this._rollback(d)),
             DOWN.includes(d.status)
@@ -302,6 +308,7 @@ export class MlopsSidebar extends Widget {
     await this.refresh();
   }
 
+  private _openMonitor: ((deployment: string) => void) | null;
   private _notebooks: INotebookTracker | null;
   private _message: HTMLElement;
   private _models: HTMLElement;

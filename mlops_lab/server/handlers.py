@@ -15,7 +15,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from ..errors import DeploymentFailed, MlopsLabError
+from ..errors import DeploymentFailed, InvalidInput, MlopsLabError
 
 NAME = r"(?P<name>[^/]+)"  # the core validates names, with a precise message
 
@@ -150,6 +150,38 @@ class DeploymentActionHandler(_Base):
         self.reply(d.to_dict())
 
 
+class MonitorHandler(_Base):
+    """The monitoring chart of a deployment as a Vega-Lite v5 spec (JupyterLab draws it with the
+    Vega it ships, nothing fetched from elsewhere) and its drift table, for the main-area panel
+    the sidebar opens: no kernel needed."""
+
+    WINDOWS = ("15min", "1h", "6h", "24h", "7d")
+
+    @tornado.web.authenticated
+    @domain_errors
+    async def get(self, name: str) -> None:
+        since = self.get_query_argument("since", "1h")
+        if since not in self.WINDOWS:
+            raise InvalidInput(f"unknown window {since!r}", hint="windows: " + ", ".join(self.WINDOWS))
+        self.reply(await self.call(monitor_view, name, since))
+
+
+def monitor_view(name: str, since: str) -> dict[str, Any]:
+    """What the panel shows: the chart's spec, the drift table's rows, the time it was made."""
+    import time
+
+    from ..deployers.api import get_deployment
+    from ..monitoring.api import drift, monitor
+
+    get_deployment(name)  # an unknown deployment is a 404 naming it, not an empty chart
+    chart = monitor(name, since=since)
+    table = drift(name, window=since)
+    keep = [c for c in ("feature", "kind", "psi", "ks_pvalue", "chi2_pvalue", "js_distance", "drifted") if c in table.columns]
+    rows = json.loads(table[keep].to_json(orient="records")) if len(table) else []
+    return {"deployment": name, "since": since, "spec": chart.vegalite(), "drift": rows,
+            "reference": table.attrs.get("reference"), "generated_at": time.time()}
+
+
 # -- the proxy -------------------------------------------------------------------------------------
 
 # Headers that belong to the hop between the browser and Jupyter, never to the deployment: the
@@ -227,5 +259,6 @@ ROUTES = [
     (r"/mlops-lab/api/deployments/?", DeploymentsHandler),
     (rf"/mlops-lab/api/deployments/{NAME}/?", DeploymentHandler),
     (rf"/mlops-lab/api/deployments/{NAME}/(?P<action>rollback|promote|restart)/?", DeploymentActionHandler),
+    (rf"/mlops-lab/api/deployments/{NAME}/monitor/?", MonitorHandler),
     (rf"/mlops-lab/proxy/{NAME}/(?P<path>.*)", ProxyHandler),
 ]

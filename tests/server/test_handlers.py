@@ -172,3 +172,23 @@ async def test_a_hung_probe_is_bounded_and_does_not_block_the_server(jp_fetch, r
     assert body["deployments"][0]["status"] == "unhealthy"
     assert body["deployments"][0]["status_reason"] == "no answer within 1 s"
     assert elapsed < 3.0
+
+
+async def test_monitor_view_gives_the_chart_spec_and_the_drift_table(jp_fetch, registered):
+    import asyncio
+
+    X = registered
+    d = await asyncio.to_thread(ml.deploy, "iris:1", name="svc", collect={"flush_seconds": 0.2}, progress=False)
+    for i in range(5):
+        await asyncio.to_thread(d.predict, X.iloc[i * 2 : i * 2 + 2])
+    await asyncio.sleep(1.0)  # one flush
+    code, view = await get_json(jp_fetch, "mlops-lab", "api", "deployments", "svc", "monitor", params={"since": "15min"})
+    assert code == 200 and view["deployment"] == "svc" and view["since"] == "15min"
+    # the Vega-Lite v5 spec JupyterLab's renderer draws, with this deployment's data in it
+    assert view["spec"]["$schema"].endswith("/vega-lite/v5.json") and view["spec"]["title"]["text"] == "Deployment svc"
+    assert {r["feature"] for r in view["drift"]} >= set(X.columns) and all("drifted" in r for r in view["drift"])
+    # an unknown deployment and an unknown window get their 4xx, naming them
+    code, err = await error_of(jp_fetch, "mlops-lab", "api", "deployments", "nope", "monitor")
+    assert code == 404 and "nope" in err["message"]
+    code, err = await error_of(jp_fetch, "mlops-lab", "api", "deployments", "svc", "monitor", params={"since": "2y"})
+    assert code == 422 and "unknown window '2y'" in err["message"]

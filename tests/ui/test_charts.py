@@ -137,3 +137,41 @@ def test_monitor_panel_draws_its_chart_with_no_network(lab, offline, tmp_path, i
         page.screenshot(path=str(OUT / "monitor-panel-jupyterlab.png"))
     finally:
         d.delete()
+
+
+def test_sidebar_monitor_panel_draws_chart_and_drift_with_no_kernel_and_no_network(lab, offline, iris, trained):
+    # Given a deployment whose traffic drifted on one feature
+    X, _ = iris
+    ml.register_model(trained, "iris", sample_input=X.iloc[:3], baseline=X)
+    d = ml.deploy("iris:1", name="svc", collect={"flush_seconds": 0.2}, progress=False)
+    try:
+        for i in range(20):
+            batch = X.sample(5, random_state=i).copy()
+            batch["petal length (cm)"] += 3.0
+            d.predict(batch)
+        page = offline.new_page()
+        page.goto(f"{lab}/lab?token={TOKEN}")
+        # When the user opens the sidebar and clicks Monitor on the deployment (no notebook open)
+        page.locator("li[data-id='mlops-lab-sidebar']").click(timeout=60_000)
+        svc = page.locator("#mlops-lab-sidebar [data-test-id='mlops-deployment-svc']")
+        svc.locator("[data-test-id='mlops-open-monitor']").click(timeout=30_000)
+        panel = page.locator("[data-test-id='mlops-monitor-panel']")
+        # Then a main-area panel draws the chart with JupyterLab's own Vega renderer
+        chart = panel.locator(".jp-RenderedVegaCommon5").first
+        playwright.expect(chart).to_be_visible(timeout=60_000)
+        chart.locator("canvas, svg").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        assert chart.evaluate(DRAWN)["marks"] > 2000
+        # with the drift table flagging the shifted feature, and no kernel was started for it
+        playwright.expect(panel.locator("[data-test-id='mlops-drift-petal length (cm)']")).to_have_attribute("data-drifted", "true")
+        assert panel.locator("[data-test-id='mlops-monitor-status']").get_attribute("data-kind") == "ok"
+        kernels = page.evaluate("""async () => (await (await fetch('/api/kernels')).json()).length""")
+        assert kernels == 0
+        # another window redraws
+        panel.locator("[data-test-id='mlops-window-24h']").click()
+        playwright.expect(panel.locator("[data-test-id='mlops-monitor-status']")).to_contain_text("24h", timeout=30_000)
+        assert offline.refused == []
+        OUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUT / "sidebar-monitor-panel.png"))
+    finally:
+        d.delete()
