@@ -5,6 +5,7 @@ import { MimeModel, IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { Widget } from '@lumino/widgets';
 
 import { IDriftRow, IMonitorView, getMonitor } from './api';
+import { RefreshingWidget } from './refreshing';
 
 const VEGALITE = 'application/vnd.vegalite.v5+json';
 const WINDOWS = ['15min', '1h', '6h', '24h', '7d'];
@@ -24,13 +25,13 @@ function num(value: number | null | undefined, digits = 3): string {
   return value === null || value === undefined ? '' : value.toFixed(digits);
 }
 
-export class MonitorPanel extends Widget {
+export class MonitorPanel extends RefreshingWidget {
   constructor(
     readonly deployment: string,
     private readonly _rendermime: IRenderMimeRegistry,
     refreshSeconds: number
   ) {
-    super();
+    super(refreshSeconds);
     this.id = `mlops-lab-monitor-${deployment}`;
     this.addClass('mlops-lab-monitor');
     this.title.label = `Monitor ${deployment}`;
@@ -50,20 +51,6 @@ export class MonitorPanel extends Widget {
     this._chart = el('div', { class: 'mlops-lab-monitor-chart', 'data-test-id': 'mlops-monitor-chart' });
     this._table = el('div', { class: 'mlops-lab-monitor-drift', 'data-test-id': 'mlops-monitor-drift' });
     this.node.append(bar, this._chart, el('h3', {}, 'Drift against the reference'), this._table);
-    this._timer = window.setInterval(() => {
-      if (this.isVisible) {
-        void this.refresh();
-      }
-    }, refreshSeconds * 1000);
-  }
-
-  dispose(): void {
-    window.clearInterval(this._timer);
-    super.dispose();
-  }
-
-  protected onAfterShow(): void {
-    void this.refresh();
   }
 
   async refresh(): Promise<void> {
@@ -128,7 +115,6 @@ export class MonitorPanel extends Widget {
 
   private _since = '1h';
   private _busy = false;
-  private _timer: number;
   private _status: HTMLElement;
   private _chart: HTMLElement;
   private _table: HTMLElement;

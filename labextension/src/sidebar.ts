@@ -4,7 +4,6 @@ import { Clipboard, Dialog, showDialog } from '@jupyterlab/apputils';
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
-import { Widget } from '@lumino/widgets';
 
 import {
   IDeployment,
@@ -16,6 +15,7 @@ import {
   restart,
   rollback
 } from './api';
+import { RefreshingWidget } from './refreshing';
 
 const ROCKET =
   '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16"><path class="jp-icon3" fill="#616161" ' +
@@ -75,9 +75,9 @@ export interface ISidebarOptions {
   openMonitor?: (deployment: string) => void;
 }
 
-export class MlopsSidebar extends Widget {
+export class MlopsSidebar extends RefreshingWidget {
   constructor(options: ISidebarOptions) {
-    super();
+    super(options.refreshSeconds);
     this.id = 'mlops-lab-sidebar';
     this.addClass('mlops-lab-sidebar');
     this.title.icon = rocketIcon;
@@ -96,20 +96,6 @@ export class MlopsSidebar extends Widget {
       h('h3', {}, 'Models'),
       this._models
     );
-    this._timer = window.setInterval(() => {
-      if (this.isVisible) {
-        void this.refresh();
-      }
-    }, options.refreshSeconds * 1000);
-    void this.refresh();
-  }
-
-  dispose(): void {
-    window.clearInterval(this._timer);
-    super.dispose();
-  }
-
-  protected onAfterShow(): void {
     void this.refresh();
   }
 
@@ -313,5 +299,4 @@ export class MlopsSidebar extends Widget {
   private _message: HTMLElement;
   private _models: HTMLElement;
   private _deployments: HTMLElement;
-  private _timer: number;
 }
