@@ -51,15 +51,19 @@ class MlopsLabMagics(Magics):
     @argument("--sample", metavar="VAR", help="variable with a sample input (gives the signature)")
     @argument("--baseline", metavar="VAR", help="variable with training data (reference for drift)")
     @argument("--description", default="", help="description")
+    @argument("--allow-missing", nargs="*", metavar="COLUMN",
+              help="columns in which the model takes missing values (none given: every column)")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
     def register_model(self, args):
         """Register the model held by a variable as the next version of --name."""
         from .registry.api import register_model
 
+        # magic_arguments keeps the quotes of a quoted name ("petal length (cm)")
+        allow = None if args.allow_missing is None else ([a.strip("'\"") for a in args.allow_missing] or True)
         return register_model(
             self._var(args.var), args.name, tags=key_values(args.tags, '--tags team=growth'), description=args.description,
-            sample_input=self._var(args.sample), baseline=self._var(args.baseline),
+            sample_input=self._var(args.sample), baseline=self._var(args.baseline), allow_missing=allow,
         )
 
     @line_magic

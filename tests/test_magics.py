@@ -44,6 +44,15 @@ def test_register_deploy_update_rollback_undeploy(shell, iris, trained):
     assert mv.signature["kind"] == "columns"
     shell.run_line_magic("register_model", "clf --name iris")
     assert [m.name for m in shell.run_line_magic("models", "")] == ["iris"]
+    # --allow-missing names the columns the model takes missing values in (alone: every column)
+    one = shell.run_line_magic("register_model", 'clf --name gaps --sample X --allow-missing "petal length (cm)"')
+    assert [c["name"] for c in one.signature["columns"] if c["missing"]] == ["petal length (cm)"]
+    every = shell.run_line_magic("register_model", "clf --name gaps --sample X --allow-missing")
+    assert all(c["missing"] for c in every.signature["columns"])
+    import mlops_lab as ml
+
+    ml.delete_model_version("gaps:1")
+    ml.delete_model_version("gaps:2")
     assert [v.ref for v in shell.run_line_magic("models", "iris")] == ["iris:2", "iris:1"]
     d = shell.run_line_magic("deploy", "iris:1 --name svc")
     assert d.predict(X.iloc[:2]) == trained.predict(X.iloc[:2]).tolist()
