@@ -361,27 +361,7 @@ class ScoringApp:
             if model.raw_body:
                 raise InvalidRequest("this deployment runs an entry script: use POST /score", field="path")
             body = await self._body(request)
-            header_len = request.headers.get("inference-header-content-length")
-            binary = b""
-            if header_len is not None:
-                n = int(header_len)
-                body, binary = body[:n], body[n:]
-            doc = self._json(body)
-            if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-                raise InvalidRequest("the body needs a non-empty 'inputs' list", field="inputs")
-            arrays = _v2_inputs(doc["inputs"], binary)
-            spec = model.spec
-            first_name, first = next(iter(arrays.items()))
-            if spec.kind == "columns" and len(arrays) == 1 and first.ndim == 2 and first_name not in spec.index:
-                # One [N, F] tensor for a tabular model, as KServe's and MLServer's
-                # scikit-learn runtimes take it: its columns in the signature's order.
-                chunk = spec.from_array(first, "inputs[0]")
-            elif spec.kind == "columns" or (spec.kind is None and len(arrays) > 1):
-                chunk = model.spec.from_columns({k: v.reshape(len(v), -1)[:, 0].tolist() if v.ndim > 1 else v.tolist() for k, v in arrays.items()}, "inputs")
-            else:
-                if len(arrays) != 1:
-                    raise InvalidRequest(f"this model takes one input tensor, got {len(arrays)}", field="inputs")
-                chunk = model.spec.from_array(next(iter(arrays.values())), "inputs[0]")
+            doc, chunk = self._v2_parse(model, body, request.headers.get("inference-header-content-length"))
             model.stats.rows += chunk.n
             out = await model.predict(chunk)
             arr = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out)
@@ -419,6 +399,35 @@ class ScoringApp:
             self.counters.request(model.ref if model is not None else "", "v2_infer", exc.http_status, time.perf_counter() - t0)
             self._collect(model, request_id, t0, exc.http_status, None, None, getattr(exc, "error_id", None))
             return self._error(exc, request_id, v2=True)
+
+    def _v2_parse(self, model: ServedModel, body: bytes, header_len: str | None):
+        """An inference request's JSON (and binary tensors after it) -> (document, chunk)."""
+        binary = b""
+        if header_len is not None:
+            try:
+                n = int(header_len)
+            except ValueError:
+                n = -1
+            if not 0 <= n <= len(body):
+                raise MalformedRequest("Inference-Header-Content-Length must be the JSON part's size in bytes",
+                                       field="Inference-Header-Content-Length")
+            body, binary = body[:n], body[n:]
+        doc = self._json(body)
+        if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+            raise InvalidRequest("the body needs a non-empty 'inputs' list", field="inputs")
+        arrays = _v2_inputs(doc["inputs"], binary)
+        spec = model.spec
+        first_name, first = next(iter(arrays.items()))
+        if spec.kind == "columns" and len(arrays) == 1 and first.ndim == 2 and first_name not in spec.index:
+            # One [N, F] tensor for a tabular model, as KServe's and MLServer's scikit-learn
+            # runtimes take it: its columns in the signature's order.
+            return doc, spec.from_array(first, "inputs[0]")
+        if spec.kind == "columns" or (spec.kind is None and len(arrays) > 1):
+            columns = {k: v.reshape(len(v), -1)[:, 0].tolist() if v.ndim > 1 else v.tolist() for k, v in arrays.items()}
+            return doc, spec.from_columns(columns, "inputs")
+        if len(arrays) != 1:
+            raise InvalidRequest(f"this model takes one input tensor, got {len(arrays)}", field="inputs")
+        return doc, spec.from_array(first, "inputs[0]")
 
     # -- app -------------------------------------------------------------------------------
 

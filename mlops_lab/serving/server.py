@@ -309,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s: %s", type(exc).__name__, exc)
         print(f"FAILED {type(exc).__name__}: {exc}", flush=True)
         return 3
+    from . import tracing
+
+    if tracing.configured():  # OTEL_* set: spans around the stages (nothing otherwise)
+        tracer = tracing.tracer_from_env(app.deployment)
+        if tracer is not None:
+            tracing.install(app, tracer)
+            log.info("tracing requests with OpenTelemetry")
     if args.fd is not None:
         shared = socket.socket(fileno=args.fd)
     else:
