@@ -361,22 +361,13 @@ class ScoringApp:
             if model.raw_body:
                 raise InvalidRequest("this deployment runs an entry script: use POST /score", field="path")
             body = await self._body(request)
-            doc, chunk = self._v2_parse(model, body, request.headers.get("inference-header-content-length"))
+            doc, chunk, want_binary = self._v2_parse(model, body, request.headers.get("inference-header-content-length"))
             model.stats.rows += chunk.n
             out = await model.predict(chunk)
             arr = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out)
             model.stats.requests += 1
             self.counters.request(model.ref, "v2_infer", 200, time.perf_counter() - t0, chunk.n)
             self._collect(model, request_id, t0, 200, chunk, out)
-            want_binary = bool(_v2_parameters(doc, "parameters").get("binary_data_output"))
-            outputs = doc.get("outputs") or []
-            if not isinstance(outputs, list):
-                raise InvalidRequest("'outputs' must be a list of objects", field="outputs")
-            for i, o in enumerate(outputs):
-                if not isinstance(o, dict):
-                    raise InvalidRequest(f"outputs[{i}] must be an object", field=f"outputs[{i}]")
-                if _v2_parameters(o, f"outputs[{i}].parameters").get("binary_data"):
-                    want_binary = True
             out_desc = {"name": model.output_name, "datatype": v2_datatype(arr), "shape": list(arr.shape)}
             resp = {"model_name": route.name, "model_version": str(model.version), "outputs": [out_desc]}
             if "id" in doc:
@@ -401,7 +392,8 @@ class ScoringApp:
             return self._error(exc, request_id, v2=True)
 
     def _v2_parse(self, model: ServedModel, body: bytes, header_len: str | None):
-        """An inference request's JSON (and binary tensors after it) -> (document, chunk)."""
+        """An inference request's JSON (and binary tensors after it) -> (document, chunk,
+        whether the outputs are wanted as binary), every part checked before the model runs."""
         binary = b""
         if header_len is not None:
             try:
@@ -415,19 +407,28 @@ class ScoringApp:
         doc = self._json(body)
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
             raise InvalidRequest("the body needs a non-empty 'inputs' list", field="inputs")
+        want_binary = bool(_v2_parameters(doc, "parameters").get("binary_data_output"))
+        outputs = doc.get("outputs") or []
+        if not isinstance(outputs, list):
+            raise InvalidRequest("'outputs' must be a list of objects", field="outputs")
+        for i, o in enumerate(outputs):
+            if not isinstance(o, dict):
+                raise InvalidRequest(f"outputs[{i}] must be an object", field=f"outputs[{i}]")
+            if _v2_parameters(o, f"outputs[{i}].parameters").get("binary_data"):
+                want_binary = True
         arrays = _v2_inputs(doc["inputs"], binary)
         spec = model.spec
         first_name, first = next(iter(arrays.items()))
         if spec.kind == "columns" and len(arrays) == 1 and first.ndim == 2 and first_name not in spec.index:
             # One [N, F] tensor for a tabular model, as KServe's and MLServer's scikit-learn
             # runtimes take it: its columns in the signature's order.
-            return doc, spec.from_array(first, "inputs[0]")
+            return doc, spec.from_array(first, "inputs[0]"), want_binary
         if spec.kind == "columns" or (spec.kind is None and len(arrays) > 1):
             columns = {k: v.reshape(len(v), -1)[:, 0].tolist() if v.ndim > 1 else v.tolist() for k, v in arrays.items()}
-            return doc, spec.from_columns(columns, "inputs")
+            return doc, spec.from_columns(columns, "inputs"), want_binary
         if len(arrays) != 1:
             raise InvalidRequest(f"this model takes one input tensor, got {len(arrays)}", field="inputs")
-        return doc, spec.from_array(first, "inputs[0]")
+        return doc, spec.from_array(first, "inputs[0]"), want_binary
 
     # -- app -------------------------------------------------------------------------------
 

@@ -81,3 +81,11 @@ def test_metrics_in_prometheus_text_in_process(app, iris):
     assert 'http_response_code="422"} 1' in text
     assert 'mlops_lab_rows_total{deployment="inproc",model_name="iris",model_version="1"} 6' in text
     assert call(app, "GET", "/metrics").json()["models"]["iris:1"]["requests"] == 4
+
+
+def test_a_v2_request_with_bad_outputs_is_refused_before_the_model_runs(app):
+    body = {**KSERVE_IRIS_V2, "outputs": ["predict"]}
+    r = call(app, "POST", "/v2/models/iris/infer", json=body)
+    assert r.status_code == 422 and r.json()["field"] == "outputs[0]"
+    stats = call(app, "GET", "/metrics").json()["models"]["iris:1"]
+    assert stats["rows"] == 0 and stats["requests"] == 1 and stats["errors"] == 1  # not scored, counted once
