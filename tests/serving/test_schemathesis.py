@@ -24,16 +24,18 @@ ST = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shut
 pytestmark = pytest.mark.skipif(ST is None, reason="schemathesis is not installed (pip install -e .[dev])")
 
 
-def _run(url: str, key: str, *extra: str) -> subprocess.CompletedProcess:
+def _run(url: str, key: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    # in a folder of the test's: schemathesis keeps a cache of the failures it found there, and
+    # replays them in later runs
     return subprocess.run(
         [ST, "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {key}", "--max-examples", "40",
          "--seed", "20261201", "--workers", "1", "--no-color", *extra],
-        capture_output=True, text=True, timeout=280, env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"},
+        capture_output=True, text=True, timeout=280, env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"}, cwd=cwd,
     )
 
 
 @pytest.mark.parametrize("kind", ["columns", "tensor"])
-def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(sqlite_registry, iris, trained, kind):
+def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(sqlite_registry, iris, trained, kind, tmp_path):
     import numpy as np
 
     X, _ = iris
@@ -44,10 +46,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(sqlite_regist
     d = ml.deploy("iris:1", name="svc", progress=False)
     try:
         v2 = "/v2/models/iris/infer"
-        everything_else = _run(d.url, d.keys["primary"], "--exclude-path", v2)
+        everything_else = _run(d.url, d.keys["primary"], tmp_path, "--exclude-path", v2)
         assert everything_else.returncode == 0, everything_else.stdout[-6000:]
         assert "passed" in everything_else.stdout.lower() or "no issues" in everything_else.stdout.lower()
-        infer = _run(d.url, d.keys["primary"], "--include-path", v2, "--exclude-checks", "positive_data_acceptance")
+        infer = _run(d.url, d.keys["primary"], tmp_path, "--include-path", v2, "--exclude-checks", "positive_data_acceptance")
         assert infer.returncode == 0, infer.stdout[-6000:]
     finally:
         d.delete()
