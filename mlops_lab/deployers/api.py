@@ -143,6 +143,18 @@ def deploy(
     reg = _registry()
     register = {"sample_input": sample_input, "baseline": baseline, "tags": tags, "properties": properties,
                 "description": description, "allow_missing": allow_missing}
+    # The settings are checked before anything is registered: a mistake there registers nothing
+    if workers < 1:
+        raise InvalidInput(f"workers must be at least 1, got {workers}")
+    if entry_script is not None and not Path(entry_script).is_file():
+        raise InvalidInput(f"entry script {entry_script} is not a file")
+    collect = _check_collect(collect)
+    if target_options:
+        allowed = _TARGET_OPTIONS.get(target, set())
+        unknown = sorted(set(target_options) - allowed)
+        if unknown:
+            raise InvalidInput(f"target {target!r} takes no option {unknown[0]!r}",
+                               hint=("its options: " + ", ".join(sorted(allowed))) if allowed else "it takes none")
     registered = None
     if not isinstance(ref, (list, tuple)) and not is_reference(ref):
         # A model object (or a file or folder path): step 1 registers it as the next version
@@ -157,10 +169,6 @@ def deploy(
         raise InvalidInput("deploy needs at least one model reference")
     resolved = [parse_ref(reg.resolve(r)) for r in refs]
     name = check_name(name or resolved[0].name, "deployment name")
-    if workers < 1:
-        raise InvalidInput(f"workers must be at least 1, got {workers}")
-    if entry_script is not None and not Path(entry_script).is_file():
-        raise InvalidInput(f"entry script {entry_script} is not a file")
     models: list[dict[str, Any]] = []
     seen: set[str] = set()
     for r in resolved:
@@ -172,16 +180,10 @@ def deploy(
         "batching": {"enabled": batching, "max_batch_rows": max_batch_rows, "max_wait_ms": max_wait_ms},
         "startup_timeout": startup_timeout,
         "drain_seconds": drain_seconds,
-        "collect": _check_collect(collect),
+        "collect": collect,
         "entry_script": str(Path(entry_script).resolve()) if entry_script else None,
     }
-    if target_options:
-        allowed = _TARGET_OPTIONS.get(target, set())
-        unknown = sorted(set(target_options) - allowed)
-        if unknown:
-            raise InvalidInput(f"target {target!r} takes no option {unknown[0]!r}",
-                               hint=("its options: " + ", ".join(sorted(allowed))) if allowed else "it takes none")
-        config.update(target_options)
+    config.update(target_options)
     deployer = _deployer(target, reg)
     prog = Progress(f"deploying {', '.join(str(r) for r in resolved)} as {name!r}", progress)
     keys = None

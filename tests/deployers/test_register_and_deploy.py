@@ -94,3 +94,11 @@ def test_magic_and_cli_register_and_deploy_in_one_command(sqlite_registry, tmp_p
         assert ml.get_deployment("fromfile").predict(X.iloc[:2].to_numpy()) == trained.predict(X.iloc[:2].to_numpy()).tolist()
     finally:
         ml.get_deployment("fromfile").delete()
+
+
+def test_a_wrong_setting_registers_nothing(sqlite_registry):
+    with pytest.raises(InvalidInput, match="workers must be at least 1"):
+        ml.deploy(Const(1.0), name="w", sample_input=np.zeros((2, 2)), workers=0, progress=False)
+    with pytest.raises(InvalidInput, match="unknown collect setting"):
+        ml.deploy(Const(1.0), name="w", collect={"nope": 1}, progress=False)
+    assert ml.list_models() == []
