@@ -85,10 +85,9 @@ def install(app: Any, tracer: Any) -> None:
                     return fn(*args, **kwargs)
         return traced
 
-    app._parse_score = child("parse", app._parse_score)
-    app._parse_invocations = child("parse", app._parse_invocations)
-    app._v2_parse = child("parse", app._v2_parse)
-    app._collect = child("collect", app._collect)
+    for protocol in app.protocols.values():
+        protocol.parse = child("parse", protocol.parse)
+    app.collect = child("collect", app.collect)
     for route in app.routes.values():
         for m in route.models:
             m.predict = child("predict", m.predict, {"mlops_lab.model": m.ref})

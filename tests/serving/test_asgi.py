@@ -5,12 +5,19 @@ what only a server shows: keep-alive, draining, several workers, tritonclient)."
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 
 import httpx
 import numpy as np
 import pytest
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
 
 import mlops_lab as ml
+from mlops_lab.errors import InvalidRequest
+from mlops_lab.serving.app import PROTOCOLS, ScoringApp
+from mlops_lab.serving.dataplane import Protocol, speaks
 from mlops_lab.serving.server import build_app
 
 KSERVE_IRIS_V2 = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32",
@@ -89,3 +96,54 @@ def test_a_v2_request_with_bad_outputs_is_refused_before_the_model_runs(app):
     assert r.status_code == 422 and r.json()["field"] == "outputs[0]"
     stats = call(app, "GET", "/metrics").json()["models"]["iris:1"]
     assert stats["rows"] == 0 and stats["requests"] == 1 and stats["errors"] == 1  # not scored, counted once
+
+
+class Lines(Protocol):
+    """A protocol of this test's own: one row of comma-separated numbers per line, answered one
+    prediction per line; its errors are plain text's 'ERROR <field>: <message>' in JSON."""
+
+    name = "lines"
+
+    def parse(self, model, body, request):
+        try:
+            rows = [[float(v) for v in line.split(",")] for line in body.decode().splitlines() if line]
+        except ValueError:
+            raise InvalidRequest("every line must hold numbers", field="body") from None
+        return model.spec.from_rows(rows, "body"), None
+
+    def answer(self, plane, route, model, out, ctx, request_id):
+        return Response("\n".join(str(v) for v in out) + "\n", media_type="text/plain", headers=plane.headers(request_id, model))
+
+    def error_body(self, exc, body):
+        return {"line": f"ERROR {body.get('field')}: {exc}"}
+
+    def routes(self):
+        @speaks(self)
+        async def lines(request):
+            return await self.plane.infer(request, self, None)
+
+        return [StarletteRoute("/lines", lines, methods=["POST"])]
+
+
+def test_a_new_protocol_is_one_class_over_the_shared_request_path(app, iris, trained, tmp_path):
+    """Given a protocol written only as parse, answer and error shape, when a server is built
+    with it beside the others, then it scores, is counted, and its errors (the signature's own
+    checks, and the key check) take its shape, while the other protocols answer as before."""
+    X, _ = iris
+    rows = X.iloc[:3]
+    served = ScoringApp(list(app.routes.values()), deployment="inproc", protocols=(*PROTOCOLS, Lines))
+    keyed = tmp_path / "keys.json"
+    keyed.write_text(json.dumps({"primary": hashlib.sha256(b"k").hexdigest()}))
+    locked = ScoringApp(list(app.routes.values()), keys_file=str(keyed), protocols=(*PROTOCOLS, Lines))
+    assert call(locked, "POST", "/lines", content="1,2,3,4").json()["line"].startswith("ERROR None: this deployment needs a key")
+    assert call(locked, "POST", "/lines", content="1,2,3,4", headers={"Authorization": "Bearer k"}).status_code == 200
+    body = "\n".join(",".join(str(v) for v in r) for r in rows.to_numpy().tolist())
+    r = call(served, "POST", "/lines", content=body)
+    assert r.status_code == 200 and r.text.split() == [str(v) for v in trained.predict(rows)]
+    assert r.headers["x-model-version"] == "iris:1"
+    bad = call(served, "POST", "/lines", content="1,2\n")  # too few columns: the signature refuses it
+    assert bad.status_code == 422 and bad.json()["line"].startswith("ERROR ") and "4" in bad.json()["line"]
+    assert call(served, "POST", "/lines", content="a,b").json() == {"line": "ERROR body: every line must hold numbers"}
+    assert call(served, "POST", "/invocations", json={"instances": [[1, 2]]}).json()["error_code"] == "BAD_REQUEST"
+    text = call(served, "GET", "/metrics?format=prometheus").text
+    assert 'endpoint="lines",http_response_code="200"} 1' in text and 'endpoint="lines",http_response_code="422"} 2' in text
