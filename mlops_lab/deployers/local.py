@@ -65,6 +65,8 @@ def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: 
         "body_limit": config.get("body_limit"),
         "batching": config.get("batching", {}),
         "collect": _collect_spec(registry.home, config.get("collect")),
+        # the revision's servers make their warm-up choices once, here (serving.server.share_choices)
+        "choices_file": str(folder / "choices.json"),
     }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "spec.json"

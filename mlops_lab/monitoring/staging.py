@@ -62,6 +62,7 @@ import logging
 import os
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ from .collector import CHUNK_RECORDS, Record, assemble, stored_inputs, write_par
 from .directio import round_up as _round_up
 
 log = logging.getLogger("mlops_lab.compactor")
+FINAL_PASS_S = 1.0  # once its server is gone, how long a compactor goes on compacting
 
 STAGING = "staging"
 _F8 = np.dtype(np.float64)
@@ -593,12 +595,22 @@ class IdleGate:
         return t1 > t0 and (i1 - i0) / (t1 - t0) >= self.threshold
 
     def wait(self, stop=lambda: False) -> None:
-        """Return once the machine was idle enough over one interval (or ``stop()``)."""
+        """Return once the machine was idle enough over one interval (or ``stop()``, asked
+        every fifth of a second)."""
         self._last = _cpu_times()
         while not stop():
-            time.sleep(self.interval)
-            if self.idle():
+            if _sleep(self.interval, stop) and self.idle():
                 return
+
+
+def _sleep(seconds: float, stop) -> bool:
+    """Sleep, waking every fifth of a second to ask ``stop()``; False when it said to stop."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if stop():
+            return False
+        time.sleep(min(left, 0.2))
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -617,15 +629,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed: set[Path] = set()
     gate = IdleGate(args.poll)
-    while root.is_dir():
+
+    def orphaned() -> bool:
+        return os.getppid() != args.parent or not root.is_dir()
+
+    while not orphaned():
         remove_stale(root)
         pending = [p for p in staged_files(root) if p not in failed]
         if not pending:
-            if os.getppid() != args.parent:
-                return 0  # the server is gone and nothing is left
-            time.sleep(args.poll)
+            _sleep(args.poll, orphaned)
             continue
-        gate.wait(stop=lambda: not root.is_dir())
+        gate.wait(stop=orphaned)
+        if orphaned():
+            break
         for path in pending:
             try:
                 compact_file(path, root)
@@ -634,6 +650,31 @@ def main(argv: list[str] | None = None) -> int:
                 failed.add(path)
             if not gate.idle():
                 break  # busy again: wait for the next idle spell
+    # The server is gone (stopped, replaced by an update, deleted): compact what it left for
+    # FINAL_PASS_S at normal priority, idle machine or not, then go, and leave the rest staged:
+    # readers read staged files as they read Parquet, and the next compactor on this folder
+    # takes them up. A compaction cut short leaves only its temporary file (remove_stale's), so
+    # a deployment's processes outlive it by no more than this.
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # inherited by the thread
+    except (AttributeError, OSError):
+        pass
+
+    def final_pass() -> None:
+        for path in staged_files(root) if root.is_dir() else ():
+            if path not in failed:
+                try:
+                    compact_file(path, root)
+                except Exception as exc:  # noqa: BLE001
+                    log.error("cannot compact %s: %s: %s", path, type(exc).__name__, exc)
+
+    worker = threading.Thread(target=final_pass, daemon=True)
+    worker.start()
+    worker.join(FINAL_PASS_S)
+    if worker.is_alive():
+        log.info("server gone: left what is not compacted yet staged")
+        sys.stderr.flush()
+        os._exit(0)  # not a normal exit: that would wait for the compaction
     return 0
 
 

@@ -96,6 +96,10 @@ class InputSpec:
         elif self.kind == "columns" and all(t == "float" for t in self.types):
             self.fast_width = len(self.columns)
         self._parser: Any = None
+        # Set at start-up when the model computes the same on a request's rows as an array as
+        # on a DataFrame (ServedModel.warm_up checks it): batches of arrays then skip the frame.
+        self.array_input = False
+        self._array_dtypes: dict[np.dtype, np.dtype] = {}
 
     def from_json(self, body: bytes, keys: tuple[str, ...], accept: tuple[str, ...], exclusive: bool = False) -> Chunk | None:
         """Rows of numbers read straight from the JSON text into a float64 array (simdjson),
@@ -394,6 +398,8 @@ class InputSpec:
 
         if all(c.form == "array" for c in chunks):
             arr = chunks[0].data if len(chunks) == 1 else np.concatenate([c.data for c in chunks])
+            if self.array_input:
+                return arr.astype(self._frame_dtype(arr.dtype), copy=False)
             df = pd.DataFrame(arr, columns=self.columns)
         else:
             rows = []
@@ -401,6 +407,27 @@ class InputSpec:
                 rows.extend(c.data.tolist() if c.form == "array" else c.data)
             df = pd.DataFrame.from_records(rows, columns=self.columns)
         return self._cast(df)
+
+    def takes_arrays(self) -> bool:
+        """Whether the signature's rows can reach a model as one array: numbers only (no
+        booleans, whose columns pandas would hold as objects beside numbers)."""
+        return self.kind == "columns" and all(t in _NUMERIC for t in self.types)
+
+    def _frame_dtype(self, have: np.dtype) -> np.dtype:
+        """The dtype of ``np.asarray`` of the frame :meth:`_dataframe` builds from an array of
+        dtype ``have``: each column cast as :meth:`_cast` casts it, then their common type."""
+        dtype = self._array_dtypes.get(have)
+        if dtype is None:
+            cols = []
+            for kind, want in zip(self.types, self.dtypes):
+                if kind == "integer" and have.kind != "i":
+                    cols.append(np.dtype(want if want and want[0] in "iu" else "int64"))
+                elif kind == "float" and have.kind != "f":
+                    cols.append(np.dtype(want if want and want.startswith("float") else "float64"))
+                else:
+                    cols.append(have)
+            dtype = self._array_dtypes[have] = np.result_type(*cols)
+        return dtype
 
     def frame(self, df):
         """A DataFrame (batch scoring) with the signature's columns, in order, of its types;

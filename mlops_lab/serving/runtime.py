@@ -19,6 +19,7 @@ import random
 import threading
 import time
 import traceback
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class ServedModel:
             getattr(self.model, "method", ""), "output"
         )
         self.inline = False
+        self.warm_call_s: float | None = None  # one predict call on the example, at warm-up
         self.can_batch = self.spec.batchable and not self.raw_body and self.batching.enabled
         # Names of the input columns in collected data.
         self.collect_types: list[str] | None = None
@@ -123,14 +125,41 @@ class ServedModel:
         n = len(out) if hasattr(out, "__len__") else None
         if n != chunk.n:
             self.can_batch = False
+        x = self._as_array(chunk, x, out)
         faster = self._faster(x, out)
         if faster is not None:
             t0 = time.perf_counter()
             faster(x)
             elapsed = time.perf_counter() - t0
         self.inline = elapsed < INLINE_BELOW_S
+        self.warm_call_s = elapsed
         log.info("%s warmed up: %.3f ms per call on %d rows, batching %s, %s", self.ref, elapsed * 1000,
                  chunk.n, "on" if self.can_batch else "off", "inline" if self.inline else "threaded")
+
+    def _as_array(self, chunk: Chunk, frame: Any, out: Any) -> Any:
+        """Give the model its rows as an array instead of a DataFrame (:mod:`.accel`) if it
+        answers the example exactly as it did on the frame; returns the input to use."""
+        from .accel import NO_NAMES_WARNING, same_output, takes_array
+
+        spec = self.spec
+        if not spec.takes_arrays() or chunk.form != "array" or not takes_array(getattr(self.model, "model", None), spec.columns):
+            return frame
+        # scikit-learn warns on every call that the array has no column names; they are the
+        # ones it was fitted with, in order (takes_array), and this process only serves models.
+        warnings.filterwarnings("ignore", message=NO_NAMES_WARNING, category=UserWarning)
+        spec.array_input = True
+        try:
+            x = spec.model_input([chunk])
+            same = same_output(self.model.predict(x), out)
+        except Exception as exc:  # noqa: BLE001 - the DataFrame stays
+            log.warning("%s: the model failed on its rows as an array (%s): kept the DataFrame", self.ref, exc)
+            same = False
+        if not same:
+            spec.array_input = False
+            log.info("%s: scored on a DataFrame (the model answers an array differently)", self.ref)
+            return frame
+        log.info("%s: scored on an array in the fitted column order, not a DataFrame (same results on the example)", self.ref)
+        return x
 
     def _faster(self, x: Any, out: Any) -> Any:
         """Swap in a faster call with the same results (:mod:`.accel`) if the model has one and

@@ -71,6 +71,7 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
     for served_models in routes.values():
         for s in served_models:
             s.warm_up()
+    share_choices(spec.get("choices_file"), [s for ms in routes.values() for s in ms])
     from ..monitoring.collector import CollectConfig, Collector
 
     collect = CollectConfig.from_spec(spec.get("collect"))
@@ -84,6 +85,44 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
         body_limit=int(spec.get("body_limit") or DEFAULT_BODY_LIMIT),
         collector=collector,
     )
+
+
+def share_choices(path: str | None, models: list[ServedModel]) -> None:
+    """Make the timing-based choices of warm-up (whether a model runs on the event loop or in a
+    thread) once per revision: the first server to warm up publishes its choices at ``path``
+    (written, then linked into place, so nobody reads half a file), every other server of the
+    revision takes them. Without it, two servers timing a model near the threshold could serve
+    it differently."""
+    if not path:
+        return
+    mine = {m.ref: {"inline": m.inline, "call_ms": None if m.warm_call_s is None else round(m.warm_call_s * 1000, 4)}
+            for m in models}
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(orjson.dumps(mine))
+        os.link(tmp, target)
+        log.info("warm-up choices for this revision made here: %s", mine)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:  # a read-only folder: this server decides for itself
+        log.warning("cannot share warm-up choices at %s (%s): decided here", path, exc)
+        return
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        theirs = orjson.loads(target.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        log.warning("cannot read the warm-up choices at %s (%s): decided here", path, exc)
+        return
+    for m in models:
+        choice = theirs.get(m.ref)
+        if choice is not None and choice.get("inline") is not None and choice["inline"] != m.inline:
+            log.info("%s: %s, as the revision's first server chose (%.3f ms a call there, %.3f ms here)",
+                     m.ref, "inline" if choice["inline"] else "threaded", choice.get("call_ms") or 0,
+                     (m.warm_call_s or 0) * 1000)
+            m.inline = bool(choice["inline"])
 
 
 def _libc():

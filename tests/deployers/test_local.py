@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 
 import httpx
@@ -152,6 +154,42 @@ def test_deleted_while_its_other_servers_start_leaves_no_server_behind(models):
     assert wait_until(lambda: not _servers_of(os.environ["MLOPS_LAB_HOME"]), timeout=30)
 
 
+class SlowInFirstProcess:
+    """Takes 5 ms a call in the first process that loads it and no time in the others: two
+    servers timing it at warm-up would choose differently (a thread, the event loop)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            self.slow = True
+        except FileExistsError:
+            self.slow = False
+
+    def predict(self, X):
+        if getattr(self, "slow", False):
+            time.sleep(0.005)
+        return np.zeros(len(X))
+
+
+def test_every_server_of_a_deployment_makes_the_same_warm_up_choice(models, tmp_path):
+    """Given a model that one server times as slow and the other as fast, when the deployment
+    runs two servers, then both run it the same way: the first to warm up chose for both."""
+    ml.register_model(SlowInFirstProcess(str(tmp_path / "first")), "uneven", sample_input=np.zeros((3, 2)))
+    d = ml.deploy("uneven", name="uneven", progress=False, workers=2, drain_seconds=0.2)
+    assert wait_until(lambda: len(d.status().details["servers"]) == 2, timeout=60)
+    log = d.logs(tail=200)
+    timed = dict(re.findall(r"pid=(\d+) INFO mlops_lab.serving: uneven:1 warmed up: .*, (inline|threaded)$", log, re.M))
+    taken = dict(re.findall(r"pid=(\d+) INFO mlops_lab.serving: uneven:1: (inline|threaded), as the revision's first server chose", log, re.M))
+    assert len(timed) == 2 and set(timed.values()) == {"inline", "threaded"}, log  # they timed it differently
+    final = {pid: taken.get(pid, choice) for pid, choice in timed.items()}
+    assert len(set(final.values())) == 1 and len(taken) == 1, log
+    assert d.predict([[0, 0]]) == [0.0]
+
+
 def test_update_right_after_deploy_waits_for_the_servers_starting(models):
     d = ml.deploy("m:1", name="svc", progress=False, workers=2, drain_seconds=0.2)
     d.update("m:2", progress=False)
@@ -242,6 +280,44 @@ def test_delete_is_idempotent_and_frees_port_and_version(models):
     with socket.create_server(("127.0.0.1", port)):
         pass  # the port is free again
     assert ml.delete_model_version("m:1") == "m:1"
+
+
+def test_no_process_of_a_deleted_deployment_outlives_it_by_2_s_on_a_busy_machine(models):
+    """Given a deployment whose servers have collected data, and every CPU kept busy (a
+    compactor otherwise waits for idle CPU before it compacts what its server staged), when it
+    is deleted, then within 2 s no process of it is left (servers, supervisor, compactors), and
+    every collected row still reads back."""
+    home = os.environ["MLOPS_LAB_HOME"]
+    d = ml.deploy("m:1", name="svc", progress=False, workers=2, drain_seconds=0.2)
+    with httpx.Client(timeout=30) as client:
+        for _ in range(300):
+            assert score(d, client).status_code == 200
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        d.delete()
+        t0 = time.monotonic()
+        assert wait_until(lambda: not _processes_of(home), timeout=30)
+        assert time.monotonic() - t0 <= 2.0, "a process of the deployment outlived it"
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    rows = ml.collected_data("svc")
+    assert len(rows) == 300 and set(rows["prediction"]) == {1.0}
+
+
+def _processes_of(home, module: bytes = b"mlops_lab.") -> set[int]:
+    """PIDs of the processes of this home folder's deployments whose command names ``module``."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and not _is_zombie(int(entry)):
+            try:
+                cmd = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if any(module in c for c in cmd) and any(str(home).encode() in c for c in cmd):
+                out.add(int(entry))
+    return out
 
 
 def _is_zombie(pid):

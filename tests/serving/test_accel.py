@@ -1,12 +1,16 @@
-"""Forests scored tree by tree (mlops_lab.serving.accel): the same bits as scikit-learn's own
-call, used by the server only after it checked that on the model's example."""
+"""Faster calls with the same results (mlops_lab.serving.accel): forests scored tree by tree,
+and models fitted on a DataFrame given their rows as an array; the same bits as scikit-learn's
+own call, used by the server only after it checked that on the model's example."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     ExtraTreesClassifier,
     ExtraTreesRegressor,
@@ -14,8 +18,11 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 import mlops_lab as ml
+from mlops_lab.deployers.base import wait_until
 from mlops_lab.registry.flavors import load_folder
 from mlops_lab.serving import accel
 from mlops_lab.serving.runtime import ServedModel
@@ -118,5 +125,129 @@ def test_a_deployed_forest_answers_what_scikit_learn_answers():
         got = d.predict(q)
         assert np.array_equal(np.asarray(got), rf.predict(q))
         assert "scored tree by tree" in d.logs(tail=50)
+    finally:
+        d.delete()
+
+
+# -- rows as an array for models fitted on a DataFrame ---------------------------------------
+
+FRAME = pd.DataFrame(X[:, :6], columns=[f"x{i}" for i in range(6)]).assign(
+    count=RNG.integers(0, 9, size=len(X)), flag_int=RNG.integers(0, 2, size=len(X)),
+)
+
+
+def _served_frame(name: str, model, tmp_path, frame=FRAME) -> ServedModel:
+    ml.register_model(model, name, sample_input=frame.head())
+    loaded, meta = load_folder(ml.download_model(f"{name}:1", tmp_path / name))
+    return ServedModel(name, 1, loaded, meta)
+
+
+def _requests(served: ServedModel, frame: pd.DataFrame):
+    """Request chunks as the protocols make them: rows of JSON numbers, 1 to 100 at a time, some
+    all-integer (an integer array), and a batch of several."""
+    spec = served.spec
+    rows = frame.to_numpy().tolist()
+    chunks = [spec.from_rows(rows[i:i + n]) for i, n in ((0, 1), (1, 7), (8, 100))]
+    ints = [[int(v) for v in r] for r in frame.round().to_numpy().tolist()[:5]]
+    chunks.append(spec.from_rows(ints))
+    return [[c] for c in chunks] + [chunks[:3]]
+
+
+def _frame_of(served: ServedModel, chunks) -> pd.DataFrame:
+    """What the server gave such models before: the signature's DataFrame."""
+    spec = served.spec
+    return spec._cast(pd.DataFrame(np.concatenate([c.data for c in chunks]), columns=spec.columns))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: LogisticRegression(max_iter=500),
+    lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)),
+    lambda: RandomForestClassifier(n_estimators=20, random_state=0),
+], ids=["logistic", "scaler+logistic", "forest"])
+def test_a_model_fitted_on_a_dataframe_is_scored_on_an_array_with_the_same_results(build, caplog, tmp_path):
+    model = build().fit(FRAME, Y_BIN)
+    served = _served_frame("framed", model, tmp_path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with caplog.at_level(logging.INFO, logger="mlops_lab.serving"):
+            served.warm_up()
+        assert served.spec.array_input and "scored on an array in the fitted column order" in caplog.text
+        for chunks in _requests(served, FRAME):
+            x = served.spec.model_input(chunks)
+            assert isinstance(x, np.ndarray)
+            got, want = served.model.predict(x), model.predict(_frame_of(served, chunks))
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert not [w for w in seen if "feature names" in str(w.message)]  # nothing for the server's log
+
+
+def test_an_all_integer_signature_gets_the_integer_array_the_frame_would_give(tmp_path):
+    frame = FRAME[["count", "flag_int"]]
+    model = LogisticRegression().fit(frame, Y_BIN)
+    served = _served_frame("ints", model, tmp_path, frame)
+    with warnings.catch_warnings():
+        served.warm_up()
+        chunk = served.spec.from_rows([[3.0, 1.0], [4, 0]])  # floats that are integers: a float array
+        x = served.spec.model_input([chunk])
+        assert x.dtype == np.int64 == np.asarray(_frame_of(served, [chunk])).dtype
+        assert np.array_equal(served.model.predict(x), model.predict(_frame_of(served, [chunk])))
+
+
+def test_models_that_need_the_dataframe_keep_it(tmp_path):
+    # columns picked by name, a string column, the user's code; columns fitted in another order
+    by_name = make_pipeline(ColumnTransformer([("s", StandardScaler(), ["x0", "x1"])]), LogisticRegression()).fit(FRAME, Y_BIN)
+    strings = FRAME.assign(colour=np.where(Y_BIN > 0, "red", "blue"))
+    onehot = make_pipeline(
+        ColumnTransformer([("num", StandardScaler(), list(FRAME.columns)), ("cat", OneHotEncoder(), ["colour"])]),
+        LogisticRegression(max_iter=500),
+    ).fit(strings, Y_BIN)
+    reordered = LogisticRegression().fit(FRAME[FRAME.columns[::-1]], Y_BIN)
+    assert not accel.takes_array(reordered, list(FRAME.columns))  # (its warm-up fails on the frame anyway)
+
+    class ByName:
+        def predict(self, X):
+            return (X["x0"] > 0).astype(int).to_numpy()
+
+    cases = [("by-name", by_name, FRAME), ("onehot", onehot, strings), ("user", ByName(), FRAME)]
+    for name, model, frame in cases:
+        served = _served_frame(name, model, tmp_path, frame)
+        served.warm_up()
+        assert not served.spec.array_input, name
+        chunk = served.spec.from_rows(frame.head(20).to_dict("records"))
+        x = served.spec.model_input([chunk])
+        assert isinstance(x, pd.DataFrame), name
+        assert np.array_equal(served.model.predict(x), model.predict(frame.head(20))), name
+
+
+def test_an_array_that_answers_otherwise_keeps_the_dataframe(monkeypatch, caplog, tmp_path):
+    """Replaces ``accel.takes_array`` with one that says yes to a model which answers an array
+    otherwise than the frame (as a change in scikit-learn's conversions would): the server
+    must notice it on the example."""
+
+    class Differs:
+        def predict(self, X):
+            return np.zeros(len(X)) if isinstance(X, pd.DataFrame) else np.ones(len(X))
+
+    monkeypatch.setattr(accel, "takes_array", lambda model, columns: True)
+    served = _served_frame("differs", Differs(), tmp_path)
+    with caplog.at_level(logging.INFO, logger="mlops_lab.serving"):
+        served.warm_up()
+    assert not served.spec.array_input and "answers an array differently" in caplog.text
+    assert isinstance(served.spec.model_input([served.spec.from_rows(FRAME.head(2).to_numpy().tolist())]), pd.DataFrame)
+
+
+def test_a_deployed_model_fitted_on_a_dataframe_answers_and_collects_as_before():
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(FRAME, Y_BIN)
+    ml.register_model(model, "framed", sample_input=FRAME.head())
+    d = ml.deploy("framed", progress=False, workers=1)
+    try:
+        q = FRAME.sample(40, random_state=1)
+        assert d.predict(q.to_dict("records")) == model.predict(q).tolist()
+        assert d.predict(q.to_numpy().tolist()) == model.predict(q).tolist()
+        assert "scored on an array in the fitted column order" in d.logs(tail=50)
+        assert "feature names" not in d.logs(tail=200)
+        assert wait_until(lambda: len(ml.collected_data("framed")) == 80, timeout=30)
+        got = ml.collected_data("framed").sort_values(["request_time", "row"])
+        assert set(FRAME.columns) <= set(got.columns)
+        assert np.allclose(got["x0"].to_numpy()[:40], q["x0"].to_numpy())
     finally:
         d.delete()
