@@ -101,6 +101,44 @@ def test_tutorial_3_draws_its_chart_in_jupyterlab_with_no_network(lab, offline, 
             d.delete()
 
 
+def test_tutorial_3_draws_its_chart_in_notebook_7_with_no_network(lab, offline, tmp_path):
+    """The same in Jupyter Notebook 7 (the `notebook` package: its own page, the same server),
+    whose users get the chart from the Vega renderer it ships."""
+    pytest.importorskip("notebook", minversion="7")
+    # Given tutorial 3 opened in Notebook 7, offline
+    shutil.copy(ROOT / "notebooks" / "03_monitor.ipynb", tmp_path / "notebooks" / "03_monitor.ipynb")
+    page = offline.new_page()
+    try:
+        page.goto(f"{lab}/notebooks/03_monitor.ipynb?token={TOKEN}")
+        playwright.expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
+        try:
+            page.locator(".jp-Dialog").get_by_role("button", name="Select").click(timeout=10_000)
+        except playwright.Error:
+            pass
+        playwright.expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
+                                       "#jp-Notebook-kernelStatus:not(:has-text('Connecting'))").first).to_be_visible(timeout=60_000)
+        # When the user runs every cell from the menu
+        _run_all(page)
+        # Then the chart is drawn by the notebook's own Vega renderer, marks and all
+        chart = page.locator(".jp-RenderedVegaCommon5").first
+        playwright.expect(chart).to_be_visible(timeout=240_000)
+        chart.locator("canvas, svg").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        drawn = chart.evaluate(DRAWN)
+        assert drawn["renderer"] in ("canvas", "svg") and drawn["marks"] > 2000, drawn
+        last = page.locator(".jp-Cell.jp-CodeCell").last
+        playwright.expect(last.locator(".jp-InputPrompt")).to_contain_text("[", timeout=120_000)
+        playwright.expect(last.locator(".jp-InputPrompt")).not_to_contain_text("*", timeout=120_000)
+        _assert_no_error_output(page)
+        assert offline.refused == []
+        OUT.mkdir(exist_ok=True)
+        chart.scroll_into_view_if_needed()
+        page.screenshot(path=str(OUT / "tutorial-3-notebook7.png"), full_page=False)
+    finally:
+        for d in ml.list_deployments():
+            d.delete()
+
+
 def test_monitor_panel_draws_its_chart_with_no_network(lab, offline, tmp_path, iris, trained):
     # Given a deployment that has collected some traffic
     X, _ = iris
