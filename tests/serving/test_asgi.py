@@ -147,3 +147,37 @@ def test_a_new_protocol_is_one_class_over_the_shared_request_path(app, iris, tra
     assert call(served, "POST", "/invocations", json={"instances": [[1, 2]]}).json()["error_code"] == "BAD_REQUEST"
     text = call(served, "GET", "/metrics?format=prometheus").text
     assert 'endpoint="lines",http_response_code="200"} 1' in text and 'endpoint="lines",http_response_code="422"} 2' in text
+
+
+def test_dataframe_shaped_requests_are_collected_on_the_fast_path(sqlite_registry, tmp_path, monkeypatch):
+    """Given a model registered with a DataFrame sample, when clients send records, MLflow's
+    dataframe_split and rows, then every request's rows are copied into the staging lane on
+    its fast path (the general check, Lane.fits, runs once: for the first record) and read back."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from mlops_lab.monitoring import data as D
+    from mlops_lab.monitoring import staging
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 5)), columns=[f"x{i}" for i in range(5)])
+    model = LogisticRegression().fit(frame, (frame.x0 > 0).astype(int))
+    ml.register_model(model, "framed", sample_input=frame.head())
+    folder = ml.download_model("framed:1", tmp_path / "framed")
+    app = build_app({"deployment": "framed", "revision": 1, "models": [{"folder": str(folder)}],
+                     "collect": {"enabled": True, "folder": str(tmp_path / "collected")}})
+    app.collector._start_compactor = lambda: None
+    fits = []
+    real = staging.Lane.fits
+    monkeypatch.setattr(staging.Lane, "fits", lambda self, r: fits.append(r) or real(self, r))
+    sent = 0
+    for i in range(0, 60, 3):
+        q = frame.iloc[i:i + 3]
+        assert call(app, "POST", "/score", json={"data": q.to_dict("records")}).status_code == 200
+        assert call(app, "POST", "/invocations", json={"dataframe_split": q.to_dict("split")}).status_code == 200
+        assert call(app, "POST", "/invocations", json={"inputs": q.to_numpy().tolist()}).status_code == 200
+        sent += 9
+    app.collector.flush()
+    assert len(fits) == 1 and staging.staged_files(tmp_path / "collected" / "framed")  # staged, not queued
+    got = D.read_requests(tmp_path / "collected" / "framed").to_pandas()
+    assert len(got) == sent and np.allclose(np.sort(got["x0"]), np.sort(np.tile(frame.x0[:60], 3)))
