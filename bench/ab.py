@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from registry import machine  # noqa: E402
-from serving import train, wrk  # noqa: E402
+from serving import Shape, wrk  # noqa: E402
 
 # The helper each side runs: deploy, print the address and key, wait for stdin to close, delete.
 SIDE = """
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         srcs = {"A": source(args.a, tmp, "A"), "B": source(args.b, tmp, "B")}
         for kind in dict.fromkeys(m for m, _, _ in cells):
-            model, X = train(kind)
+            shape = Shape(f"{kind}-arr")
+            model, X = shape.model, shape.data
             model_file = tmp / f"{kind}.pkl"
             model_file.write_bytes(pickle.dumps((model, X)))
             sides = {s: start(src, model_file, tmp / f"home-{kind}-{s}", args.workers) for s, src in srcs.items()}
