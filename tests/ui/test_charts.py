@@ -70,6 +70,23 @@ def _assert_no_error_output(page) -> None:
     assert page.get_by_text("Error loading script").count() == 0
 
 
+def _drawn_chart(page):
+    """The first Vega view of the page, once it has drawn its marks."""
+    chart = page.locator(".jp-RenderedVegaCommon5").first
+    playwright.expect(chart).to_be_visible(timeout=240_000)
+    chart.locator("canvas, svg").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)  # the view's first paint
+    drawn = chart.evaluate(DRAWN)
+    assert drawn["renderer"] in ("canvas", "svg") and drawn["marks"] > 2000, drawn
+    return chart
+
+
+def _ran_to_the_end(page) -> None:
+    last = page.locator(".jp-Cell.jp-CodeCell").last
+    playwright.expect(last.locator(".jp-InputPrompt")).to_contain_text("[", timeout=120_000)
+    playwright.expect(last.locator(".jp-InputPrompt")).not_to_contain_text("*", timeout=120_000)
+
+
 def test_tutorial_3_draws_its_chart_in_jupyterlab_with_no_network(lab, offline, tmp_path):
     # Given tutorial 3 in a JupyterLab whose browser reaches nothing but the Jupyter server
     shutil.copy(ROOT / "notebooks" / "03_monitor.ipynb", tmp_path / "notebooks" / "03_monitor.ipynb")
@@ -79,16 +96,9 @@ def test_tutorial_3_draws_its_chart_in_jupyterlab_with_no_network(lab, offline, 
         # When the user runs every cell from the menu
         _run_all(page)
         # Then the chart of %monitor is drawn by JupyterLab's own Vega renderer, marks and all
-        chart = page.locator(".jp-RenderedVegaCommon5").first
-        playwright.expect(chart).to_be_visible(timeout=240_000)
-        chart.locator("canvas, svg").first.wait_for(timeout=30_000)
-        page.wait_for_timeout(500)  # the view's first paint
-        drawn = chart.evaluate(DRAWN)
-        assert drawn["renderer"] in ("canvas", "svg") and drawn["marks"] > 2000, drawn
+        chart = _drawn_chart(page)
         # The notebook ran to its end without an error, and nothing was fetched from elsewhere
-        last = page.locator(".jp-Cell.jp-CodeCell").last
-        playwright.expect(last.locator(".jp-InputPrompt")).to_contain_text("[", timeout=120_000)
-        playwright.expect(last.locator(".jp-InputPrompt")).not_to_contain_text("*", timeout=120_000)
+        _ran_to_the_end(page)
         _wait_idle_kernel(page)
         _assert_no_error_output(page)
         assert offline.refused == []
@@ -120,15 +130,8 @@ def test_tutorial_3_draws_its_chart_in_notebook_7_with_no_network(lab, offline, 
         # When the user runs every cell from the menu
         _run_all(page)
         # Then the chart is drawn by the notebook's own Vega renderer, marks and all
-        chart = page.locator(".jp-RenderedVegaCommon5").first
-        playwright.expect(chart).to_be_visible(timeout=240_000)
-        chart.locator("canvas, svg").first.wait_for(timeout=30_000)
-        page.wait_for_timeout(500)
-        drawn = chart.evaluate(DRAWN)
-        assert drawn["renderer"] in ("canvas", "svg") and drawn["marks"] > 2000, drawn
-        last = page.locator(".jp-Cell.jp-CodeCell").last
-        playwright.expect(last.locator(".jp-InputPrompt")).to_contain_text("[", timeout=120_000)
-        playwright.expect(last.locator(".jp-InputPrompt")).not_to_contain_text("*", timeout=120_000)
+        chart = _drawn_chart(page)
+        _ran_to_the_end(page)
         _assert_no_error_output(page)
         assert offline.refused == []
         OUT.mkdir(exist_ok=True)
