@@ -613,6 +613,15 @@ def _sleep(seconds: float, stop) -> bool:
     return True
 
 
+def _compact_or_skip(path: Path, root: Path, failed: set[Path]) -> None:
+    """Compact one staged file; one that fails is logged and left (readers still read it)."""
+    try:
+        compact_file(path, root)
+    except Exception as exc:  # noqa: BLE001 - try the rest
+        log.error("cannot compact %s: %s: %s", path, type(exc).__name__, exc)
+        failed.add(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mlops_lab.monitoring.staging", description="Compact a deployment's staged collected data to Parquet.")
     ap.add_argument("root", help="the deployment's collection folder")
@@ -643,11 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         if orphaned():
             break
         for path in pending:
-            try:
-                compact_file(path, root)
-            except Exception as exc:  # noqa: BLE001 - readers still read it; try the rest
-                log.error("cannot compact %s: %s: %s", path, type(exc).__name__, exc)
-                failed.add(path)
+            _compact_or_skip(path, root, failed)
             if not gate.idle():
                 break  # busy again: wait for the next idle spell
     # The server is gone (stopped, replaced by an update, deleted): compact what it left for
@@ -663,10 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     def final_pass() -> None:
         for path in staged_files(root) if root.is_dir() else ():
             if path not in failed:
-                try:
-                    compact_file(path, root)
-                except Exception as exc:  # noqa: BLE001
-                    log.error("cannot compact %s: %s: %s", path, type(exc).__name__, exc)
+                _compact_or_skip(path, root, failed)
 
     worker = threading.Thread(target=final_pass, daemon=True)
     worker.start()

@@ -27,7 +27,14 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route as StarletteRoute
 
 from ..errors import InvalidRequest, MlopsLabError, NotFound
-from .dataplane import DEFAULT_BODY_LIMIT, REQUEST_ID, DataPlane, Protocol, protocol_of
+from .dataplane import (
+    DEFAULT_BODY_LIMIT,
+    REQUEST_ID,
+    DataPlane,
+    Protocol,
+    protocol_of,
+    request_id_of,
+)
 from .metrics import TEXT_TYPE, wants_text
 from .protocols import azureml, mlflow, v2
 from .runtime import Route, new_error_id
@@ -71,9 +78,6 @@ class ScoringApp(DataPlane):
     def _build(self) -> Starlette:
         app = self
 
-        def rid(request: Request) -> str:
-            return request.headers.get("x-request-id") or os.urandom(8).hex()
-
         async def health(request: Request) -> Response:
             return app.respond(
                 {"status": "draining" if app.draining else "ok", "deployment": app.deployment,
@@ -85,7 +89,7 @@ class ScoringApp(DataPlane):
         async def metadata(request: Request) -> Response:
             app.keys.check(request.headers.get("authorization"))
             name = request.path_params.get("model")
-            return app.respond(app.metadata(app.route(name) if name else None), rid(request))
+            return app.respond(app.metadata(app.route(name) if name else None), request_id_of(request))
 
         async def metrics(request: Request) -> Response:
             app.keys.check(request.headers.get("authorization"))
@@ -93,19 +97,19 @@ class ScoringApp(DataPlane):
             if fmt is not None and fmt.lower() not in ("prometheus", "text", "json"):
                 raise InvalidRequest(f"unknown format {fmt!r}: use prometheus or json", field="format")
             if wants_text(request.headers.get("accept"), fmt):
-                return Response(app.prometheus_text(), media_type=TEXT_TYPE, headers={"x-request-id": rid(request)})
+                return Response(app.prometheus_text(), media_type=TEXT_TYPE, headers={"x-request-id": request_id_of(request)})
             collection = None if app.collector is None else app.collector.stats()
             return app.respond(
                 {"pid": os.getpid(), "revision": app.revision,
                  "models": {m.ref: m.stats.as_dict() for r in app.routes.values() for m in r.models},
                  "collection": collection},
-                rid(request),
+                request_id_of(request),
             )
 
         async def feedback(request: Request) -> Response:
             app.keys.check(request.headers.get("authorization"))
             recorded = app.feedback(app.json(await app.read_body(request)))
-            return app.respond({"recorded": recorded}, rid(request))
+            return app.respond({"recorded": recorded}, request_id_of(request))
 
         async def openapi(request: Request) -> Response:
             return app.respond(app.openapi(), "openapi")
@@ -115,15 +119,15 @@ class ScoringApp(DataPlane):
 
         async def domain_error(request: Request, exc: Exception) -> Response:
             assert isinstance(exc, MlopsLabError)
-            return app.error(exc, request.scope.get(REQUEST_ID) or rid(request), protocol_of(request))
+            return app.error(exc, request.scope.get(REQUEST_ID) or request_id_of(request), protocol_of(request))
 
         async def no_route(request: Request, exc: Exception) -> Response:
             status = getattr(exc, "status_code", 404)
             if status == 404:
-                return app.error(NotFound(f"no route {request.method} {request.url.path}", hint="see /docs"), rid(request))
+                return app.error(NotFound(f"no route {request.method} {request.url.path}", hint="see /docs"), request_id_of(request))
             allow = (getattr(exc, "headers", None) or {}).get("Allow")  # RFC 9110: a 405 says what is
             return app.respond({"error": "MethodNotAllowed", "message": f"{request.method} is not allowed on {request.url.path}"
-                                + (f" (allowed: {allow})" if allow else "")}, rid(request), status=status,
+                                + (f" (allowed: {allow})" if allow else "")}, request_id_of(request), status=status,
                                headers={"allow": allow} if allow else None)
 
         async def server_error(request: Request, exc: Exception) -> Response:

@@ -18,6 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
+from starlette.routing import Route as StarletteRoute
 
 from ..errors import InvalidRequest, MalformedRequest, MlopsLabError, NotFound, PayloadTooLarge
 from ..monitoring.collector import Record
@@ -41,6 +42,11 @@ def speaks(protocol: Protocol):
     return mark
 
 
+def request_id_of(request: Request) -> str:
+    """The caller's ``X-Request-Id``, or a new one."""
+    return request.headers.get("x-request-id") or os.urandom(8).hex()
+
+
 def protocol_of(request: Request) -> Protocol | None:
     return getattr(request.scope.get("endpoint"), "mlops_lab_protocol", None)
 
@@ -61,6 +67,22 @@ class Protocol:
     def routes(self) -> list[BaseRoute]:
         """The protocol's routes; each scoring endpoint calls :meth:`DataPlane.infer`."""
         raise NotImplementedError
+
+    def endpoint(self):
+        """The scoring endpoint of this protocol: the path's ``{model}`` (or the first model)."""
+        plane = self.plane
+
+        @speaks(self)
+        async def score(request: Request) -> Response:
+            return await plane.infer(request, self, request.path_params.get("model"))
+
+        return score
+
+    def scoring_routes(self, name: str) -> list[BaseRoute]:
+        """``POST /<name>`` for the first model and ``POST /models/{model}/<name>``."""
+        score = self.endpoint()
+        return [StarletteRoute(f"/{name}", score, methods=["POST"]),
+                StarletteRoute(f"/models/{{model}}/{name}", score, methods=["POST"])]
 
     def pick(self, route: Route, request: Request) -> ServedModel:
         return route.pick()
@@ -112,7 +134,7 @@ class DataPlane:
     async def infer(self, request: Request, protocol: Protocol, route_name: str | None) -> Response:
         """Score one request in ``protocol``; a domain error is counted, collected and raised
         for the app's handler to answer."""
-        request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
+        request_id = request_id_of(request)
         model = None
         chunk = None
         t0 = time.perf_counter()

@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
 from ...errors import InvalidRequest
-from ..dataplane import Protocol, speaks
+from ..dataplane import Protocol
 from ..inputs import Chunk
 from ..runtime import ServedModel
 
@@ -31,13 +30,4 @@ class Score(Protocol):
         return model.spec.from_rows(doc["data"], "data"), None
 
     def routes(self) -> list[StarletteRoute]:
-        plane, protocol = self.plane, self
-
-        @speaks(protocol)
-        async def score(request: Request) -> Response:
-            return await plane.infer(request, protocol, request.path_params.get("model"))
-
-        return [
-            StarletteRoute("/score", score, methods=["POST"]),
-            StarletteRoute("/models/{model}/score", score, methods=["POST"]),
-        ]
+        return self.scoring_routes("score")

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
 from ...errors import InvalidRequest, MalformedRequest, MlopsLabError
-from ..dataplane import DataPlane, Protocol, speaks
+from ..dataplane import DataPlane, Protocol
 from ..inputs import Chunk, to_jsonable
 from ..runtime import Route, ServedModel
 
@@ -73,16 +73,7 @@ class Invocations(Protocol):
         return body
 
     def routes(self) -> list[StarletteRoute]:
-        plane, protocol = self.plane, self
-
-        @speaks(protocol)
-        async def invocations(request: Request) -> Response:
-            return await plane.infer(request, protocol, request.path_params.get("model"))
-
-        return [
-            StarletteRoute("/invocations", invocations, methods=["POST"]),
-            StarletteRoute("/models/{model}/invocations", invocations, methods=["POST"]),
-        ]
+        return self.scoring_routes("invocations")
 
 
 

@@ -106,10 +106,7 @@ class Infer(Protocol):
 
     def routes(self) -> list[StarletteRoute]:
         plane, protocol = self.plane, self
-
-        @speaks(protocol)
-        async def infer(request: Request) -> Response:
-            return await plane.infer(request, protocol, request.path_params["model"])
+        infer = self.endpoint()
 
         async def live(request: Request) -> Response:
             return Response(status_code=200)
