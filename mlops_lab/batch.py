@@ -16,10 +16,12 @@ from typing import Any
 
 from ._progress import Progress
 from .errors import InvalidInput, InvalidRequest
+from .workspace import in_workspace
 
 __all__ = ["score_batch"]
 
 
+@in_workspace
 def score_batch(
     ref: Any,
     data: Any,

@@ -146,6 +146,14 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from .workspace import current
+
+    rows = current().settings.describe()
+    _out(args, rows, "\n".join(f"{r['setting']:<16} {r['value']:<48} ({r['from']})" for r in rows))
+    return 0
+
+
 def cmd_deployments(args) -> int:
     import mlops_lab as ml
 
@@ -238,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    where = common.add_argument_group("where (each defaults to its MLOPS_LAB_* variable, then HOME/config.toml)")
+    where.add_argument("--home", help="the home folder ($MLOPS_LAB_HOME)")
+    where.add_argument("--db", help="the registry database URL ($MLOPS_LAB_DB)")
+    where.add_argument("--artifacts", help="the artifact store, a folder or s3://bucket/prefix ($MLOPS_LAB_ARTIFACTS)")
+    where.add_argument("--collection", help="the collection store, a folder or s3://bucket/prefix ($MLOPS_LAB_COLLECTION)")
     ap = argparse.ArgumentParser(prog="mlops-lab", description=__doc__.splitlines()[0], parents=[common])
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -304,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("deployment")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("config", parents=[common], help="the settings in force and where each comes from")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("deployments", parents=[common], help="list deployments")
     p.set_defaults(func=cmd_deployments)
 
@@ -335,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        from .workspace import Workspace
+
+        # Built once from the options, the environment and the config file; every call acts on it.
+        workspace = Workspace(home=args.home, db=args.db, artifacts=args.artifacts, collection=args.collection)
+        with workspace.activate():
+            return args.func(args)
     except MlopsLabError as exc:
         if args.debug:
             raise

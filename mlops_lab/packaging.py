@@ -34,6 +34,7 @@ from typing import Any
 
 from ._progress import Progress
 from .errors import InvalidInput, StorageError
+from .workspace import in_workspace
 
 __all__ = ["package", "export_bundle", "Package", "DEFAULT_BASE_IMAGE", "SERVER_PORT", "APP_DIR"]
 
@@ -95,6 +96,7 @@ def requirements_for(versions: Sequence[Any], collect: bool = True, extra: Seque
     return sorted(out.values(), key=str.lower)
 
 
+@in_workspace
 def package(
     refs: Any,
     folder: str | os.PathLike,
@@ -190,6 +192,7 @@ def package(
     return pkg
 
 
+@in_workspace
 def export_bundle(
     ref: Any,
     path: str | os.PathLike,

@@ -29,11 +29,9 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.delenv("MLOPS_LAB_DB", raising=False)
     monkeypatch.delenv("MLOPS_LAB_CRASHPOINT", raising=False)
     yield home
-    from mlops_lab.registry import store
+    from mlops_lab.workspace import close_defaults
 
-    for reg in list(store._registries.values()):
-        reg.close()
-    store._registries.clear()
+    close_defaults()
 
 
 def _pg_schema_url():
@@ -62,11 +60,9 @@ def backend(request, _isolated_home, monkeypatch):
     try:
         yield "postgres"
     finally:
-        from mlops_lab.registry import store
+        from mlops_lab.workspace import close_defaults
 
-        for reg in list(store._registries.values()):
-            reg.close()
-        store._registries.clear()
+        close_defaults()
         with engine.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         engine.dispose()

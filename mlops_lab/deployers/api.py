@@ -12,6 +12,7 @@ from .._html import Listing
 from .._progress import Progress
 from ..errors import DeploymentFailed, InvalidInput, MlopsLabError, NotFound
 from ..refs import ModelRef, check_name, parse_ref
+from ..workspace import in_workspace
 from .base import Deployer, Deployment
 from .keys import SLOTS, key_file, key_hash, new_key, read_keys, write_private
 
@@ -62,6 +63,7 @@ def _write_key_hashes(home: Path, name: str, keys: dict[str, str]) -> dict[str, 
     return hashes
 
 
+@in_workspace
 def deploy(
     ref: Any | Sequence[Any],
     name: str | None = None,
@@ -267,6 +269,7 @@ def _check_collect(collect: Any) -> Any:
     return dict(collect)
 
 
+@in_workspace
 def get_deployment(name: str) -> Deployment:
     """A deployment by name, with its keys when this user created it."""
     reg = _registry()
@@ -274,6 +277,7 @@ def get_deployment(name: str) -> Deployment:
     return Deployment(record, read_keys(reg.home, name), reg)
 
 
+@in_workspace
 def list_deployments() -> list[Deployment]:
     """Every recorded deployment, by name."""
     reg = _registry()
@@ -281,8 +285,9 @@ def list_deployments() -> list[Deployment]:
                    empty="No deployments yet: deploy a version with %deploy NAME:VERSION or mlops_lab.deploy()")
 
 
+@in_workspace
 def update(name: str, ref: Any, *, traffic: float | None = None, route: str | None = None, progress: bool = True,
-           registry=None, sample_input: Any = None, baseline: Any = None, tags: Any = None, properties: Any = None,
+           sample_input: Any = None, baseline: Any = None, tags: Any = None, properties: Any = None,
            description: str | None = None, allow_missing: Any = None) -> Deployment:
     """Serve ``ref`` in deployment ``name`` with no downtime; ``traffic=10`` makes it a canary
     taking 10 % of the requests of its route until :func:`promote`.
@@ -291,7 +296,7 @@ def update(name: str, ref: Any, *, traffic: float | None = None, route: str | No
     next version of the model the route serves (``sample_input``, ``baseline``, ``tags``, ...
     go to :func:`~mlops_lab.register_model`), and the returned deployment's ``registered`` says
     which version that is."""
-    reg = registry or _registry()
+    reg = _registry()
     record = reg.get_deployment(name)
     register = {"sample_input": sample_input, "baseline": baseline, "tags": tags, "properties": properties,
                 "description": description, "allow_missing": allow_missing}
@@ -342,9 +347,10 @@ def update(name: str, ref: Any, *, traffic: float | None = None, route: str | No
     return d
 
 
-def promote(name: str, *, progress: bool = True, registry=None) -> Deployment:
+@in_workspace
+def promote(name: str, *, progress: bool = True) -> Deployment:
     """Finish a canary: its version takes all the traffic of its route."""
-    reg = registry or _registry()
+    reg = _registry()
     record = reg.get_deployment(name)
     canaries = [m for m in record.models if m.get("canary")]
     if not canaries:
@@ -359,9 +365,10 @@ def promote(name: str, *, progress: bool = True, registry=None) -> Deployment:
     return Deployment(record, read_keys(reg.home, name), reg)
 
 
-def rollback(name: str, *, progress: bool = True, registry=None) -> Deployment:
+@in_workspace
+def rollback(name: str, *, progress: bool = True) -> Deployment:
     """Serve the previous revision of deployment ``name`` again."""
-    reg = registry or _registry()
+    reg = _registry()
     record = reg.get_deployment(name)
     history = reg.deployment_revisions(name)
     prog = Progress(f"rolling back {name!r}", progress)
@@ -374,10 +381,11 @@ def rollback(name: str, *, progress: bool = True, registry=None) -> Deployment:
     return Deployment(record, read_keys(reg.home, name), reg)
 
 
-def restart(name: str, *, progress: bool = True, registry=None) -> Deployment:
+@in_workspace
+def restart(name: str, *, progress: bool = True) -> Deployment:
     """Start deployment ``name``'s current revision again at the same address (see
     :meth:`Deployment.restart`)."""
-    reg = registry or _registry()
+    reg = _registry()
     record = reg.get_deployment(name)
     prog = Progress(f"restarting {name!r}", progress)
     try:
@@ -389,9 +397,10 @@ def restart(name: str, *, progress: bool = True, registry=None) -> Deployment:
     return Deployment(record, read_keys(reg.home, name), reg)
 
 
-def delete_deployment(name: str, *, registry=None) -> bool:
+@in_workspace
+def delete_deployment(name: str) -> bool:
     """Stop and forget a deployment; returns whether there was one (deleting twice is fine)."""
-    reg = registry or _registry()
+    reg = _registry()
     try:
         record = reg.get_deployment(name)
     except NotFound:
@@ -405,7 +414,8 @@ def delete_deployment(name: str, *, registry=None) -> bool:
     return True
 
 
-def regenerate_key(name: str, which: str = "primary", *, registry=None) -> str:
+@in_workspace
+def regenerate_key(name: str, which: str = "primary") -> str:
     """Replace the ``primary`` or ``secondary`` key of a deployment; returns the new key.
 
     The servers take the new hash within a second; the other key keeps working throughout, so
@@ -413,7 +423,7 @@ def regenerate_key(name: str, which: str = "primary", *, registry=None) -> str:
     """
     if which not in SLOTS:
         raise InvalidInput(f"which must be 'primary' or 'secondary', not {which!r}")
-    reg = registry or _registry()
+    reg = _registry()
     record = reg.get_deployment(name)
     if not record.config.get("auth", True):
         raise InvalidInput(f"deployment {name!r} was made with auth=False: it has no keys")

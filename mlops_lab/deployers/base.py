@@ -103,13 +103,13 @@ class Deployment:
     registered: Any = None
 
     def __init__(self, record: DeploymentRecord, keys: dict[str, str] | None = None, registry=None) -> None:
+        from ..workspace import Workspace, current
+
         self._record = record
         self.keys = keys
-        if registry is None:
-            from ..registry.store import default_registry
-
-            registry = default_registry()
-        self._registry = registry  # the registry it lives in, whatever the environment says later
+        # The workspace it lives in, whatever the environment says later.
+        self._workspace = current() if registry is None else Workspace.of(registry)
+        self._registry = self._workspace.registry
 
     # -- what it is ------------------------------------------------------------------------
 
@@ -198,7 +198,8 @@ class Deployment:
         :func:`~mlops_lab.register_model`), and ``registered`` then names the new version."""
         from .api import update
 
-        done = update(self.name, ref, traffic=traffic, route=route, progress=progress, registry=self._registry, **register)
+        with self._workspace.activate():
+            done = update(self.name, ref, traffic=traffic, route=route, progress=progress, **register)
         self.registered = done.registered
         return self.refresh()
 
@@ -206,14 +207,16 @@ class Deployment:
         """Complete a canary: the new version takes all the traffic."""
         from .api import promote
 
-        promote(self.name, progress=progress, registry=self._registry)
+        with self._workspace.activate():
+            promote(self.name, progress=progress)
         return self.refresh()
 
     def rollback(self, *, progress: bool = True) -> Deployment:
         """Return to the previous revision."""
         from .api import rollback
 
-        rollback(self.name, progress=progress, registry=self._registry)
+        with self._workspace.activate():
+            rollback(self.name, progress=progress)
         return self.refresh()
 
     def restart(self, *, progress: bool = True) -> Deployment:
@@ -222,14 +225,16 @@ class Deployment:
         is the way without one)."""
         from .api import restart
 
-        restart(self.name, progress=progress, registry=self._registry)
+        with self._workspace.activate():
+            restart(self.name, progress=progress)
         return self.refresh()
 
     def delete(self) -> None:
         """Stop the deployment and forget it (idempotent)."""
         from .api import delete_deployment
 
-        delete_deployment(self.name, registry=self._registry)
+        with self._workspace.activate():
+            delete_deployment(self.name)
 
     def revisions(self) -> list[DeploymentRevision]:
         return self._registry.deployment_revisions(self.name)
@@ -238,7 +243,8 @@ class Deployment:
         """Replace one key (``primary`` or ``secondary``); the other keeps working."""
         from .api import regenerate_key
 
-        key = regenerate_key(self.name, which, registry=self._registry)
+        with self._workspace.activate():
+            key = regenerate_key(self.name, which)
         self.keys = {**(self.keys or {}), which: key}
         return key
 

@@ -156,7 +156,9 @@ class DockerDeployer(Deployer):
                                                    base_image=config.get("base_image", DEFAULT_BASE_IMAGE),
                                                    progress=progress, client=client)
         spec = self._runtime_spec(name, models, config, revision)
-        collected = _mkdir(self.registry.home / "collected")
+        from ..monitoring.data import collection_folder
+
+        collected = _mkdir(collection_folder(self.registry.settings))
         keys_dir = _mkdir(self._folder(name))
         cname = f"mlops-lab-{k8s_name(name)}-r{revision}-{os.urandom(3).hex()}"
         progress.step(f"starting container {cname}")

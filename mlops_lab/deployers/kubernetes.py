@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import DeploymentFailed, InvalidInput
 from ..packaging import APP_DIR, SERVER_PORT
 from ..registry.entities import DeploymentRecord
+from ..workspace import in_workspace
 from .base import Deployer, DeploymentStatus
 
 __all__ = ["render_manifests", "build_objects", "to_yaml", "KubernetesDeployer", "k8s_name"]
@@ -164,6 +165,7 @@ def build_objects(
     return objects
 
 
+@in_workspace
 def render_manifests(ref: Any, name: str | None = None, *, image: str | None = None, auth: bool = True,
                      **options: Any) -> list[dict[str, Any]]:
     """The Kubernetes objects that would serve ``ref`` (a reference or a list), for users and

@@ -64,7 +64,7 @@ def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: 
         "metrics_dir": str(deployment_dir(registry.home, name) / "metrics"),
         "body_limit": config.get("body_limit"),
         "batching": config.get("batching", {}),
-        "collect": _collect_spec(registry.home, config.get("collect")),
+        "collect": _collect_spec(registry, config.get("collect")),
         # the revision's servers make their warm-up choices once, here (serving.server.share_choices)
         "choices_file": str(folder / "choices.json"),
     }
@@ -74,11 +74,13 @@ def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: 
     return str(path)
 
 
-def _collect_spec(home: Path, collect: Any) -> dict[str, Any] | None:
+def _collect_spec(registry, collect: Any) -> dict[str, Any] | None:
     if collect is False or collect is None:
         return None
+    from ..monitoring.data import collection_folder
+
     settings = dict(collect) if isinstance(collect, dict) else {}
-    return {"enabled": True, "folder": str(home / "collected"), **settings}
+    return {"enabled": True, "folder": str(collection_folder(registry.settings)), **settings}
 
 
 def _pid_is(pid: int | None, marker: str) -> bool:
@@ -147,7 +149,7 @@ class LocalDeployer(Deployer):
             "--startup-timeout", str(config.get("startup_timeout", 120)), "--drain", str(config.get("drain_seconds", 1.0)),
             "--revision", str(revision),
         ]
-        env = {**os.environ, "MLOPS_LAB_HOME": str(self.registry.home), "MLOPS_LAB_DB": self.registry.url}
+        env = {**os.environ, **self.registry.settings.to_env()}
         env.pop("MLOPS_LAB_CRASHPOINT", None)
         with open(log_path, "ab") as logf:
             launcher = subprocess.Popen(

@@ -6,6 +6,7 @@ import datetime as _dt
 from typing import Any
 
 from ..errors import DeploymentNotFound, InvalidInput, NotFound
+from ..workspace import in_workspace
 from . import data as D
 
 __all__ = ["collected_data", "metrics", "summary", "drift", "monitor", "record_feedback"]
@@ -22,7 +23,7 @@ def _root(deployment: str, registry=None, must_exist: bool = True):
 
     check_name(deployment, "deployment name")
     reg = registry or _registry()
-    root = D.collection_root(reg.home, deployment)
+    root = D.collection_root(reg.settings, deployment)
     if must_exist and not root.exists():
         try:
             reg.get_deployment(deployment)
@@ -32,6 +33,7 @@ def _root(deployment: str, registry=None, must_exist: bool = True):
     return reg, root
 
 
+@in_workspace
 def collected_data(deployment: str, since: Any = None, until: Any = None, version: str | None = None,
                    columns: list[str] | None = None, with_feedback: bool = False):
     """Everything deployment ``deployment`` collected, one row per input row, as a DataFrame.
@@ -60,12 +62,14 @@ def collected_data(deployment: str, since: Any = None, until: Any = None, versio
     return df
 
 
+@in_workspace
 def metrics(deployment: str, every: str = "1min", since: Any = None, until: Any = None):
     """Requests, errors, rows and latency p50/p95/p99 per time bucket and model version."""
     _, root = _root(deployment)
     return D.request_metrics(root, every, D.to_utc(since), D.to_utc(until))
 
 
+@in_workspace
 def summary(deployment: str, window: str = "5min") -> dict[str, Any]:
     """One line of numbers for a status view: requests, errors, requests per minute and latency
     p50/p99 (ms) over the last ``window``, from the collected data (all server processes)."""
@@ -90,6 +94,7 @@ def summary(deployment: str, window: str = "5min") -> dict[str, Any]:
     return out
 
 
+@in_workspace
 def record_feedback(deployment: str, request_id: str | list[str], label: Any, row: int = 0) -> int:
     """Store the true label of a scored request (or of several: lists of ids and labels), so
     live accuracy can be computed when labels arrive later. Returns the number stored."""
@@ -126,6 +131,7 @@ def _feature_names(mv, live) -> list[str]:
     return [c for c in live.columns if c not in meta]
 
 
+@in_workspace
 def drift(deployment: str, window: str = "1h", *, until: Any = None, version: str | None = None,
           thresholds: dict[str, float] | None = None):
     """Per-feature drift of the last ``window`` of live data against the baseline registered
@@ -208,6 +214,7 @@ def _drift(deployment: str, window: str, *, until=None, version=None, thresholds
     return result, baseline, live
 
 
+@in_workspace
 def monitor(deployment: str, since: Any = "24h", *, every: str | None = None, drift_window: str | None = None,
             show_drift: bool = True):
     """One chart of a deployment: traffic and errors, latency percentiles, predictions over

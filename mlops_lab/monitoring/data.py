@@ -52,8 +52,18 @@ def to_utc(value: Any, *, now: _dt.datetime | None = None) -> _dt.datetime | Non
     return dt if dt.tzinfo else dt.replace(tzinfo=_dt.timezone.utc)
 
 
-def collection_root(home: Path, deployment: str) -> Path:
-    return home / "collected" / deployment
+def collection_folder(settings) -> Path:
+    """The local folder of a collection store (object storage is not a collection store yet)."""
+    if "://" in settings.collection:
+        from ..errors import InvalidInput
+
+        raise InvalidInput(f"the collection store {settings.collection} is not a folder: collection to object storage "
+                           "is not available yet", hint="set MLOPS_LAB_COLLECTION to a folder (the default is HOME/collected)")
+    return Path(settings.collection)
+
+
+def collection_root(settings, deployment: str) -> Path:
+    return collection_folder(settings) / deployment
 
 
 def _dataset(folder: Path):

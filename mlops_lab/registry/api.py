@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._html import Listing
+from ..workspace import in_workspace
 from .entities import ModelVersion, RegisteredModel
 from .store import default_registry
 
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 
+@in_workspace
 def register_model(
     model: Any,
     name: str,
@@ -98,17 +100,20 @@ def register_model(
     )
 
 
+@in_workspace
 def get_model(ref: Any) -> ModelVersion:
     """The version a reference names: ``"churn"`` (latest), ``"churn:3"``, ``"churn@production"``."""
     return default_registry().get_version(ref)
 
 
+@in_workspace
 def list_models(name_contains: str | None = None) -> list[RegisteredModel]:
     """Every registered model (optionally those whose name contains a text), by name."""
     return Listing(default_registry().list_models(name_contains),
                    empty="No models yet: register one with %register_model VAR --name NAME or mlops_lab.register_model()")
 
 
+@in_workspace
 def search_model_versions(
     name: str | None = None,
     tags: Mapping[str, Any] | None = None,
@@ -128,6 +133,7 @@ def search_model_versions(
     return Listing(default_registry().search_model_versions(name, tags, properties, max_results), empty="No model versions match.")
 
 
+@in_workspace
 def load_model(ref: Any):
     """Load a version; its ``predict`` answers as the registered model's did.
 
@@ -149,11 +155,13 @@ def load_model_from(folder: str | os.PathLike):
     return load_folder(folder)[0]
 
 
+@in_workspace
 def download_model(ref: Any, folder: str | os.PathLike) -> Path:
     """Copy a version's files (checked) into ``folder``, with ``MLOPS_LAB_MODEL.json``."""
     return default_registry().download_model(ref, folder)
 
 
+@in_workspace
 def model_path(ref: Any) -> Path:
     """A local folder holding a version's files, checked against their hashes.
 
@@ -171,46 +179,55 @@ def model_path(ref: Any) -> Path:
     return default_registry().model_path(ref)
 
 
+@in_workspace
 def get_baseline(ref: Any):
     """The baseline registered with a version, as a pandas DataFrame."""
     return default_registry().get_baseline(ref)
 
 
+@in_workspace
 def set_tags(ref: Any, tags: Mapping[str, Any]) -> ModelVersion:
     """Set or change tags of a version."""
     return default_registry().set_tags(ref, tags)
 
 
+@in_workspace
 def delete_tag(ref: Any, key: str) -> ModelVersion:
     """Remove a tag from a version (nothing happens if it has none of that key)."""
     return default_registry().delete_tag(ref, key)
 
 
+@in_workspace
 def set_description(ref: Any, description: str) -> ModelVersion:
     """Change the description of a version."""
     return default_registry().set_description(ref, description)
 
 
+@in_workspace
 def set_alias(name: str, alias: str, version: int) -> ModelVersion:
     """Point ``name@alias`` to ``version`` (creating or moving the alias)."""
     return default_registry().set_alias(name, alias, version)
 
 
+@in_workspace
 def delete_alias(name: str, alias: str) -> None:
     """Remove an alias."""
     default_registry().delete_alias(name, alias)
 
 
+@in_workspace
 def delete_model_version(ref: Any) -> str:
     """Delete one version (``"name:VERSION"``); refused with ``VersionInUse`` while deployed."""
     return default_registry().delete_model_version(ref)
 
 
+@in_workspace
 def delete_model(name: str) -> list[str]:
     """Delete a model and all its versions; refused with ``VersionInUse`` while any is deployed."""
     return default_registry().delete_model(name)
 
 
+@in_workspace
 def gc(grace_seconds: float = 3600.0) -> dict[str, int]:
     """Free the disk space of artifacts no version references any more.
 

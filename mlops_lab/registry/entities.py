@@ -66,10 +66,16 @@ class ModelVersion:
         return self.baseline_sha256 is not None
 
     def load(self):
-        """Load this version (see :func:`mlops_lab.load_model`)."""
-        from .api import load_model
+        """Load this version from the registry it was read from (see :func:`mlops_lab.load_model`)."""
+        registry = self.__dict__.get("_registry")
+        if registry is None:
+            from .api import load_model
 
-        return load_model(self.ref)
+            return load_model(self.ref)
+        from ..workspace import Workspace
+
+        with Workspace.of(registry).activate():
+            return registry.load_model(self.ref)
 
     def __repr__(self) -> str:
         extras = []

@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -59,6 +58,7 @@ from ..errors import (
     VersionNotFound,
 )
 from ..refs import ModelRef, check_alias, check_name, check_tag_key, parse_ref
+from ..settings import Settings
 from . import schema as S
 from .artifacts import ArtifactStore, storage_error
 from .entities import (
@@ -119,18 +119,27 @@ def _make_engine(url: str) -> Engine:
 class Registry:
     """A model registry rooted at ``home``.
 
-    Most users call the module-level functions (``mlops_lab.register_model`` ...), which use
-    the registry named by ``MLOPS_LAB_HOME`` and ``MLOPS_LAB_DB``.
+    Most users call the module-level functions (``mlops_lab.register_model`` ...) or a
+    :class:`~mlops_lab.Workspace`'s methods, which use the registry of the workspace in force.
     """
 
-    def __init__(self, home: Path | str, url: str | None = None) -> None:
-        self.home = Path(home)
+    def __init__(self, home: Path | str | None = None, url: str | None = None, *, settings: Settings | None = None) -> None:
+        if settings is None:
+            if home is None:
+                raise TypeError("Registry needs a home folder or settings")
+            # Built on its own: exactly what the arguments say, nothing from the environment.
+            settings = Settings.load(home=home, db=url, env={})
+        elif home is not None or url is not None:
+            raise TypeError("give either home and url or settings, not both")
+        self.settings = settings
+        self.workspace = None  # the Workspace that owns it (Workspace.of builds one on demand)
+        self.home = settings.home
         try:
             self.home.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(exc, f"create the home folder {self.home}") from None
-        self.url = url or f"sqlite:///{self.home / 'registry.db'}"
-        self.artifacts = ArtifactStore(self.home / "artifacts")
+        self.url = settings.db
+        self.artifacts = ArtifactStore(Path(settings.artifacts))
         self.cache = self.home / "cache"
         self.engine = _make_engine(self.url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
@@ -313,7 +322,7 @@ class Registry:
             raise storage_error(exc, f"registering {name!r}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return ModelVersion(
+        return self._own(ModelVersion(
             name=name,
             version=version,
             created_at=now,
@@ -330,7 +339,12 @@ class Registry:
             files=files,
             size=size,
             baseline_sha256=baseline_sha,
-        )
+        ))
+
+    def _own(self, mv: ModelVersion) -> ModelVersion:
+        # A version acts on the registry it was read from (see ModelVersion.load).
+        object.__setattr__(mv, "_registry", self)
+        return mv
 
     def _allocate_version(self, conn: Connection, name: str, now: float) -> int:
         """Next version of ``name``, inside the caller's write transaction.
@@ -453,7 +467,7 @@ class Registry:
         out = []
         for r in rows:
             k = (r.name, r.version)
-            out.append(
+            out.append(self._own(
                 ModelVersion(
                     name=r.name,
                     version=r.version,
@@ -473,7 +487,7 @@ class Registry:
                     baseline_sha256=r.baseline_sha256,
                     deployments=sorted(d for (d,) in deps.get(k, [])),
                 )
-            )
+            ))
         return out
 
     def get_version(self, ref: Any) -> ModelVersion:
@@ -1051,30 +1065,10 @@ def _attachments_query(n_keys: int):
     )
 
 
-_lock = threading.Lock()
-_registries: dict[tuple[str, str], Registry] = {}
-
-
-def _forget_after_fork() -> None:
-    # Database connections must not cross a fork: the child opens its own.
-    _registries.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def default_registry() -> Registry:
-    """The registry named by ``MLOPS_LAB_HOME`` and ``MLOPS_LAB_DB`` (cached per value)."""
-    from .. import config
+    """The registry of the workspace in force (see :mod:`mlops_lab.workspace`)."""
+    from ..workspace import current
 
-    home = config.home()
-    url = config.db_url(home)
-    key = (str(home), url)
-    reg = _registries.get(key)
-    if reg is None:
-        with _lock:
-            reg = _registries.get(key)
-            if reg is None:
-                reg = _registries[key] = Registry(home, url)
-    return reg
+    return current().registry

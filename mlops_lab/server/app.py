@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 from jupyter_server.extension.application import ExtensionApp
@@ -27,6 +26,9 @@ class MlopsLabApp(ExtensionApp):
         "", config=True,
         help="mlops_lab home folder for this server (default: $MLOPS_LAB_HOME or the per-user folder).",
     )
+    db = Unicode("", config=True, help="Registry database URL (default: $MLOPS_LAB_DB, the home's config.toml, or SQLite in the home folder).")
+    artifacts = Unicode("", config=True, help="Artifact store: a folder or s3://bucket/prefix (default: $MLOPS_LAB_ARTIFACTS, config.toml, HOME/artifacts).")
+    collection = Unicode("", config=True, help="Collection store: a folder or s3://bucket/prefix (default: $MLOPS_LAB_COLLECTION, config.toml, HOME/collected).")
     probe_timeout = Float(
         2.0, config=True,
         help="Seconds to wait for one deployment's status probe before reporting it as not answering.",
@@ -39,8 +41,11 @@ class MlopsLabApp(ExtensionApp):
     )
 
     def initialize_settings(self) -> None:
-        if self.home:
-            os.environ["MLOPS_LAB_HOME"] = self.home
+        from ..workspace import Workspace
+
+        # The server's own workspace, from its settings: the process environment is left alone.
+        self.workspace = Workspace(home=self.home or None, db=self.db or None, artifacts=self.artifacts or None,
+                                   collection=self.collection or None)
         self.settings["mlops_lab"] = self
         self.settings["mlops_lab_executor"] = ThreadPoolExecutor(self.max_workers, thread_name_prefix="mlops-lab")
 

@@ -20,14 +20,24 @@ from ..errors import DeploymentFailed, InvalidInput, MlopsLabError
 NAME = r"(?P<name>[^/]+)"  # the core validates names, with a precise message
 
 
+async def in_executor(handler, fn, *args: Any, **kwargs: Any) -> Any:
+    """Run a core call in the extension's threads, in the server's own workspace."""
+    workspace = handler.settings["mlops_lab"].workspace
+
+    def run():
+        with workspace.activate():
+            return fn(*args, **kwargs)
+
+    return await asyncio.get_running_loop().run_in_executor(handler.settings["mlops_lab_executor"], run)
+
+
 class _Base(APIHandler):
     @property
     def app(self):
         return self.settings["mlops_lab"]
 
     async def call(self, fn, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.settings["mlops_lab_executor"], functools.partial(fn, *args, **kwargs))
+        return await in_executor(self, fn, *args, **kwargs)
 
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -202,9 +212,8 @@ class ProxyHandler(JupyterHandler):
     async def _forward(self, name: str, path: str) -> None:
         from ..deployers.api import get_deployment
 
-        loop = asyncio.get_running_loop()
         try:
-            d = await loop.run_in_executor(self.settings["mlops_lab_executor"], get_deployment, name)
+            d = await in_executor(self, get_deployment, name)
             target = _target(d.url, path, self.request.query)
         except MlopsLabError as exc:
             return self._json(exc.http_status, exc.to_dict())

@@ -38,13 +38,11 @@ def module_home(tmp_path_factory):
         mp.setenv("MLOPS_LAB_HOME", str(home))
         mp.delenv("MLOPS_LAB_DB", raising=False)
         yield home
-        from mlops_lab.registry import store
+        from mlops_lab.workspace import close_defaults
 
         for d in ml.list_deployments():
             d.delete()
-        for reg in list(store._registries.values()):
-            reg.close()
-        store._registries.clear()
+        close_defaults()
 
 
 @pytest.fixture(scope="module")
