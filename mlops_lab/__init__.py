@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import errors as _errors
+from ._version import __version__
 from .errors import (
     AliasNotFound,
     AlreadyExists,
@@ -37,8 +38,6 @@ from .errors import (
     VersionNotFound,
 )
 from .refs import ModelRef, parse_ref
-
-__version__ = "0.1.0.dev0"
 
 # name -> module that defines it; imported on first access.
 _LAZY = {

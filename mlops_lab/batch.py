@@ -65,7 +65,7 @@ def score_batch(
     import pandas as pd
 
     from .registry.api import get_model
-    from .serving.inputs import InputSpec
+    from .registry.inputs import InputSpec
 
     if chunk_rows is not None and chunk_rows < 1:
         raise InvalidInput(f"chunk_rows must be at least 1, got {chunk_rows}")

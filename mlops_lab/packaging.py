@@ -136,7 +136,7 @@ def package(
     <Package churn:3 at build/churn (96.2 MiB, 19 wheels)>
     """
     from .registry.api import get_model
-    from .registry.store import default_registry
+    from .workspace import current_registry as default_registry
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
@@ -319,7 +319,7 @@ def _host_platform() -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -43,7 +43,6 @@ INTERNAL_VARIABLES: dict[str, str] = {
     "MLOPS_LAB_MODEL_DIR": "Set while an entry script's `init()` runs: the model's folder (also `AZUREML_MODEL_DIR`).",
     "MLOPS_LAB_CRASHPOINT": "Tests only: the named point at which a process kills itself, to test crash safety.",
     "MLOPS_LAB_TEST_PG_URL": "Tests only: the PostgreSQL server the suite's registry tests run on (`make test` starts one).",
-    "MLOPS_LAB_TEST_S3": "Tests only: `endpoint,key,secret` of the S3 server the suite's store tests run on (`make test` starts one).",
 }
 
 

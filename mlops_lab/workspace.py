@@ -166,6 +166,11 @@ def current() -> Workspace:
     return ws if ws is not None else default_workspace()
 
 
+def current_registry() -> Registry:
+    """The registry of the workspace in force."""
+    return current().registry
+
+
 def default_workspace() -> Workspace:
     """The workspace the environment names now (one per distinct settings, kept open)."""
     settings = Settings.load()

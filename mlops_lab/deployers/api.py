@@ -10,11 +10,12 @@ from typing import Any
 
 from .._html import Listing
 from .._progress import Progress
-from ..errors import DeploymentFailed, InvalidInput, MlopsLabError, NotFound
-from ..refs import ModelRef, check_name, parse_ref
+from ..errors import InvalidInput, NotFound
+from ..refs import check_name, parse_ref
 from ..workspace import in_workspace
-from .base import Deployer, Deployment
+from .base import Deployment, _after_registering, _no_register_args, _register_step, is_reference
 from .keys import SLOTS, key_file, key_hash, new_key, read_keys, write_private
+from .targets import check_options, deployer_for
 
 __all__ = [
     "deploy",
@@ -27,34 +28,10 @@ __all__ = [
     "regenerate_key",
 ]
 
-TARGETS = ("local", "docker", "kubernetes")
-_TARGET_OPTIONS = {
-    "docker": {"base_image", "image"},
-    "kubernetes": {"image", "namespace", "context", "replicas", "cpu", "memory", "cpu_limit", "memory_limit",
-                   "autoscale", "service_type", "collect_claim", "collect_storage", "image_pull_policy"},
-}
-
-
 def _registry():
-    from ..registry.store import default_registry
+    from ..workspace import current_registry
 
-    return default_registry()
-
-
-def _deployer(target: str, reg=None) -> Deployer:
-    if target == "local":
-        from .local import LocalDeployer
-
-        return LocalDeployer(reg or _registry())
-    if target == "kubernetes":
-        from .kubernetes import KubernetesDeployer
-
-        return KubernetesDeployer(reg or _registry())
-    if target == "docker":
-        from .docker import DockerDeployer
-
-        return DockerDeployer(reg or _registry())
-    raise InvalidInput(f"unknown target {target!r}", hint="use one of " + ", ".join(TARGETS))
+    return current_registry()
 
 
 def _write_key_hashes(home: Path, name: str, keys: dict[str, str]) -> dict[str, str]:
@@ -151,12 +128,7 @@ def deploy(
     if entry_script is not None and not Path(entry_script).is_file():
         raise InvalidInput(f"entry script {entry_script} is not a file")
     collect = _check_collect(collect)
-    if target_options:
-        allowed = _TARGET_OPTIONS.get(target, set())
-        unknown = sorted(set(target_options) - allowed)
-        if unknown:
-            raise InvalidInput(f"target {target!r} takes no option {unknown[0]!r}",
-                               hint=("its options: " + ", ".join(sorted(allowed))) if allowed else "it takes none")
+    check_options(target, target_options)
     registered = None
     if not isinstance(ref, (list, tuple)) and not is_reference(ref):
         # A model object (or a file or folder path): step 1 registers it as the next version
@@ -186,7 +158,7 @@ def deploy(
         "entry_script": str(Path(entry_script).resolve()) if entry_script else None,
     }
     config.update(target_options)
-    deployer = _deployer(target, reg)
+    deployer = deployer_for(target, reg)
     prog = Progress(f"deploying {', '.join(str(r) for r in resolved)} as {name!r}", progress)
     keys = None
     reg.create_deployment(name, target, models, config=config, status="starting", note="deploy")
@@ -216,37 +188,6 @@ def deploy(
     d = Deployment(record, keys, reg)
     d.registered = registered
     return d
-
-
-def is_reference(obj: Any) -> bool:
-    """A reference to a registered version (``"churn:3"``, a ``ModelRef``, a ``ModelVersion``),
-    as opposed to a model to register (an object with ``predict``, a file or folder path)."""
-    if isinstance(obj, (str, ModelRef)):
-        return True
-    return isinstance(getattr(obj, "name", None), str) and isinstance(getattr(obj, "version", None), int)
-
-
-def _no_register_args(register: dict[str, Any], ref: Any) -> None:
-    given = [k for k, v in register.items() if v is not None]
-    if given:
-        raise InvalidInput(f"{given[0]} describes a model to register, but {ref!r} names a registered version",
-                           hint="pass the model object itself to register and deploy it in one call")
-
-
-def _register_step(reg, model: Any, name: str, doing: str, register: dict[str, Any]):
-    """Step 1 of a deploy or update given a model object: register it. Its errors say so."""
-    try:
-        return reg.register_model(model, name, **{k: v for k, v in register.items() if v is not None})
-    except MlopsLabError as exc:
-        exc.message = f"{doing} stopped at registering the model as {name!r}: {exc.message}"
-        raise
-
-
-def _after_registering(exc: BaseException, registered, doing: str) -> None:
-    """A failure after step 1: the error names the step, and the version registered stays."""
-    if isinstance(exc, MlopsLabError):
-        exc.message = (f"registered {registered.ref}, then {doing} failed: {exc.message} "
-                       f"({registered.ref} stays in the registry, a version like any other)")
 
 
 def _check_collect(collect: Any) -> Any:
@@ -296,105 +237,28 @@ def update(name: str, ref: Any, *, traffic: float | None = None, route: str | No
     next version of the model the route serves (``sample_input``, ``baseline``, ``tags``, ...
     go to :func:`~mlops_lab.register_model`), and the returned deployment's ``registered`` says
     which version that is."""
-    reg = _registry()
-    record = reg.get_deployment(name)
-    register = {"sample_input": sample_input, "baseline": baseline, "tags": tags, "properties": properties,
-                "description": description, "allow_missing": allow_missing}
-    registered = None
-    if not is_reference(ref):
-        wanted = route or (record.models[0].get("route") or record.models[0]["name"])
-        served = [m for m in record.models if (m.get("route") or m["name"]) == wanted]
-        if not served:
-            raise NotFound(f"deployment {name!r} has no route {wanted!r}")
-        registered = _register_step(reg, ref, served[0]["name"], "update", register)
-        ref = registered.ref
-    else:
-        _no_register_args(register, ref)
-    new = parse_ref(reg.resolve(ref))
-    if traffic is not None and not (0 < traffic < 100):
-        raise InvalidInput(f"traffic must be between 0 and 100 (exclusive), got {traffic}",
-                           hint="leave it out to send all the traffic to the new version")
-    routes = [m.get("route") or m["name"] for m in record.models]
-    if route is None:
-        matches = [m.get("route") or m["name"] for m in record.models if m["name"] == new.name]
-        route = matches[0] if matches else routes[0]
-    elif route not in routes:
-        raise NotFound(f"deployment {name!r} has no route {route!r}", hint="routes: " + ", ".join(dict.fromkeys(routes)))
-    others = [m for m in record.models if (m.get("route") or m["name"]) != route]
-    current = [m for m in record.models if (m.get("route") or m["name"]) == route]
-    if traffic is None:
-        mine = [{"name": new.name, "version": new.version, "traffic": 100, "route": route}]
-        note = f"update to {new}"
-    else:
-        stable = next((m for m in current if not m.get("canary")), current[0])
-        mine = [
-            {"name": stable["name"], "version": stable["version"], "traffic": 100 - traffic, "route": route},
-            {"name": new.name, "version": new.version, "traffic": traffic, "route": route, "canary": True},
-        ]
-        note = f"canary {new} at {traffic:g}%"
-    models = others + mine
-    prog = Progress(f"updating {name!r} to {new}" + (f" ({traffic:g}% canary)" if traffic else ""), progress)
-    try:
-        record = _deployer(record.target, reg).update(record, models, note, prog)
-    except DeploymentFailed as exc:
-        if registered is not None:
-            _after_registering(exc, registered, "updating the deployment")
-        prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
-        raise
-    prog.done(f"revision {record.revision} serving")
-    d = Deployment(record, read_keys(reg.home, name), reg)
-    d.registered = registered
-    return d
+    return get_deployment(name).update(ref, traffic, route=route, progress=progress, sample_input=sample_input,
+                                       baseline=baseline, tags=tags, properties=properties,
+                                       description=description, allow_missing=allow_missing)
 
 
 @in_workspace
 def promote(name: str, *, progress: bool = True) -> Deployment:
     """Finish a canary: its version takes all the traffic of its route."""
-    reg = _registry()
-    record = reg.get_deployment(name)
-    canaries = [m for m in record.models if m.get("canary")]
-    if not canaries:
-        raise InvalidInput(f"deployment {name!r} has no canary to promote", hint="start one with update(ref, traffic=10)")
-    c = canaries[0]
-    route = c.get("route") or c["name"]
-    models = [m for m in record.models if (m.get("route") or m["name"]) != route]
-    models.append({"name": c["name"], "version": c["version"], "traffic": 100, "route": route})
-    prog = Progress(f"promoting {c['name']}:{c['version']} in {name!r}", progress)
-    record = _deployer(record.target, reg).update(record, models, f"promote {c['name']}:{c['version']}", prog)
-    prog.done(f"revision {record.revision} serving")
-    return Deployment(record, read_keys(reg.home, name), reg)
+    return get_deployment(name).promote(progress=progress)
 
 
 @in_workspace
 def rollback(name: str, *, progress: bool = True) -> Deployment:
     """Serve the previous revision of deployment ``name`` again."""
-    reg = _registry()
-    record = reg.get_deployment(name)
-    history = reg.deployment_revisions(name)
-    prog = Progress(f"rolling back {name!r}", progress)
-    try:
-        record = _deployer(record.target, reg).rollback(record, history, prog)
-    except DeploymentFailed as exc:
-        prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
-        raise
-    prog.done(f"revision {record.revision} serving")
-    return Deployment(record, read_keys(reg.home, name), reg)
+    return get_deployment(name).rollback(progress=progress)
 
 
 @in_workspace
 def restart(name: str, *, progress: bool = True) -> Deployment:
     """Start deployment ``name``'s current revision again at the same address (see
     :meth:`Deployment.restart`)."""
-    reg = _registry()
-    record = reg.get_deployment(name)
-    prog = Progress(f"restarting {name!r}", progress)
-    try:
-        record = _deployer(record.target, reg).restart(record, prog)
-    except (DeploymentFailed, InvalidInput) as exc:
-        prog.done(f"failed: {exc.message}")
-        raise
-    prog.done(f"revision {record.revision} serving at {record.endpoint}")
-    return Deployment(record, read_keys(reg.home, name), reg)
+    return get_deployment(name).restart(progress=progress)
 
 
 @in_workspace
@@ -402,15 +266,11 @@ def delete_deployment(name: str) -> bool:
     """Stop and forget a deployment; returns whether there was one (deleting twice is fine)."""
     reg = _registry()
     try:
-        record = reg.get_deployment(name)
+        d = get_deployment(name)
     except NotFound:
         key_file(reg.home, name).unlink(missing_ok=True)
         return False
-    try:
-        _deployer(record.target, reg).delete(record)
-    finally:
-        reg.delete_deployment(name)
-        key_file(reg.home, name).unlink(missing_ok=True)
+    d.delete()
     return True
 
 
@@ -421,18 +281,4 @@ def regenerate_key(name: str, which: str = "primary") -> str:
     The servers take the new hash within a second; the other key keeps working throughout, so
     clients can move from one key to the other without an outage.
     """
-    if which not in SLOTS:
-        raise InvalidInput(f"which must be 'primary' or 'secondary', not {which!r}")
-    reg = _registry()
-    record = reg.get_deployment(name)
-    if not record.config.get("auth", True):
-        raise InvalidInput(f"deployment {name!r} was made with auth=False: it has no keys")
-    keys = read_keys(reg.home, name) or {}
-    key = new_key()
-    keys[which] = key
-    write_private(key_file(reg.home, name), keys)
-    hashes = dict(record.config.get("key_hashes", {}))
-    hashes[which] = key_hash(key)
-    write_private(reg.home / "deployments" / name / "keys.json", hashes)
-    reg.update_deployment(name, config={**record.config, "key_hashes": hashes})
-    return key
+    return get_deployment(name).regenerate_key(which)

@@ -21,7 +21,9 @@ import orjson
 
 from .. import errors
 from .._html import kv_table
+from .._progress import Progress
 from ..errors import DeploymentFailed, InvalidInput, MlopsLabError
+from ..refs import ModelRef
 from ..registry.entities import DeploymentRecord, DeploymentRevision
 
 STATES = ("healthy", "starting", "unhealthy", "crashed", "stopped")
@@ -179,72 +181,165 @@ class Deployment:
 
     # -- operations ------------------------------------------------------------------------
 
-    def status(self) -> DeploymentStatus:
-        from .api import _deployer
+    def _deployer(self) -> Deployer:
+        from .targets import deployer_for
 
+        return deployer_for(self.target, self._registry)
+
+    def _done(self, record: DeploymentRecord) -> Deployment:
+        from .keys import read_keys
+
+        self._record = record
+        self.keys = read_keys(self._registry.home, self.name)
+        return self
+
+    def status(self) -> DeploymentStatus:
         self.refresh()
-        return _deployer(self.target, self._registry).status(self._record)
+        return self._deployer().status(self._record)
 
     def logs(self, tail: int = 100) -> str:
-        from .api import _deployer
-
-        return _deployer(self.target, self._registry).logs(self._record, tail)
+        return self._deployer().logs(self._record, tail)
 
     def update(self, ref: Any, traffic: float | None = None, *, route: str | None = None, progress: bool = True,
-               **register: Any) -> Deployment:
-        """Serve ``ref`` instead of the current version; with ``traffic=10``, send it 10 % of the
-        requests (a canary) and keep the rest on the current version until :meth:`promote`.
-        ``ref`` may be a model object: it is registered first (``register`` goes to
-        :func:`~mlops_lab.register_model`), and ``registered`` then names the new version."""
-        from .api import update
+               sample_input: Any = None, baseline: Any = None, tags: Any = None, properties: Any = None,
+               description: str | None = None, allow_missing: Any = None) -> Deployment:
+        """Serve ``ref`` instead of the current version, with no downtime; with ``traffic=10``,
+        send it 10 % of the requests of its route (a canary) and keep the rest on the current
+        version until :meth:`promote`. ``ref`` may be a model object: it is registered first, as
+        the next version of the model the route serves (``sample_input``, ``baseline``, ``tags``,
+        ... go to :func:`~mlops_lab.register_model`), and ``registered`` then names it."""
+        from ..refs import parse_ref
 
-        with self._workspace.activate():
-            done = update(self.name, ref, traffic=traffic, route=route, progress=progress, **register)
-        self.registered = done.registered
-        return self.refresh()
+        reg = self._registry
+        record = self.refresh()._record
+        register = {"sample_input": sample_input, "baseline": baseline, "tags": tags, "properties": properties,
+                    "description": description, "allow_missing": allow_missing}
+        registered = None
+        if not is_reference(ref):
+            wanted = route or (record.models[0].get("route") or record.models[0]["name"])
+            served = [m for m in record.models if (m.get("route") or m["name"]) == wanted]
+            if not served:
+                raise errors.NotFound(f"deployment {self.name!r} has no route {wanted!r}")
+            registered = _register_step(reg, ref, served[0]["name"], "update", register)
+            ref = registered.ref
+        else:
+            _no_register_args(register, ref)
+        new = parse_ref(reg.resolve(ref))
+        if traffic is not None and not (0 < traffic < 100):
+            raise InvalidInput(f"traffic must be between 0 and 100 (exclusive), got {traffic}",
+                               hint="leave it out to send all the traffic to the new version")
+        routes = [m.get("route") or m["name"] for m in record.models]
+        if route is None:
+            matches = [m.get("route") or m["name"] for m in record.models if m["name"] == new.name]
+            route = matches[0] if matches else routes[0]
+        elif route not in routes:
+            raise errors.NotFound(f"deployment {self.name!r} has no route {route!r}",
+                                  hint="routes: " + ", ".join(dict.fromkeys(routes)))
+        others = [m for m in record.models if (m.get("route") or m["name"]) != route]
+        current = [m for m in record.models if (m.get("route") or m["name"]) == route]
+        if traffic is None:
+            mine = [{"name": new.name, "version": new.version, "traffic": 100, "route": route}]
+            note = f"update to {new}"
+        else:
+            stable = next((m for m in current if not m.get("canary")), current[0])
+            mine = [
+                {"name": stable["name"], "version": stable["version"], "traffic": 100 - traffic, "route": route},
+                {"name": new.name, "version": new.version, "traffic": traffic, "route": route, "canary": True},
+            ]
+            note = f"canary {new} at {traffic:g}%"
+        prog = Progress(f"updating {self.name!r} to {new}" + (f" ({traffic:g}% canary)" if traffic else ""), progress)
+        try:
+            record = self._deployer().update(record, others + mine, note, prog)
+        except DeploymentFailed as exc:
+            if registered is not None:
+                _after_registering(exc, registered, "updating the deployment")
+            prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
+            raise
+        prog.done(f"revision {record.revision} serving")
+        self.registered = registered
+        return self._done(record)
 
     def promote(self, *, progress: bool = True) -> Deployment:
-        """Complete a canary: the new version takes all the traffic."""
-        from .api import promote
-
-        with self._workspace.activate():
-            promote(self.name, progress=progress)
-        return self.refresh()
+        """Complete a canary: the new version takes all the traffic of its route."""
+        record = self.refresh()._record
+        canaries = [m for m in record.models if m.get("canary")]
+        if not canaries:
+            raise InvalidInput(f"deployment {self.name!r} has no canary to promote",
+                               hint="start one with update(ref, traffic=10)")
+        c = canaries[0]
+        route = c.get("route") or c["name"]
+        models = [m for m in record.models if (m.get("route") or m["name"]) != route]
+        models.append({"name": c["name"], "version": c["version"], "traffic": 100, "route": route})
+        prog = Progress(f"promoting {c['name']}:{c['version']} in {self.name!r}", progress)
+        record = self._deployer().update(record, models, f"promote {c['name']}:{c['version']}", prog)
+        prog.done(f"revision {record.revision} serving")
+        return self._done(record)
 
     def rollback(self, *, progress: bool = True) -> Deployment:
-        """Return to the previous revision."""
-        from .api import rollback
-
-        with self._workspace.activate():
-            rollback(self.name, progress=progress)
-        return self.refresh()
+        """Return to the previous revision (recorded as a new revision)."""
+        record = self.refresh()._record
+        prog = Progress(f"rolling back {self.name!r}", progress)
+        try:
+            record = self._deployer().rollback(record, self.revisions(), prog)
+        except DeploymentFailed as exc:
+            prog.done(f"failed, revision {record.revision} still serving: {exc.message}")
+            raise
+        prog.done(f"revision {record.revision} serving")
+        return self._done(record)
 
     def restart(self, *, progress: bool = True) -> Deployment:
         """Start the current revision again at the same address: for a deployment whose
         supervisor is gone (``crashed``), or to bounce a running one (a short outage; ``update``
         is the way without one)."""
-        from .api import restart
-
-        with self._workspace.activate():
-            restart(self.name, progress=progress)
-        return self.refresh()
+        record = self.refresh()._record
+        prog = Progress(f"restarting {self.name!r}", progress)
+        try:
+            record = self._deployer().restart(record, prog)
+        except (DeploymentFailed, InvalidInput) as exc:
+            prog.done(f"failed: {exc.message}")
+            raise
+        prog.done(f"revision {record.revision} serving at {record.endpoint}")
+        return self._done(record)
 
     def delete(self) -> None:
         """Stop the deployment and forget it (idempotent)."""
-        from .api import delete_deployment
+        from .keys import key_file
 
-        with self._workspace.activate():
-            delete_deployment(self.name)
+        reg = self._registry
+        try:
+            record = reg.get_deployment(self.name)
+        except errors.NotFound:
+            key_file(reg.home, self.name).unlink(missing_ok=True)
+            return
+        try:
+            self._deployer().delete(record)
+        finally:
+            reg.delete_deployment(self.name)
+            key_file(reg.home, self.name).unlink(missing_ok=True)
 
     def revisions(self) -> list[DeploymentRevision]:
         return self._registry.deployment_revisions(self.name)
 
     def regenerate_key(self, which: str = "primary") -> str:
-        """Replace one key (``primary`` or ``secondary``); the other keeps working."""
-        from .api import regenerate_key
+        """Replace one key (``primary`` or ``secondary``); the other keeps working. The servers
+        take the new hash within a second, so clients move from one key to the other with no
+        outage."""
+        from .keys import SLOTS, key_file, key_hash, new_key, read_keys, write_private
 
-        with self._workspace.activate():
-            key = regenerate_key(self.name, which)
+        if which not in SLOTS:
+            raise InvalidInput(f"which must be 'primary' or 'secondary', not {which!r}")
+        reg = self._registry
+        record = self.refresh()._record
+        if not record.config.get("auth", True):
+            raise InvalidInput(f"deployment {self.name!r} was made with auth=False: it has no keys")
+        keys = read_keys(reg.home, self.name) or {}
+        key = new_key()
+        keys[which] = key
+        write_private(key_file(reg.home, self.name), keys)
+        hashes = dict(record.config.get("key_hashes", {}))
+        hashes[which] = key_hash(key)
+        write_private(reg.home / "deployments" / self.name / "keys.json", hashes)
+        reg.update_deployment(self.name, config={**record.config, "key_hashes": hashes})
         self.keys = {**(self.keys or {}), which: key}
         return key
 
@@ -277,6 +372,37 @@ class Deployment:
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise DeploymentFailed(f"deployment {self.name!r} does not answer at {url}: {getattr(exc, 'reason', exc)}",
                                    hint="see .status() and .logs()") from None
+
+
+def is_reference(obj: Any) -> bool:
+    """A reference to a registered version (``"churn:3"``, a ``ModelRef``, a ``ModelVersion``),
+    as opposed to a model to register (an object with ``predict``, a file or folder path)."""
+    if isinstance(obj, (str, ModelRef)):
+        return True
+    return isinstance(getattr(obj, "name", None), str) and isinstance(getattr(obj, "version", None), int)
+
+
+def _no_register_args(register: dict[str, Any], ref: Any) -> None:
+    given = [k for k, v in register.items() if v is not None]
+    if given:
+        raise InvalidInput(f"{given[0]} describes a model to register, but {ref!r} names a registered version",
+                           hint="pass the model object itself to register and deploy it in one call")
+
+
+def _register_step(reg, model: Any, name: str, doing: str, register: dict[str, Any]):
+    """Step 1 of a deploy or update given a model object: register it. Its errors say so."""
+    try:
+        return reg.register_model(model, name, **{k: v for k, v in register.items() if v is not None})
+    except MlopsLabError as exc:
+        exc.message = f"{doing} stopped at registering the model as {name!r}: {exc.message}"
+        raise
+
+
+def _after_registering(exc: BaseException, registered, doing: str) -> None:
+    """A failure after step 1: the error names the step, and the version registered stays."""
+    if isinstance(exc, MlopsLabError):
+        exc.message = (f"registered {registered.ref}, then {doing} failed: {exc.message} "
+                       f"({registered.ref} stays in the registry, a version like any other)")
 
 
 def _error_from_response(status: int, body: bytes) -> MlopsLabError:

@@ -29,8 +29,7 @@ from ..errors import DeploymentFailed, InvalidInput
 from ..packaging import APP_DIR, DEFAULT_BASE_IMAGE, KEYS_FILE, SERVER_PORT, package
 from ..registry.entities import DeploymentRecord
 from .base import Deployer, DeploymentStatus
-from .kubernetes import default_image, k8s_name
-from .local import _pid_is, _read_line, deployment_dir
+from .common import default_image, deployment_dir, k8s_name, pid_is, read_line
 
 __all__ = ["DockerDeployer", "build_image", "docker_client"]
 
@@ -66,7 +65,7 @@ def build_image(refs: Any, tag: str | None = None, *, base_image: str = DEFAULT_
     'mlops-lab/churn:3'
     """
     from ..registry.api import get_model
-    from ..registry.store import default_registry
+    from ..workspace import current_registry as default_registry
 
     client = client or docker_client()
     ref_list = [refs] if not isinstance(refs, (list, tuple)) else list(refs)
@@ -217,7 +216,7 @@ class DockerDeployer(Deployer):
                                         start_new_session=True, cwd=str(folder))
         os.close(write_fd)
         launcher.wait()
-        line = _read_line(read_fd, timeout=30)
+        line = read_line(read_fd, timeout=30)
         os.close(read_fd)
         if not line.startswith("READY"):
             raise DeploymentFailed(f"deployment {name!r} cannot take its address: {line.removeprefix('FAILED ')}")
@@ -259,7 +258,7 @@ class DockerDeployer(Deployer):
 
     def update(self, record, models, note, progress) -> DeploymentRecord:
         client = docker_client()
-        if not _pid_is(record.state.get("forwarder_pid"), "mlops_lab.deployers.forwarder"):
+        if not pid_is(record.state.get("forwarder_pid"), "mlops_lab.deployers.forwarder"):
             raise DeploymentFailed(f"deployment {record.name!r} is not running (its forwarder is gone)",
                                    hint="delete it and deploy again")
         old = record.state.get("current") or {}
@@ -288,7 +287,7 @@ class DockerDeployer(Deployer):
         pid = record.state.get("forwarder_pid")
         port = int(record.state.get("port") or 0)
         try:
-            if _pid_is(pid, "mlops_lab.deployers.forwarder"):
+            if pid_is(pid, "mlops_lab.deployers.forwarder"):
                 progress.step("switching traffic to the new container")
                 self._switch(record.name, new["port"])
             else:
@@ -341,7 +340,7 @@ class DockerDeployer(Deployer):
         if container.status != "running":
             return make("crashed", f"container {container.name} is {container.status}", details)
         pid = record.state.get("forwarder_pid")
-        if not _pid_is(pid, "mlops_lab.deployers.forwarder"):
+        if not pid_is(pid, "mlops_lab.deployers.forwarder"):
             return make("crashed", f"the forwarder (pid {pid}) is not running", details)
         try:
             with urllib.request.urlopen(record.endpoint.rstrip("/") + "/health", timeout=3) as r:
@@ -362,7 +361,7 @@ class DockerDeployer(Deployer):
 
     def delete(self, record) -> None:
         pid = record.state.get("forwarder_pid")
-        if _pid_is(pid, "mlops_lab.deployers.forwarder"):
+        if pid_is(pid, "mlops_lab.deployers.forwarder"):
             os.kill(pid, signal.SIGTERM)
         try:
             client = docker_client()
@@ -372,7 +371,7 @@ class DockerDeployer(Deployer):
             for container in client.containers.list(all=True, filters={"label": f"{LABEL}={record.name}"}):
                 _remove(container)
         end = time.monotonic() + 5
-        while _pid_is(pid, "mlops_lab.deployers.forwarder") and time.monotonic() < end:
+        while pid_is(pid, "mlops_lab.deployers.forwarder") and time.monotonic() < end:
             time.sleep(0.05)
         shutil.rmtree(self._folder(record.name), ignore_errors=True)
 

@@ -18,7 +18,6 @@ after which ``collected_data`` reads them like a local deployment's. Without eit
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any
 
@@ -27,19 +26,11 @@ from ..packaging import APP_DIR, SERVER_PORT
 from ..registry.entities import DeploymentRecord
 from ..workspace import in_workspace
 from .base import Deployer, DeploymentStatus
+from .common import default_image, k8s_name
 
 __all__ = ["render_manifests", "build_objects", "to_yaml", "KubernetesDeployer", "k8s_name"]
 
 MANAGED_BY = "mlops-lab"
-_DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-def k8s_name(name: str) -> str:
-    """A deployment name as a Kubernetes object name (DNS-1123 label: lower case, digits, '-')."""
-    out = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:53].strip("-")
-    if not out or not _DNS.match(out):
-        raise InvalidInput(f"{name!r} cannot be a Kubernetes name", hint="use letters, digits and '-'")
-    return out
 
 
 def build_objects(
@@ -181,7 +172,7 @@ def render_manifests(ref: Any, name: str | None = None, *, image: str | None = N
     >>> print(to_yaml(render_manifests("churn:3", image="registry.local/churn:3", replicas=2)))  # doctest: +SKIP
     """
     from ..refs import check_name, parse_ref
-    from ..registry.store import default_registry
+    from ..workspace import current_registry as default_registry
     from .keys import SLOTS, key_file, key_hash, new_key, write_private
 
     reg = default_registry()
@@ -197,10 +188,6 @@ def render_manifests(ref: Any, name: str | None = None, *, image: str | None = N
         hashes = {slot: key_hash(k) for slot, k in keys.items()}
     image = image or default_image(resolved[0].name, resolved[0].version)
     return build_objects(name, models, image=image, key_hashes=hashes, **options)
-
-
-def default_image(name: str, version: int) -> str:
-    return f"mlops-lab/{k8s_name(name)}:{version}"
 
 
 def server_command() -> list[str]:

@@ -23,11 +23,8 @@ import orjson
 from ..errors import DeploymentFailed
 from ..registry.entities import DeploymentRecord
 from .base import Deployer, DeploymentStatus
+from .common import deployment_dir, pid_is, read_line
 from .supervisor import control_address
-
-
-def deployment_dir(home: Path, name: str) -> Path:
-    return home / "deployments" / name
 
 
 def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int) -> str:
@@ -83,24 +80,6 @@ def _collect_spec(registry, collect: Any) -> dict[str, Any] | None:
     return {"enabled": True, "folder": str(collection_folder(registry.settings)), **settings}
 
 
-def _pid_is(pid: int | None, marker: str) -> bool:
-    """Whether ``pid`` runs and is ours (its command line holds ``marker``), so a recycled PID
-    is never mistaken for the supervisor."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
-    return marker in cmdline
-
-
 class LocalDeployer(Deployer):
     target = "local"
 
@@ -124,7 +103,7 @@ class LocalDeployer(Deployer):
         return orjson.loads(buf)
 
     def _supervisor_alive(self, record: DeploymentRecord) -> bool:
-        return _pid_is(record.state.get("supervisor_pid"), f"--name {record.name} ")
+        return pid_is(record.state.get("supervisor_pid"), f"--name {record.name} ")
 
     # -- Deployer --------------------------------------------------------------------------
 
@@ -158,7 +137,7 @@ class LocalDeployer(Deployer):
             )
         os.close(write_fd)
         launcher.wait()
-        line = _read_line(read_fd, timeout=float(config.get("startup_timeout", 120)) + 10)
+        line = read_line(read_fd, timeout=float(config.get("startup_timeout", 120)) + 10)
         os.close(read_fd)
         if not line.startswith("READY"):
             if line.startswith("FAILED"):
@@ -262,13 +241,13 @@ class LocalDeployer(Deployer):
         it dies, after draining): killed, and waited for, so that their port is free."""
         pids = [s.get("pid") for s in record.state.get("servers", [])]
         for pid in pids:
-            if _pid_is(pid, "mlops_lab.serving.server"):
+            if pid_is(pid, "mlops_lab.serving.server"):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         end = time.monotonic() + 10
-        while any(_pid_is(pid, "mlops_lab.serving.server") for pid in pids) and time.monotonic() < end:
+        while any(pid_is(pid, "mlops_lab.serving.server") for pid in pids) and time.monotonic() < end:
             time.sleep(0.02)
 
 
@@ -282,25 +261,6 @@ def _last_error(log_path: Path) -> str:
         if line and not line.startswith((" ", "\t", "Traceback")) and ("Error" in line or "Exception" in line):
             return line.strip()
     return lines[-1].strip() if lines else "(empty log)"
-
-
-def _read_line(fd: int, timeout: float) -> str:
-    import select
-
-    buf = b""
-    end = time.monotonic() + timeout
-    while not buf.endswith(b"\n"):
-        left = end - time.monotonic()
-        if left <= 0:
-            return "FAILED no answer from the supervisor within the start-up timeout"
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    return buf.decode(errors="replace").strip()
 
 
 def _probe(url: str, timeout: float = 3.0) -> tuple[bool, str]:

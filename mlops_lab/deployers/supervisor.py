@@ -104,7 +104,7 @@ class Supervisor:
     @property
     def registry(self):
         if self._registry is None:
-            from ..registry.store import default_registry
+            from ..workspace import current_registry as default_registry
 
             self._registry = default_registry()
         return self._registry

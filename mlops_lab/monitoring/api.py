@@ -13,7 +13,7 @@ __all__ = ["collected_data", "metrics", "summary", "drift", "monitor", "record_f
 
 
 def _registry():
-    from ..registry.store import default_registry
+    from ..workspace import current_registry as default_registry
 
     return default_registry()
 
@@ -175,7 +175,7 @@ def _drift(deployment: str, window: str, *, until=None, version=None, thresholds
         reference_note = f"baseline registered with {mv.ref} ({len(baseline)} rows)"
         try:
             model = reg.load_model(mv.ref)
-            from ..serving.inputs import InputSpec
+            from ..registry.inputs import InputSpec
 
             spec = InputSpec(mv.signature)
             chunk = spec.from_rows(baseline.to_dict("records") if spec.kind == "columns" else baseline.to_numpy().tolist())

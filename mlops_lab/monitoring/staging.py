@@ -70,8 +70,8 @@ from typing import Any
 import numpy as np
 
 from . import directio
-from .collector import CHUNK_RECORDS, Record, assemble, stored_inputs, write_parquet
 from .directio import round_up as _round_up
+from .records import CHUNK_RECORDS, Record, assemble, stored_inputs, write_parquet
 
 log = logging.getLogger("mlops_lab.compactor")
 FINAL_PASS_S = 1.0  # once its server is gone, how long a compactor goes on compacting

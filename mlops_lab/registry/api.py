@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .._html import Listing
+from ..workspace import current_registry as default_registry
 from ..workspace import in_workspace
 from .entities import ModelVersion, RegisteredModel
-from .store import default_registry
 
 __all__ = [
     "register_model",

@@ -69,13 +69,10 @@ class ModelVersion:
         """Load this version from the registry it was read from (see :func:`mlops_lab.load_model`)."""
         registry = self.__dict__.get("_registry")
         if registry is None:
-            from .api import load_model
+            from ..errors import InvalidInput
 
-            return load_model(self.ref)
-        from ..workspace import Workspace
-
-        with Workspace.of(registry).activate():
-            return registry.load_model(self.ref)
+            raise InvalidInput(f"{self.ref} was not read from a registry", hint="load it with mlops_lab.load_model(ref)")
+        return registry.load_model(self.ref)
 
     def __repr__(self) -> str:
         extras = []

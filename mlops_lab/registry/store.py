@@ -1,5 +1,6 @@
 """The registry store: metadata in SQL (SQLite by default, PostgreSQL for teams), artifacts as
-content-addressed files under the home folder.
+content-addressed blobs in the artifact store its settings name (a folder, or S3-compatible object
+storage; see :mod:`.artifacts`).
 
 One :class:`Registry` per (home folder, database URL). Every operation runs in one database
 transaction; writes on SQLite take the write lock when they begin (``BEGIN IMMEDIATE``) so that
@@ -60,7 +61,7 @@ from ..errors import (
 from ..refs import ModelRef, check_alias, check_name, check_tag_key, parse_ref
 from ..settings import Settings
 from . import schema as S
-from .artifacts import ArtifactStore, storage_error
+from .artifacts import open_store, storage_error
 from .entities import (
     ArtifactFile,
     DeploymentRecord,
@@ -139,7 +140,7 @@ class Registry:
         except OSError as exc:
             raise storage_error(exc, f"create the home folder {self.home}") from None
         self.url = settings.db
-        self.artifacts = ArtifactStore(Path(settings.artifacts))
+        self.artifacts = open_store(settings.artifacts, settings.home, settings.s3_endpoint_url)
         self.cache = self.home / "cache"
         self.engine = _make_engine(self.url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
@@ -1066,9 +1067,3 @@ def _attachments_query(n_keys: int):
 
 
 
-
-def default_registry() -> Registry:
-    """The registry of the workspace in force (see :mod:`mlops_lab.workspace`)."""
-    from ..workspace import current
-
-    return current().registry

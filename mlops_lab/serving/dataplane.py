@@ -2,7 +2,7 @@
 
 authorise -> pick the model -> read the body -> parse and validate (the protocol) -> predict ->
 answer (the protocol) -> count and collect. A protocol module (``protocols/``) only translates its
-wire format into a :class:`~mlops_lab.serving.inputs.Chunk` and the prediction back; errors are
+wire format into a :class:`~mlops_lab.registry.inputs.Chunk` and the prediction back; errors are
 raised as :class:`~mlops_lab.errors.MlopsLabError` and turned into a response by one handler,
 which asks the protocol how its clients expect an error to look.
 """
@@ -21,9 +21,9 @@ from starlette.routing import BaseRoute
 from starlette.routing import Route as StarletteRoute
 
 from ..errors import InvalidRequest, MalformedRequest, MlopsLabError, NotFound, PayloadTooLarge
-from ..monitoring.collector import Record
+from ..monitoring.records import Record
+from ..registry.inputs import Chunk, to_jsonable
 from .auth import KeyCheck
-from .inputs import Chunk, to_jsonable
 from .metrics import Counters, Snapshots, aggregate, render
 from .runtime import Route, ServedModel
 

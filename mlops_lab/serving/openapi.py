@@ -95,7 +95,7 @@ V2_REQUEST: dict[str, Any] = {
 
 
 def build_openapi(app) -> dict[str, Any]:
-    from .. import __version__
+    from .._version import __version__
 
     paths: dict[str, Any] = {}
     security = [{"bearer": []}] if app.keys.enabled else []

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ModelError
-from .inputs import Chunk, InputSpec, split_output
+from ..registry.inputs import Chunk, InputSpec, split_output
 
 log = logging.getLogger("mlops_lab.serving")
 

@@ -86,7 +86,7 @@ def test_render_manifests_from_a_reference_keeps_the_keys_for_their_owner(sqlite
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "mlops-lab/iris:1"
     secret = next(o for o in objs if o["kind"] == "Secret")
     from mlops_lab.deployers.keys import key_hash, read_keys
-    from mlops_lab.registry.store import default_registry
+    from mlops_lab.workspace import current_registry as default_registry
 
     keys = read_keys(default_registry().home, "iris")
     assert json.loads(secret["stringData"]["keys.json"]) == {k: key_hash(v) for k, v in keys.items()}

@@ -172,7 +172,7 @@ def test_feedback_joins_to_its_request(iris_model, sqlite_registry):
 
 
 def test_writer_slices_are_bounded_in_rows_and_records_and_keep_order():
-    from mlops_lab.monitoring.collector import CHUNK_RECORDS, CHUNK_ROWS, Record, _slices
+    from mlops_lab.monitoring.records import CHUNK_RECORDS, CHUNK_ROWS, Record, _slices
 
     def rec(i, n):
         return Record(0.0, f"r{i}", "m:1", 200, 1.0, None, None, None, None, None, n)

@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mlops_lab.monitoring.collector import CollectConfig, Collector, Record
+from mlops_lab.monitoring.collector import CollectConfig, Collector
 from mlops_lab.monitoring.data import read_requests
+from mlops_lab.monitoring.records import Record
 
 COLS = [f"x{i}" for i in range(5)]
 TYPES = ["float"] * 5

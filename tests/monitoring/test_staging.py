@@ -19,8 +19,9 @@ import pytest
 
 from mlops_lab.deployers.base import wait_until
 from mlops_lab.monitoring import staging
-from mlops_lab.monitoring.collector import CollectConfig, Collector, Record
+from mlops_lab.monitoring.collector import CollectConfig, Collector
 from mlops_lab.monitoring.data import read_requests
+from mlops_lab.monitoring.records import Record
 
 COLS = [f"x{i}" for i in range(6)]
 TYPES = ["float"] * 6
@@ -304,15 +305,15 @@ def test_when_o_direct_transfers_are_refused_files_go_on_through_the_page_cache(
 
 
 def test_parquet_bigger_than_its_first_buffer_is_written_whole(tmp_path, monkeypatch):
-    """Replaces ``collector._parquet_bound`` (the size of memory Parquet is encoded into) with
+    """Replaces ``records._parquet_bound`` (the size of memory Parquet is encoded into) with
     one that is far too small, and gives this test fresh buffers (this thread's may have grown
     in earlier tests), so that encoding overruns the buffer and is done again in a bigger one."""
-    from mlops_lab.monitoring import collector, directio
+    from mlops_lab.monitoring import directio, records
 
-    monkeypatch.setattr(collector, "_parquet_bound", lambda table: 1)
+    monkeypatch.setattr(records, "_parquet_bound", lambda table: 1)
     monkeypatch.setattr(directio, "buffers", directio._Buffers())
     table = pa.table({f"c{i}": np.random.default_rng(i).normal(size=50_000) for i in range(8)})  # 3.2 MB
-    path = collector.write_parquet(table, tmp_path / "out", "x.parquet")
+    path = records.write_parquet(table, tmp_path / "out", "x.parquet")
     assert len(directio.buffers.write.aligned(0)) >= path.stat().st_size > 3_000_000
     assert pq.read_table(path).equals(table)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.parquet"]
@@ -351,7 +352,7 @@ def test_readers_never_count_a_file_twice_and_a_second_compactor_waits(tmp_path)
     [path] = staging.staged_files(tmp_path / "d")
     # A compaction killed between writing the Parquet file and deleting the staged one
     target = staging.parquet_for(path, tmp_path / "d")
-    from mlops_lab.monitoring.collector import write_parquet
+    from mlops_lab.monitoring.records import write_parquet
 
     write_parquet(staging.read_file(path), target.parent, target.name)
     assert read_requests(tmp_path / "d").num_rows == 3  # not 6: the staged file is skipped
@@ -451,7 +452,7 @@ def test_a_full_disk_loses_only_the_rows_it_could_not_write_and_counts_them(smal
 
 
 def test_a_staged_file_holds_at_most_chunk_records_requests(tmp_path):
-    from mlops_lab.monitoring.collector import CHUNK_RECORDS
+    from mlops_lab.monitoring.records import CHUNK_RECORDS
 
     col = _collector(tmp_path, "d")
     row = np.ones((1, 6))

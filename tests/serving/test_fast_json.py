@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from mlops_lab.serving.inputs import FAST_JSON_MIN_BYTES, InputSpec
+from mlops_lab.registry.inputs import FAST_JSON_MIN_BYTES, InputSpec
 
 from .conftest import auth
 

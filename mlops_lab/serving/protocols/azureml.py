@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.routing import Route as StarletteRoute
 
 from ...errors import InvalidRequest
+from ...registry.inputs import Chunk
 from ..dataplane import Protocol
-from ..inputs import Chunk
 from ..runtime import ServedModel
 
 

@@ -12,8 +12,8 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
 from ...errors import InvalidRequest, MalformedRequest, MlopsLabError
+from ...registry.inputs import Chunk, to_jsonable
 from ..dataplane import DataPlane, Protocol
-from ..inputs import Chunk, to_jsonable
 from ..runtime import Route, ServedModel
 
 KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
 from ...errors import InvalidRequest, MalformedRequest, MlopsLabError, NotFound
+from ...registry.inputs import Chunk
 from ..dataplane import DataPlane, Protocol, speaks
-from ..inputs import Chunk
 from ..runtime import Route, ServedModel
 
 DTYPES = {
@@ -115,7 +115,7 @@ class Infer(Protocol):
             return Response(status_code=503 if plane.draining else 200)
 
         async def server(request: Request) -> Response:
-            from ... import __version__
+            from ..._version import __version__
 
             return plane.respond({"name": "mlops_lab", "version": __version__, "extensions": ["binary_tensor_data"]}, "v2")
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..registry.signature import _type_of_value
+from .signature import _type_of_value
 
 _NUMERIC = {"integer", "float"}
 
