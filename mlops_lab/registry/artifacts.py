@@ -328,7 +328,10 @@ class S3ArtifactStore(ArtifactStore):
             # Only sha256/ab/<62 hex>: some servers list an emptied folder as an object.
             if info.type != FileType.File or len(parts) != 2 or len(parts[0]) != 2 or len(parts[1]) != 62:
                 continue
-            # A time the server does not give counts as now: gc keeps what it cannot date.
+            if info.mtime is None or info.mtime.year <= 1970:
+                # Some servers (rclone) list a just-written object without its time: ask for it.
+                info = self.fs.get_file_info(info.path)
+            # A time the server does not give at all counts as now: gc keeps what it cannot date.
             mtime = info.mtime.timestamp() if info.mtime is not None and info.mtime.year > 1970 else time.time()
             yield parts[0] + parts[1], mtime, info.size or 0
 
