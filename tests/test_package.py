@@ -25,13 +25,15 @@ def test_import_loads_no_heavy_module():
 
 
 def test_first_api_call_loads_what_it_needs():
-    """The lazy names resolve: accessing one imports the registry (and SQLAlchemy) on demand."""
+    """The lazy names resolve, and the first call imports the registry (and SQLAlchemy) on
+    demand, not pandas (the home folder is this test's)."""
     code = (
         "import sys, mlops_lab\n"
         "assert 'sqlalchemy' not in sys.modules\n"
-        "f = mlops_lab.register_model\n"
-        "assert 'sqlalchemy' in sys.modules and callable(f)\n"
-        "assert 'pandas' not in sys.modules\n"
+        "f = mlops_lab.list_models\n"
+        "assert callable(f) and 'pandas' not in sys.modules\n"
+        "assert f() == []\n"
+        "assert 'sqlalchemy' in sys.modules and 'pandas' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
