@@ -38,47 +38,17 @@ from .errors import (
     VersionNotFound,
 )
 from .refs import ModelRef, parse_ref
+from .workspace import OPERATIONS as _OPERATIONS
 
-# name -> module that defines it; imported on first access.
+# name -> module that defines it; imported on first access. The operations (also a Workspace's
+# methods) come from the workspace's table; the classes and helpers are listed here.
 _LAZY = {
-    "register_model": "mlops_lab.registry.api",
-    "get_model": "mlops_lab.registry.api",
-    "list_models": "mlops_lab.registry.api",
-    "search_model_versions": "mlops_lab.registry.api",
-    "load_model": "mlops_lab.registry.api",
+    **{name: module for module, names in _OPERATIONS.items() for name in names},
     "load_model_from": "mlops_lab.registry.api",
-    "download_model": "mlops_lab.registry.api",
-    "model_path": "mlops_lab.registry.api",
-    "get_baseline": "mlops_lab.registry.api",
-    "set_tags": "mlops_lab.registry.api",
-    "delete_tag": "mlops_lab.registry.api",
-    "set_description": "mlops_lab.registry.api",
-    "set_alias": "mlops_lab.registry.api",
-    "delete_alias": "mlops_lab.registry.api",
-    "delete_model_version": "mlops_lab.registry.api",
-    "delete_model": "mlops_lab.registry.api",
-    "gc": "mlops_lab.registry.api",
     "Registry": "mlops_lab.registry.store",
-    "deploy": "mlops_lab.deployers.api",
-    "get_deployment": "mlops_lab.deployers.api",
-    "list_deployments": "mlops_lab.deployers.api",
-    "update": "mlops_lab.deployers.api",
-    "promote": "mlops_lab.deployers.api",
-    "rollback": "mlops_lab.deployers.api",
-    "restart": "mlops_lab.deployers.api",
-    "delete_deployment": "mlops_lab.deployers.api",
-    "regenerate_key": "mlops_lab.deployers.api",
+    "Workspace": "mlops_lab.workspace",
+    "Settings": "mlops_lab.settings",
     "Deployment": "mlops_lab.deployers.base",
-    "collected_data": "mlops_lab.monitoring.api",
-    "metrics": "mlops_lab.monitoring.api",
-    "summary": "mlops_lab.monitoring.api",
-    "score_batch": "mlops_lab.batch",
-    "package": "mlops_lab.packaging",
-    "export_bundle": "mlops_lab.packaging",
-    "render_manifests": "mlops_lab.deployers.kubernetes",
-    "drift": "mlops_lab.monitoring.api",
-    "monitor": "mlops_lab.monitoring.api",
-    "record_feedback": "mlops_lab.monitoring.api",
     "DeploymentStatus": "mlops_lab.deployers.base",
     "ModelVersion": "mlops_lab.registry.entities",
     "RegisteredModel": "mlops_lab.registry.entities",
@@ -158,4 +128,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .registry.entities import ModelVersion, RegisteredModel  # noqa: F401
     from .registry.store import Registry  # noqa: F401
+    from .settings import Settings  # noqa: F401
     from .widgets import DeploymentPanel, MonitorPanel, RegistryPanel  # noqa: F401
+    from .workspace import Workspace  # noqa: F401

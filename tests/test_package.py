@@ -43,7 +43,7 @@ def test_public_names_are_pinned():
         "register_model", "get_model", "list_models", "search_model_versions", "load_model",
         "download_model", "model_path", "get_baseline", "set_tags", "delete_tag",
         "set_description", "set_alias", "delete_alias", "delete_model_version", "delete_model",
-        "gc", "Registry", "ModelVersion", "RegisteredModel", "ModelRef", "parse_ref",
+        "gc", "Registry", "ModelVersion", "RegisteredModel", "ModelRef", "parse_ref", "Workspace", "Settings",
     }
     assert expected <= set(mlops_lab.__all__)
     for name in mlops_lab.__all__:
