@@ -155,9 +155,24 @@ class Settings:
         return out
 
     def describe(self) -> list[dict[str, str]]:
-        """Each setting, its value and where it came from (``mlops-lab config``)."""
-        return [{"setting": k, "variable": var, "value": "" if getattr(self, k) is None else str(getattr(self, k)),
+        """Each setting, its value (a password in a URL masked) and where it came from
+        (``mlops-lab config``)."""
+        return [{"setting": k, "variable": var, "value": "" if getattr(self, k) is None else safe_url(str(getattr(self, k))),
                  "from": self.sources.get(k, "default")} for k, (var, _) in VARIABLES.items()]
+
+
+def safe_url(url: str) -> str:
+    """A URL fit to show: its password, if any, replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@")))
+    return url
 
 
 def _store_uri(value: str, home: Path) -> str:

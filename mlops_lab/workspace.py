@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from .settings import Settings
+from .settings import Settings, safe_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from .registry.store import Registry
@@ -82,7 +82,7 @@ class Workspace:
 
     def __repr__(self) -> str:
         s = self.settings
-        return f"<Workspace home={str(s.home)!r} db={_safe_url(s.db)!r} artifacts={s.artifacts!r}>"
+        return f"<Workspace home={str(s.home)!r} db={safe_url(s.db)!r} artifacts={s.artifacts!r}>"
 
     @property
     def home(self):
@@ -197,13 +197,3 @@ def _forget_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-def _safe_url(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

@@ -126,3 +126,8 @@ def test_the_cli_builds_its_workspace_from_its_options(tmp_path, capsys, monkeyp
     assert capsys.readouterr().out.strip() == "no models yet"
     assert (tmp_path / "cli.db").exists() and not (tmp_path / "env.db").exists()
     assert os.environ["MLOPS_LAB_DB"].endswith("env.db")
+    # A password in the database URL is never shown
+    assert main(["config", "--home", str(tmp_path / "cli"), "--db", "postgresql+psycopg://ml:s3cret@db/reg"]) == 0
+    shown = capsys.readouterr().out
+    assert "s3cret" not in shown and "postgresql+psycopg://ml:***@db/reg" in shown
+    assert "s3cret" not in repr(Workspace(home=tmp_path / "cli", db="postgresql+psycopg://ml:s3cret@db/reg"))
