@@ -136,7 +136,7 @@ def package(
     <Package churn:3 at build/churn (96.2 MiB, 19 wheels)>
     """
     from .registry.api import get_model
-    from .workspace import current_registry as default_registry
+    from .workspace import current_registry
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
@@ -146,7 +146,7 @@ def package(
         raise InvalidInput("package needs at least one model reference")
     versions = [get_model(r) for r in ref_list]
     bar = Progress(f"packaging {', '.join(v.ref for v in versions)}", enabled=progress)
-    reg = default_registry()
+    reg = current_registry()
     folder.mkdir(parents=True, exist_ok=True)
     try:
         entries = []

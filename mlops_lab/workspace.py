@@ -133,11 +133,8 @@ _MODULE_OF = {name: module for module, names in OPERATIONS.items() for name in n
 def _bound(fn: Callable[..., Any], ws: Workspace) -> Callable[..., Any]:
     @functools.wraps(fn)
     def method(*args: Any, **kwargs: Any) -> Any:
-        token = _current.set(ws)
-        try:
+        with ws.activate():
             return fn(*args, **kwargs)
-        finally:
-            _current.reset(token)
 
     method.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
     return method
@@ -151,11 +148,8 @@ def in_workspace(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         if _current.get() is not None:
             return fn(*args, **kwargs)
-        token = _current.set(default_workspace())
-        try:
+        with default_workspace().activate():
             return fn(*args, **kwargs)
-        finally:
-            _current.reset(token)
 
     return call
 

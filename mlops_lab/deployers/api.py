@@ -12,8 +12,9 @@ from .._html import Listing
 from .._progress import Progress
 from ..errors import InvalidInput, NotFound
 from ..refs import check_name, parse_ref
-from ..workspace import in_workspace
+from ..workspace import current_registry, in_workspace
 from .base import Deployment, _after_registering, _no_register_args, _register_step, is_reference
+from .common import deployment_dir
 from .keys import SLOTS, key_file, key_hash, new_key, read_keys, write_private
 from .targets import check_options, deployer_for
 
@@ -28,15 +29,9 @@ __all__ = [
     "regenerate_key",
 ]
 
-def _registry():
-    from ..workspace import current_registry
-
-    return current_registry()
-
-
 def _write_key_hashes(home: Path, name: str, keys: dict[str, str]) -> dict[str, str]:
     hashes = {slot: key_hash(k) for slot, k in keys.items()}
-    write_private(home / "deployments" / name / "keys.json", hashes)
+    write_private(deployment_dir(home, name) / "keys.json", hashes)
     return hashes
 
 
@@ -119,7 +114,7 @@ def deploy(
     >>> d = deploy("churn:3", name="churn-svc")  # doctest: +SKIP
     >>> d.predict([{"age": 31, "plan": "pro"}])  # doctest: +SKIP
     """
-    reg = _registry()
+    reg = current_registry()
     register = {"sample_input": sample_input, "baseline": baseline, "tags": tags, "properties": properties,
                 "description": description, "allow_missing": allow_missing}
     # The settings are checked before anything is registered: a mistake there registers nothing
@@ -178,7 +173,7 @@ def deploy(
             pass
         reg.delete_deployment(name)
         key_file(reg.home, name).unlink(missing_ok=True)
-        shutil.rmtree(reg.home / "deployments" / name, ignore_errors=True)
+        shutil.rmtree(deployment_dir(reg.home, name), ignore_errors=True)
         if registered is not None:
             _after_registering(exc, registered, "deploying it")
         if progress:
@@ -213,7 +208,7 @@ def _check_collect(collect: Any) -> Any:
 @in_workspace
 def get_deployment(name: str) -> Deployment:
     """A deployment by name, with its keys when this user created it."""
-    reg = _registry()
+    reg = current_registry()
     record = reg.get_deployment(name)
     return Deployment(record, read_keys(reg.home, name), reg)
 
@@ -221,7 +216,7 @@ def get_deployment(name: str) -> Deployment:
 @in_workspace
 def list_deployments() -> list[Deployment]:
     """Every recorded deployment, by name."""
-    reg = _registry()
+    reg = current_registry()
     return Listing((Deployment(r, read_keys(reg.home, r.name), reg) for r in reg.list_deployments()),
                    empty="No deployments yet: deploy a version with %deploy NAME:VERSION or mlops_lab.deploy()")
 
@@ -264,7 +259,7 @@ def restart(name: str, *, progress: bool = True) -> Deployment:
 @in_workspace
 def delete_deployment(name: str) -> bool:
     """Stop and forget a deployment; returns whether there was one (deleting twice is fine)."""
-    reg = _registry()
+    reg = current_registry()
     try:
         d = get_deployment(name)
     except NotFound:

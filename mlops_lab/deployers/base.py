@@ -324,6 +324,7 @@ class Deployment:
         """Replace one key (``primary`` or ``secondary``); the other keeps working. The servers
         take the new hash within a second, so clients move from one key to the other with no
         outage."""
+        from .common import deployment_dir
         from .keys import SLOTS, key_file, key_hash, new_key, read_keys, write_private
 
         if which not in SLOTS:
@@ -338,7 +339,7 @@ class Deployment:
         write_private(key_file(reg.home, self.name), keys)
         hashes = dict(record.config.get("key_hashes", {}))
         hashes[which] = key_hash(key)
-        write_private(reg.home / "deployments" / self.name / "keys.json", hashes)
+        write_private(deployment_dir(reg.home, self.name) / "keys.json", hashes)
         reg.update_deployment(self.name, config={**record.config, "key_hashes": hashes})
         self.keys = {**(self.keys or {}), which: key}
         return key

@@ -65,7 +65,7 @@ def build_image(refs: Any, tag: str | None = None, *, base_image: str = DEFAULT_
     'mlops-lab/churn:3'
     """
     from ..registry.api import get_model
-    from ..workspace import current_registry as default_registry
+    from ..workspace import current_registry
 
     client = client or docker_client()
     ref_list = [refs] if not isinstance(refs, (list, tuple)) else list(refs)
@@ -85,7 +85,7 @@ def build_image(refs: Any, tag: str | None = None, *, base_image: str = DEFAULT_
             return tag
     except Exception:  # noqa: BLE001 - ImageNotFound
         pass
-    home = default_registry().home
+    home = current_registry().home
     work = Path(tempfile.mkdtemp(prefix="build-", dir=_mkdir(home / "build")))
     try:
         if progress:

@@ -172,10 +172,10 @@ def render_manifests(ref: Any, name: str | None = None, *, image: str | None = N
     >>> print(to_yaml(render_manifests("churn:3", image="registry.local/churn:3", replicas=2)))  # doctest: +SKIP
     """
     from ..refs import check_name, parse_ref
-    from ..workspace import current_registry as default_registry
+    from ..workspace import current_registry
     from .keys import SLOTS, key_file, key_hash, new_key, write_private
 
-    reg = default_registry()
+    reg = current_registry()
     refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
     resolved = [parse_ref(reg.resolve(r)) for r in refs]
     name = check_name(name or resolved[0].name, "deployment name")

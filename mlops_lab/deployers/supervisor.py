@@ -104,9 +104,9 @@ class Supervisor:
     @property
     def registry(self):
         if self._registry is None:
-            from ..workspace import current_registry as default_registry
+            from ..workspace import current_registry
 
-            self._registry = default_registry()
+            self._registry = current_registry()
         return self._registry
 
     def state(self) -> dict[str, Any]:

@@ -6,23 +6,17 @@ import datetime as _dt
 from typing import Any
 
 from ..errors import DeploymentNotFound, InvalidInput, NotFound
-from ..workspace import in_workspace
+from ..workspace import current_registry, in_workspace
 from . import data as D
 
 __all__ = ["collected_data", "metrics", "summary", "drift", "monitor", "record_feedback"]
-
-
-def _registry():
-    from ..workspace import current_registry as default_registry
-
-    return default_registry()
 
 
 def _root(deployment: str, registry=None, must_exist: bool = True):
     from ..refs import check_name
 
     check_name(deployment, "deployment name")
-    reg = registry or _registry()
+    reg = registry or current_registry()
     root = D.collection_root(reg.settings, deployment)
     if must_exist and not root.exists():
         try:

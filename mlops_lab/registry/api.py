@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._html import Listing
-from ..workspace import current_registry as default_registry
-from ..workspace import in_workspace
+from ..workspace import current_registry, in_workspace
 from .entities import ModelVersion, RegisteredModel
 
 __all__ = [
@@ -93,7 +92,7 @@ def register_model(
     >>> mv.ref  # doctest: +SKIP
     'churn:1'
     """
-    return default_registry().register_model(
+    return current_registry().register_model(
         model, name, tags=tags, properties=properties, description=description,
         sample_input=sample_input, baseline=baseline, requirements=requirements,
         lineage=lineage, entry_script=entry_script, allow_missing=allow_missing,
@@ -103,13 +102,13 @@ def register_model(
 @in_workspace
 def get_model(ref: Any) -> ModelVersion:
     """The version a reference names: ``"churn"`` (latest), ``"churn:3"``, ``"churn@production"``."""
-    return default_registry().get_version(ref)
+    return current_registry().get_version(ref)
 
 
 @in_workspace
 def list_models(name_contains: str | None = None) -> list[RegisteredModel]:
     """Every registered model (optionally those whose name contains a text), by name."""
-    return Listing(default_registry().list_models(name_contains),
+    return Listing(current_registry().list_models(name_contains),
                    empty="No models yet: register one with %register_model VAR --name NAME or mlops_lab.register_model()")
 
 
@@ -130,7 +129,7 @@ def search_model_versions(
     >>> search_model_versions(tags={"team": "growth"})  # doctest: +SKIP
     [<ModelVersion churn:2 ...>, <ModelVersion churn:1 ...>]
     """
-    return Listing(default_registry().search_model_versions(name, tags, properties, max_results), empty="No model versions match.")
+    return Listing(current_registry().search_model_versions(name, tags, properties, max_results), empty="No model versions match.")
 
 
 @in_workspace
@@ -140,7 +139,7 @@ def load_model(ref: Any):
     The artifact's SHA-256 is checked first: a changed file raises ``ArtifactCorrupted`` and
     nothing is loaded. Loading a pickle runs code: load only from a registry you trust.
     """
-    return default_registry().load_model(ref)
+    return current_registry().load_model(ref)
 
 
 def load_model_from(folder: str | os.PathLike):
@@ -158,7 +157,7 @@ def load_model_from(folder: str | os.PathLike):
 @in_workspace
 def download_model(ref: Any, folder: str | os.PathLike) -> Path:
     """Copy a version's files (checked) into ``folder``, with ``MLOPS_LAB_MODEL.json``."""
-    return default_registry().download_model(ref, folder)
+    return current_registry().download_model(ref, folder)
 
 
 @in_workspace
@@ -176,55 +175,55 @@ def model_path(ref: Any) -> Path:
         key = str(ref)
         if key in paths:
             return Path(paths[key])
-    return default_registry().model_path(ref)
+    return current_registry().model_path(ref)
 
 
 @in_workspace
 def get_baseline(ref: Any):
     """The baseline registered with a version, as a pandas DataFrame."""
-    return default_registry().get_baseline(ref)
+    return current_registry().get_baseline(ref)
 
 
 @in_workspace
 def set_tags(ref: Any, tags: Mapping[str, Any]) -> ModelVersion:
     """Set or change tags of a version."""
-    return default_registry().set_tags(ref, tags)
+    return current_registry().set_tags(ref, tags)
 
 
 @in_workspace
 def delete_tag(ref: Any, key: str) -> ModelVersion:
     """Remove a tag from a version (nothing happens if it has none of that key)."""
-    return default_registry().delete_tag(ref, key)
+    return current_registry().delete_tag(ref, key)
 
 
 @in_workspace
 def set_description(ref: Any, description: str) -> ModelVersion:
     """Change the description of a version."""
-    return default_registry().set_description(ref, description)
+    return current_registry().set_description(ref, description)
 
 
 @in_workspace
 def set_alias(name: str, alias: str, version: int) -> ModelVersion:
     """Point ``name@alias`` to ``version`` (creating or moving the alias)."""
-    return default_registry().set_alias(name, alias, version)
+    return current_registry().set_alias(name, alias, version)
 
 
 @in_workspace
 def delete_alias(name: str, alias: str) -> None:
     """Remove an alias."""
-    default_registry().delete_alias(name, alias)
+    current_registry().delete_alias(name, alias)
 
 
 @in_workspace
 def delete_model_version(ref: Any) -> str:
     """Delete one version (``"name:VERSION"``); refused with ``VersionInUse`` while deployed."""
-    return default_registry().delete_model_version(ref)
+    return current_registry().delete_model_version(ref)
 
 
 @in_workspace
 def delete_model(name: str) -> list[str]:
     """Delete a model and all its versions; refused with ``VersionInUse`` while any is deployed."""
-    return default_registry().delete_model(name)
+    return current_registry().delete_model(name)
 
 
 @in_workspace
@@ -233,4 +232,4 @@ def gc(grace_seconds: float = 3600.0) -> dict[str, int]:
 
     Blobs younger than ``grace_seconds`` are kept: they may belong to a registration in flight.
     """
-    return default_registry().gc(grace_seconds)
+    return current_registry().gc(grace_seconds)

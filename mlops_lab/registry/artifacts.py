@@ -117,17 +117,14 @@ class ArtifactStore(ABC):
 
     # -- reading, always checked -----------------------------------------------------------
 
-    def _stream(self, digest: str, name: str, ref: str, sink=None) -> bytes | None:
+    def _stream(self, digest: str, name: str, ref: str, write) -> None:
+        """Read a blob in chunks, hand each to ``write``, and check the digest at the end."""
         h = hashlib.sha256()
-        parts = [] if sink is None else None
         try:
             with self._open(digest) as f:
                 while chunk := f.read(CHUNK):
                     h.update(chunk)
-                    if parts is not None:
-                        parts.append(chunk)
-                    else:
-                        sink.write(chunk)
+                    write(chunk)
         except FileNotFoundError:
             raise ArtifactCorrupted(self._label(digest, name), digest, None, ref=ref) from None
         except StorageError:
@@ -136,30 +133,26 @@ class ArtifactStore(ABC):
             raise self._failed(exc, f"read {self.where(digest)}" + (f" ({name})" if name else "")) from None
         if h.hexdigest() != digest:
             raise ArtifactCorrupted(self._label(digest, name), digest, h.hexdigest(), ref=ref)
-        return b"".join(parts) if parts is not None else None
 
     def _label(self, digest: str, name: str) -> str:
         return f"{self.where(digest)} ({name})" if name else self.where(digest)
 
     def read_bytes(self, digest: str, name: str = "", ref: str = "") -> bytes:
         """The content of a blob, checked against its digest."""
-        return self._stream(digest, name, ref)  # type: ignore[return-value]
+        parts: list[bytes] = []
+        self._stream(digest, name, ref, parts.append)
+        return b"".join(parts)
 
     def verify(self, digest: str, name: str = "", ref: str = "") -> None:
         """Check a blob's content against its digest."""
-
-        class _Null:
-            def write(self, _chunk: bytes) -> None:
-                pass
-
-        self._stream(digest, name, ref, _Null())
+        self._stream(digest, name, ref, lambda _chunk: None)
 
     def copy_to(self, digest: str, dest: Path, name: str = "", ref: str = "") -> None:
         """Copy a blob to the local file ``dest``, checking its hash on the way."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(dest, "wb") as out:
-                self._stream(digest, name, ref, out)
+                self._stream(digest, name, ref, out.write)
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
