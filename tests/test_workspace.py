@@ -131,3 +131,24 @@ def test_the_cli_builds_its_workspace_from_its_options(tmp_path, capsys, monkeyp
     shown = capsys.readouterr().out
     assert "s3cret" not in shown and "postgresql+psycopg://ml:***@db/reg" in shown
     assert "s3cret" not in repr(Workspace(home=tmp_path / "cli", db="postgresql+psycopg://ml:s3cret@db/reg"))
+
+
+def test_a_collection_store_on_object_storage_is_refused_in_one_line(tmp_path, iris, trained):
+    """Collection to object storage is not built yet: a deployment or a read says so before
+    anything starts, and the registry is untouched."""
+    X, _ = iris
+    ws = Workspace(home=tmp_path / "h", collection="s3://bucket/collected")
+    ws.register_model(trained, "iris", sample_input=X.iloc[:3])
+    with pytest.raises(ml.InvalidInput, match=r"collection store s3://bucket/collected is not a folder") as info:
+        ws.deploy("iris:1", name="svc", progress=False)
+    assert "MLOPS_LAB_COLLECTION" in info.value.hint and "\n" not in str(info.value)
+    assert ws.list_deployments() == [] and [v.ref for v in ws.search_model_versions()] == ["iris:1"]
+    with pytest.raises(ml.InvalidInput, match="not available yet"):
+        ws.collected_data("svc")
+    # Without collection the same deployment starts: only collection needs the store
+    d = ws.deploy("iris:1", name="svc", collect=False, progress=False)
+    try:
+        assert d.status().healthy
+    finally:
+        d.delete()
+    ws.close()
