@@ -138,4 +138,11 @@ def test_sigkill_at_random_moments(registry, blob_file):
     assert len(found) > 10
     blob_file.settle()  # on S3, time stamps are whole seconds
     registry.gc(grace_seconds=0)
+    # Every blob a version references is still stored: checked on the store's own disk first ...
+    referenced = {f.sha256 for m in found for f in m.files} | {m.baseline_sha256 for m in found}
+    assert referenced and all(blob_file(registry, d).exists() for d in referenced)
+    # ... then through the store. After a delete, pyarrow writes a marker for the emptied parent
+    # folder, which rclone serve s3 turns into a failed rename onto that folder; its listing
+    # cache can then miss the folder's other objects for a moment (seen once in CI, under load).
+    blob_file.settle()
     assert registry.check() == []
