@@ -16,7 +16,9 @@
     /proc): it says how many microseconds collection adds to each request; and the staged
     compactors' CPU during the runs (compaction waits for idle CPU). After the runs, the CPU the
     compactors spend turning the staged files into Parquet (deferred to idle time) is measured
-    too.
+    too. With rclone available (``--no-s3`` leaves it out), a fourth deployment collects to
+    object storage: ``rclone serve s3`` on loopback, Parquet files PUT whole by the writer thread
+    (the lane every store has; staging needs a local disk), to report what that costs.
 (b) Reading back 1,000,000 collected rows (one day, 10 features, 1 row per request, two
     versions): ``collected_data`` for the day, ``metrics``, ``drift`` and ``monitor``, each
     timed (best of 3). Target: under 2 s each.
@@ -40,7 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from registry import machine  # noqa: E402
+from registry import machine, start_s3  # noqa: E402
 from serving import wrk  # noqa: E402
 
 
@@ -99,10 +101,11 @@ def compaction_cpu(root: Path, timeout: float = 600.0) -> tuple[float, int]:
     return sum(seen.values()), rows
 
 
-def collection_cost(duration: float, rounds: int, budget_mb: int | None = None) -> list[tuple]:
+def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, s3: bool = False) -> list[tuple]:
     """Throughput and server CPU per request with collection off, staged (the default) and
     written to Parquet directly (``stage_budget_mb=0``: what saturation beyond the staging
-    budget costs), the three taking turns."""
+    budget costs), and with ``s3`` collecting to object storage (Parquet files PUT to an
+    ``rclone serve s3`` on loopback), all taking turns."""
     from sklearn.linear_model import LogisticRegression
 
     import mlops_lab as ml
@@ -118,6 +121,10 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None) 
                             collect=True if budget_mb is None else {"stage_budget_mb": budget_mb}, progress=False),
         "direct": ml.deploy("lr", name="collect-direct", workers=2, collect={"stage_budget_mb": 0}, progress=False),
     }
+    if s3:  # the same registry, collecting to the bucket
+        deployments["s3"] = ml.Workspace(collection="s3://bench/collected").deploy(
+            "lr", name="collect-s3", workers=2, collect=True, progress=False)
+    lanes = [k for k in deployments if k != "off"]
     staged_root = Path(os.environ["MLOPS_LAB_HOME"]) / "collected" / "collect-staged"
     out = []
     try:
@@ -150,10 +157,9 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None) 
                 us = {k: statistics.median(v) for k, v in cpu.items()}
                 # Cost: the median over rounds of each round's loss against collection off in the
                 # same round (the three take turns, so a slow spell of the machine hits all three).
-                cost = {k: statistics.median(100 * (1 - a / b) for a, b in zip(runs[k], runs["off"])) for k in ("staged", "direct")}
+                cost = {k: statistics.median(100 * (1 - a / b) for a, b in zip(runs[k], runs["off"])) for k in lanes}
                 print(f"  rows={rows:<3} conns={conns:<3} off {rps['off']:>7.0f} req/s {us['off']:.0f} us"
-                      f" | staged {rps['staged']:>7.0f} req/s cost {cost['staged']:5.1f}% {us['staged']:.0f} us"
-                      f" | direct {rps['direct']:>7.0f} req/s cost {cost['direct']:5.1f}% {us['direct']:.0f} us", flush=True)
+                      + "".join(f" | {k} {rps[k]:>7.0f} req/s cost {cost[k]:5.1f}% {us[k]:.0f} us" for k in lanes), flush=True)
                 print("    rounds (req/s): " + "; ".join(f"{k} {' '.join(str(round(x)) for x in v)}" for k, v in runs.items()), flush=True)
                 # Compaction waits for idle CPU; if it ran during a run, it took CPU the servers did not.
                 print(f"    staged compactors during the runs: {max(compacting, default=0.0):.1f} us per request at most", flush=True)
@@ -233,27 +239,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--stage-budget-mb", type=int, help="the staged deployment's staging budget (default: the deployment default)")
+    ap.add_argument("--no-s3", action="store_true", help="leave out the deployment collecting to object storage")
     args = ap.parse_args(argv)
     print(f"machine: {machine()}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
     os.environ["MLOPS_LAB_HOME"] = str(tmp / "home")
     os.environ.pop("MLOPS_LAB_DB", None)
+    s3 = None if args.no_s3 else start_s3(tmp)
     try:
         print("(a) collection on against off, LogisticRegression, 2 workers, wrk:")
-        cost = collection_cost(args.duration, args.rounds, args.stage_budget_mb)
+        cost = collection_cost(args.duration, args.rounds, args.stage_budget_mb, s3=s3 is not None)
         print(f"(b) reading back {args.rows} collected rows:")
         times = reading(args.rows)
     finally:
+        if s3 is not None:
+            s3.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("| rows/request | conns | off req/s | staged req/s | cost | direct Parquet req/s | cost | server CPU us/request off / staged / direct |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lanes = [k for k in cost[0][2] if k != "off"]
+    names = {"staged": "staged", "direct": "direct Parquet", "s3": "S3 (rclone)"}
+    print("| rows/request | conns | off req/s | " + " | ".join(f"{names[k]} req/s | cost" for k in lanes)
+          + f" | server CPU us/request off / {' / '.join(lanes)} |")
+    print("| ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in lanes) + " | ---: |")
     for item in cost:
         if item[0] == "compaction":
             continue
         rows, conns, rps, c, us = item
-        print(f"| {rows} | {conns} | {rps['off']:.0f} | {rps['staged']:.0f} | {c['staged']:.1f}% | {rps['direct']:.0f} | {c['direct']:.1f}%"
-              f" | {us['off']:.0f} / {us['staged']:.0f} / {us['direct']:.0f} |")
+        print(f"| {rows} | {conns} | {rps['off']:.0f} | " + " | ".join(f"{rps[k]:.0f} | {c[k]:.1f}%" for k in lanes)
+              + " | " + " / ".join(f"{us[k]:.0f}" for k in ["off", *lanes]) + " |")
     print()
     print(f"| operation on {args.rows:,} collected rows | seconds |")
     print("| --- | ---: |")

@@ -19,7 +19,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import mlops_lab as ml
-from mlops_lab.config import db_url, home
 
 
 def main() -> None:
@@ -40,7 +39,7 @@ def main() -> None:
         baseline=X_train,
         lineage={"dataset": "sklearn.datasets.load_breast_cancer"},
     )
-    print(f"registry : {db_url(home())}")
+    print(f"registry : {ml.Settings.load().db}")
     print(f"registered {mv.ref}  ({mv.flavor}, {mv.size} bytes, accuracy {accuracy:.3f})")
     print(f"  signature    : {len(mv.signature['columns'])} columns, e.g. {mv.signature['columns'][0]}")
     print(f"  requirements : {', '.join(mv.requirements)}")

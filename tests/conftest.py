@@ -146,6 +146,21 @@ def artifact_store(request, _isolated_home, monkeypatch):
     return "s3"
 
 
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def collection_store(request, _isolated_home, monkeypatch):
+    """Where deployments write what they collect: the home folder, or a prefix of its own on the
+    S3 server (set in the environment, so that servers use it too). The store itself is returned."""
+    from mlops_lab.monitoring.store import CollectionStore
+    from mlops_lab.settings import Settings
+
+    if request.param == "s3":
+        server = request.getfixturevalue("s3_server")
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("MLOPS_LAB_COLLECTION", f"s3://{server.bucket}/c-{uuid.uuid4().hex[:12]}")
+    return CollectionStore.of(Settings.load())
+
+
 @pytest.fixture
 def blob_file(artifact_store, request):
     """The file that holds a blob, to change or delete it behind the registry's back; on S3,

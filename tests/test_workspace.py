@@ -133,18 +133,27 @@ def test_the_cli_builds_its_workspace_from_its_options(tmp_path, capsys, monkeyp
     assert "s3cret" not in repr(Workspace(home=tmp_path / "cli", db="postgresql+psycopg://ml:s3cret@db/reg"))
 
 
-def test_a_collection_store_on_object_storage_is_refused_in_one_line(tmp_path, iris, trained):
-    """Collection to object storage is not built yet: a deployment or a read says so before
-    anything starts, and the registry is untouched."""
+@pytest.mark.s3
+def test_a_collection_store_that_cannot_be_written_is_refused_in_one_line(tmp_path, s3_server, monkeypatch, iris, trained):
+    """A collection store in a missing bucket, or with refused credentials: a deployment says so
+    in one line before anything starts, a read says so too, and the registry is untouched."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
     X, _ = iris
-    ws = Workspace(home=tmp_path / "h", collection="s3://bucket/collected")
+    ws = Workspace(home=tmp_path / "h", collection="s3://no-such-bucket/collected")
     ws.register_model(trained, "iris", sample_input=X.iloc[:3])
-    with pytest.raises(ml.InvalidInput, match=r"collection store s3://bucket/collected is not a folder") as info:
+    with pytest.raises(ml.StorageError, match=r"collection store s3://no-such-bucket/collected: bucket 'no-such-bucket' "
+                                              r"does not exist at http://127\.0\.0\.1") as info:
         ws.deploy("iris:1", name="svc", progress=False)
     assert "MLOPS_LAB_COLLECTION" in info.value.hint and "\n" not in str(info.value)
     assert ws.list_deployments() == [] and [v.ref for v in ws.search_model_versions()] == ["iris:1"]
-    with pytest.raises(ml.InvalidInput, match="not available yet"):
-        ws.collected_data("svc")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    other = Workspace(home=tmp_path / "h", collection=f"s3://{s3_server.bucket}/collected")
+    with pytest.raises(ml.StorageError, match="refused the credentials") as info:
+        other.deploy("iris:1", name="svc", progress=False)
+    assert "\n" not in str(info.value) and other.list_deployments() == []
+    with pytest.raises(ml.StorageError, match=f"s3://{s3_server.bucket}/collected/svc.*refused the credentials"):
+        other.collected_data("svc")
     # Without collection the same deployment starts: only collection needs the store
     d = ws.deploy("iris:1", name="svc", collect=False, progress=False)
     try:
@@ -152,3 +161,4 @@ def test_a_collection_store_on_object_storage_is_refused_in_one_line(tmp_path, i
     finally:
         d.delete()
     ws.close()
+    other.close()

@@ -129,6 +129,27 @@ class DockerDeployer(Deployer):
     def _folder(self, name: str) -> Path:
         return deployment_dir(self.registry.home, name)
 
+    def _collection_store(self):
+        """The collection store, checked: a container cannot reach a store on the host's loopback."""
+        from ..monitoring.store import CollectionStore
+
+        store = CollectionStore.of(self.registry.settings)
+        if not store.local:
+            from urllib.parse import urlsplit
+
+            host = urlsplit(store.endpoint_url or "").hostname or ""
+            if host in ("localhost", "::1") or host.startswith("127."):
+                raise InvalidInput(f"a container cannot reach the collection store at {store.endpoint_url}: that is the "
+                                   "host's loopback address", hint="give an S3 endpoint the container can reach, "
+                                   "collect to a folder, or deploy with target='local'")
+            store.check()
+        return store
+
+    def _collect_place(self) -> dict[str, Any]:
+        """Where the container's collector writes: the mounted folder, or the object store itself."""
+        store = self._collection_store()
+        return {"folder": "collected"} if store.local else store.spec()
+
     def _runtime_spec(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int) -> Path:
         """What this revision's container serves: written on the host, mounted over the image's."""
         collect = config.get("collect")
@@ -140,7 +161,7 @@ class DockerDeployer(Deployer):
             "entry_script": None,
             "keys_file": KEYS_FILE if config.get("auth", True) else None,
             "body_limit": config.get("body_limit"), "batching": config.get("batching", {}),
-            "collect": None if collect is False or collect is None else {"enabled": True, "folder": "collected",
+            "collect": None if collect is False or collect is None else {"enabled": True, **self._collect_place(),
                                                  **(collect if isinstance(collect, dict) else {})},
         }
         path = self._folder(name) / "revisions" / f"r{revision}-{int(time.time())}" / "spec.json"
@@ -151,24 +172,27 @@ class DockerDeployer(Deployer):
     def _start_container(self, client, name: str, models, config, revision: int, progress) -> dict[str, Any]:
         if config.get("entry_script"):
             raise InvalidInput("entry scripts run on target='local' only, for now")
+        # checked before the image is built: a store the container cannot use fails in one line now
+        store = self._collection_store() if config.get("collect") not in (False, None) else None
         image = config.get("image") or build_image([f"{m['name']}:{m['version']}" for m in models],
                                                    base_image=config.get("base_image", DEFAULT_BASE_IMAGE),
                                                    progress=progress, client=client)
         spec = self._runtime_spec(name, models, config, revision)
-        from ..monitoring.data import collection_folder
-
-        collected = _mkdir(collection_folder(self.registry.settings))
         keys_dir = _mkdir(self._folder(name))
+        volumes = {str(spec): {"bind": f"{APP_DIR}/spec.json", "mode": "ro"},
+                   str(keys_dir): {"bind": f"{APP_DIR}/keys", "mode": "ro"}}
+        environment: dict[str, str] = {}
+        if store is not None:
+            if store.local:
+                volumes[str(_mkdir(store.folder))] = {"bind": f"{APP_DIR}/collected", "mode": "rw"}
+            else:
+                environment = _s3_environment()
         cname = f"mlops-lab-{k8s_name(name)}-r{revision}-{os.urandom(3).hex()}"
         progress.step(f"starting container {cname}")
         container = client.containers.run(
             image, detach=True, init=True, name=cname,
             ports={f"{SERVER_PORT}/tcp": ("127.0.0.1", None)},
-            volumes={
-                str(spec): {"bind": f"{APP_DIR}/spec.json", "mode": "ro"},
-                str(keys_dir): {"bind": f"{APP_DIR}/keys", "mode": "ro"},
-                str(collected): {"bind": f"{APP_DIR}/collected", "mode": "rw"},
-            },
+            volumes=volumes, environment=environment,
             labels={LABEL: name, "mlops-lab.revision": str(revision)},
             stop_signal="SIGTERM",
         )
@@ -241,6 +265,8 @@ class DockerDeployer(Deployer):
     # -- Deployer ------------------------------------------------------------------------------
 
     def deploy(self, name, models, config, progress) -> DeploymentRecord:
+        if config.get("collect") not in (False, None):
+            self._collection_store()  # a store the container cannot use: one line, before the engine is asked
         client = docker_client()
         _mkdir(self._folder(name))
         current = self._start_container(client, name, models, config, 1, progress)
@@ -402,3 +428,10 @@ def _forwarder_pid(folder: Path) -> int:
         except (OSError, ValueError, KeyError):
             time.sleep(0.02)
     raise DeploymentFailed("the forwarder did not report its pid")
+
+
+def _s3_environment() -> dict[str, str]:
+    """The AWS variables the kernel has, for a container that writes to object storage."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
+    return {k: os.environ[k] for k in names if os.environ.get(k)}

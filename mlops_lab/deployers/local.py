@@ -74,10 +74,12 @@ def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: 
 def _collect_spec(registry, collect: Any) -> dict[str, Any] | None:
     if collect is False or collect is None:
         return None
-    from ..monitoring.data import collection_folder
+    from ..monitoring.store import CollectionStore
 
+    store = CollectionStore.of(registry.settings)
+    store.check()  # a missing bucket or refused credentials: one line now, not lost rows later
     settings = dict(collect) if isinstance(collect, dict) else {}
-    return {"enabled": True, "folder": str(collection_folder(registry.settings)), **settings}
+    return {"enabled": True, **store.spec(), **settings}
 
 
 class LocalDeployer(Deployer):

@@ -9,9 +9,13 @@ turned into Arrow columns and written to Parquet directly. A background thread w
 answered and their records are dropped and counted; the counts are written too, so status and
 charts show them.
 
-Files: ``<folder>/<deployment>/requests/date=YYYY-MM-DD/part-<time>-<pid>-<seq>.parquet``, written
-under a temporary name and renamed, so a reader never sees half a file and a SIGKILL loses at most
-what was queued since the last flush. SIGTERM (a graceful stop, update or delete) flushes
+Files: ``<store>/<deployment>/requests/date=YYYY-MM-DD/part-<time>-<pid>-<seq>.parquet`` in the
+collection store (:mod:`.store`: a folder, or ``s3://bucket/prefix``), written whole (in a folder
+under a temporary name and renamed; on object storage in one PUT), so a reader never sees half a
+file and a SIGKILL loses at most what was queued since the last flush. Staging needs a local
+disk: on object storage every record takes the direct lane. A write the store refuses (a full
+disk, an unreachable store) keeps the records queued for the next flush, as far as the queue has
+room, and counts the rest as dropped. SIGTERM (a graceful stop, update or delete) flushes
 everything. Feedback (true labels) goes to ``<deployment>/feedback/`` the same way, drop counts to
 ``<deployment>/drops/``.
 
@@ -31,7 +35,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,8 +45,10 @@ from .records import (
     _slices,
     assemble,
     stored_inputs,
-    write_parquet,
 )
+
+if TYPE_CHECKING:
+    from .store import CollectionStore
 
 log = logging.getLogger("mlops_lab.collector")
 
@@ -50,7 +56,10 @@ log = logging.getLogger("mlops_lab.collector")
 @dataclass
 class CollectConfig:
     enabled: bool = True
+    #: The collection store: a folder, or ``s3://bucket/prefix`` (with ``endpoint_url`` for a
+    #: store other than AWS's).
     folder: str = ""
+    endpoint_url: str | None = None
     rate: float = 1.0
     exclude: list[str] = field(default_factory=list)
     flush_seconds: float = 5.0
@@ -80,9 +89,13 @@ class Collector:
             import pyarrow.parquet  # noqa: F401
         except ImportError as exc:
             raise RuntimeError(f"collecting data needs pyarrow ({exc}): install it, or deploy with collect=False") from None
+        from .store import CollectionStore
+
         self.deployment = deployment
         self.config = config
-        self.root = Path(config.folder) / deployment
+        self.store = CollectionStore(config.folder, config.endpoint_url).deployment(deployment)
+        #: The deployment's local folder (None on object storage, which has no staging lane).
+        self.root = self.store.folder if self.store.local else None
         self.queue: deque[Record] = deque()
         self.queued_rows = 0
         self.dropped = 0  # records dropped since the last flush
@@ -91,7 +104,8 @@ class Collector:
         self.files = 0
         self.staged_files = 0
         self._compactor: Any = None
-        self._budget = _stage_budget(config.stage_budget_mb, Path(config.folder)) if config.enabled else 0
+        local = config.enabled and self.root is not None
+        self._budget = _stage_budget(config.stage_budget_mb, self.root.parent) if local else 0
         self._stage = self._budget > 0
         self._lane: Any = None  # the staging lane, made with the first record that has columns
         if self._stage:
@@ -231,9 +245,18 @@ class Collector:
             if records:
                 self._write_requests(records)
             if dropped:
-                self._write("drops", time.time(), {"time": [time.time()], "pid": [os.getpid()], "dropped": [dropped]})
+                try:
+                    self._write("drops", time.time(), {"time": [time.time()], "pid": [os.getpid()], "dropped": [dropped]})
+                except OSError as exc:
+                    log.error("cannot write the count of dropped rows (%s): kept for the next flush", exc)
+                    with self._qlock:
+                        self.dropped += dropped
             if feedback:
-                self._write_feedback(feedback)
+                try:
+                    self._write_feedback(feedback)
+                except OSError as exc:
+                    log.error("cannot write %d feedback labels (%s): kept for the next flush", len(feedback), exc)
+                    self._feedback.extendleft(reversed(feedback))
 
     def _write_staged(self, item: Any) -> None:
         """The staging lane's work, in order: append a segment to its staged file, or finish a
@@ -307,7 +330,7 @@ class Collector:
 
         if table is None:
             table = pa.table(columns)
-        write_parquet(table, self.root / kind / f"date={_partition_date(ts)}", f"{self._name(ts)}.parquet")
+        self.store.write_parquet(table, kind, f"date={_partition_date(ts)}", f"{self._name(ts)}.parquet")
         self.files += 1
 
     def _name(self, ts: float) -> str:
@@ -315,6 +338,30 @@ class Collector:
         return f"part-{int(ts * 1000)}-{os.getpid()}-{self._seq}"
 
     def _write_requests(self, records: list[Record]) -> None:
+        """Write records as Parquet files; if the store refuses (a full disk, an unreachable
+        object store), they go back to the queue for the next flush, as far as it has room;
+        the rest are counted as dropped."""
+        try:
+            self._write_records(records)
+        except OSError as exc:
+            with self._qlock:
+                room = self.config.max_queue_rows - self.queued_rows
+                kept: list[Record] = []
+                for r in records:
+                    n = max(r.n, 1)
+                    if n > room:
+                        break
+                    kept.append(r)
+                    room -= n
+                lost = sum(max(r.n, 1) for r in records[len(kept):])
+                self.queue.extendleft(reversed(kept))
+                self.queued_rows += sum(max(r.n, 1) for r in kept)
+                self.dropped += lost
+                self.dropped_total += lost
+            log.error("cannot write %d collected requests to %s (%s): %d kept for the next flush, %d dropped",
+                      len(records), self.store.uri, str(exc).splitlines()[0], len(kept), len(records) - len(kept))
+
+    def _write_records(self, records: list[Record]) -> None:
         import pyarrow as pa
 
         # Files are partitioned by day: split a batch that spans midnight; and one file per
@@ -464,7 +511,7 @@ class Collector:
         return pa.array(values, pa.list_(pa.float64()))
 
     def _write_feedback(self, items: list[dict[str, Any]]) -> None:
-        write_feedback(self.root, items, writer=self)
+        write_feedback(self.store, items, writer=self)
 
 
 def _stage_budget(mb: int | None, folder: Path) -> int:
@@ -483,7 +530,7 @@ def _stage_budget(mb: int | None, folder: Path) -> int:
     return min(free // 4, 16 << 30)
 
 
-def write_feedback(root: Path, items: list[dict[str, Any]], writer: Collector | None = None) -> int:
+def write_feedback(root: CollectionStore, items: list[dict[str, Any]], writer: Collector | None = None) -> int:
     """Write feedback records (``request_id``, ``label``, optional ``row``) as one Parquet file."""
     import pyarrow as pa
 
@@ -503,5 +550,5 @@ def write_feedback(root: Path, items: list[dict[str, Any]], writer: Collector | 
         writer._write("feedback", now, {}, table)
     else:
         name = f"part-{int(now * 1000)}-{os.getpid()}-{random.getrandbits(32):08x}.parquet"
-        write_parquet(table, root / "feedback" / f"date={_partition_date(now)}", name)
+        root.write_parquet(table, "feedback", f"date={_partition_date(now)}", name)
     return len(items)

@@ -7,12 +7,13 @@ time, version and column filters pushed down, so only the files and columns aske
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
-from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
 from .staging import read_staged
+from .store import CollectionStore
 
 _UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -52,42 +53,56 @@ def to_utc(value: Any, *, now: _dt.datetime | None = None) -> _dt.datetime | Non
     return dt if dt.tzinfo else dt.replace(tzinfo=_dt.timezone.utc)
 
 
-def collection_folder(settings) -> Path:
-    """The local folder of a collection store (object storage is not a collection store yet)."""
-    if "://" in settings.collection:
-        from ..errors import InvalidInput
-
-        raise InvalidInput(f"the collection store {settings.collection} is not a folder: collection to object storage "
-                           "is not available yet", hint="set MLOPS_LAB_COLLECTION to a folder (the default is HOME/collected)")
-    return Path(settings.collection)
+def collection_root(settings, deployment: str) -> CollectionStore:
+    """Deployment ``deployment``'s part of the collection store the settings name."""
+    return CollectionStore.of(settings).deployment(deployment)
 
 
-def collection_root(settings, deployment: str) -> Path:
-    return collection_folder(settings) / deployment
+def _store(root: CollectionStore | str | os.PathLike) -> CollectionStore:
+    """A deployment's part of a collection store, or its folder."""
+    return root if isinstance(root, CollectionStore) else CollectionStore(os.fspath(root))
 
 
-def _dataset(folder: Path):
+def _dataset(root: CollectionStore, kind: str):
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    if not folder.exists():
+    if not root.exists(kind):
         return None
-    dataset = ds.dataset(str(folder), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
-    # Files need not share one schema: a version with another signature, or the models of a
-    # multi-model deployment, have other input columns. Read every file's schema (footers
-    # only) and take their union, so no column is left out because the first file lacks it.
-    schemas = {f.physical_schema for f in dataset.get_fragments()}
-    if len(schemas) > 1:
-        unified = pa.unify_schemas([dataset.schema, *schemas], promote_options="permissive")
-        dataset = ds.dataset(str(folder), schema=unified, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+    where = root.path(kind)
+    options = {"format": "parquet", "partitioning": "hive", "ignore_prefixes": [".", "_"], "filesystem": root.fs}
+    try:
+        dataset = ds.dataset(where, **options)
+        # Files need not share one schema: a version with another signature, or the models of a
+        # multi-model deployment, have other input columns. Read every file's schema (footers
+        # only) and take their union, so no column is left out because the first file lacks it.
+        schemas = {f.physical_schema for f in dataset.get_fragments()}
+        if len(schemas) > 1:
+            unified = pa.unify_schemas([dataset.schema, *schemas], promote_options="permissive")
+            dataset = ds.dataset(where, schema=unified, **options)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if root.local:
+            raise
+        raise root.failed(exc, f"read {root.uri}/{kind}") from None
     if any(not f.nullable for f in dataset.schema):
         # The collector writes columns without nulls as required; other files may have nulls.
         dataset = dataset.replace_schema(pa.schema([f.with_nullable(True) for f in dataset.schema]))
     return dataset
 
 
+def _read(root: CollectionStore, dataset, **options):
+    try:
+        return dataset.to_table(**options)
+    except OSError as exc:
+        if root.local:
+            raise
+        raise root.failed(exc, f"read {root.uri}") from None
+
+
 def read_requests(
-    root: Path,
+    root: CollectionStore,
     since: _dt.datetime | None = None,
     until: _dt.datetime | None = None,
     version: str | None = None,
@@ -95,6 +110,7 @@ def read_requests(
     first_rows_only: bool = False,
 ):
     """The collected records as a pyarrow Table (empty Table if there is none)."""
+    root = _store(root)
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
@@ -117,14 +133,14 @@ def read_requests(
     for _attempt in range(5):
         # Parquet files first, then the staged files not compacted yet: a staged file that is
         # compacted in between vanishes, and the whole listing is taken again.
-        dataset = _dataset(root / "requests")
         try:
-            staged = read_staged(root)
+            dataset = _dataset(root, "requests")
+            staged = read_staged(root.folder) if root.local else []
         except FileNotFoundError:
             continue
         break
     else:
-        dataset, staged = _dataset(root / "requests"), []
+        dataset, staged = _dataset(root, "requests"), []
     if (dataset is None or not dataset.files) and not staged:
         return pa.table({})
     names = list(dataset.schema.names) if dataset is not None and dataset.files else []
@@ -139,7 +155,7 @@ def read_requests(
         cols = [n for n in names if n != "date"]
     tables = []
     if dataset is not None and dataset.files:
-        tables.append(dataset.to_table(columns=[c for c in cols if c in dataset.schema.names], filter=cond))
+        tables.append(_read(root, dataset, columns=[c for c in cols if c in dataset.schema.names], filter=cond))
     for day, t in staged:
         t = t.append_column("date", pa.array([day] * t.num_rows, pa.string()))
         if cond is not None:
@@ -154,25 +170,27 @@ def read_requests(
     return table
 
 
-def read_feedback(root: Path):
+def read_feedback(root: CollectionStore):
     import pyarrow as pa
 
-    dataset = _dataset(root / "feedback")
+    root = _store(root)
+    dataset = _dataset(root, "feedback")
     if dataset is None or not dataset.files:
         return pa.table({})
-    return dataset.to_table(columns=[n for n in dataset.schema.names if n != "date"])
+    return _read(root, dataset, columns=[n for n in dataset.schema.names if n != "date"])
 
 
-def read_drops(root: Path):
+def read_drops(root: CollectionStore):
     import pyarrow as pa
 
-    dataset = _dataset(root / "drops")
+    root = _store(root)
+    dataset = _dataset(root, "drops")
     if dataset is None or not dataset.files:
         return pa.table({"time": [], "dropped": []})
-    return dataset.to_table(columns=["time", "dropped"])
+    return _read(root, dataset, columns=["time", "dropped"])
 
 
-def request_metrics(root: Path, every: str = "1min", since=None, until=None):
+def request_metrics(root: CollectionStore, every: str = "1min", since=None, until=None):
     """Per time bucket and model version: requests, errors, rows, latency p50/p95/p99 (ms)."""
     import pandas as pd
 
@@ -196,7 +214,7 @@ def request_metrics(root: Path, every: str = "1min", since=None, until=None):
     return out[cols]
 
 
-def accuracy(root: Path, every: str = "1h", since=None, until=None):
+def accuracy(root: CollectionStore, every: str = "1h", since=None, until=None):
     """Live accuracy per time bucket and version, where feedback labels have arrived."""
     import pandas as pd
 

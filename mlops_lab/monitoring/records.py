@@ -99,17 +99,14 @@ def _slices(records: list[Record]):
         yield records[start:]
 
 
-def write_parquet(table: Any, folder: Path, name: str) -> Path:
-    """Write ``table`` as ``folder/name`` under a temporary name, then rename: readers see whole
-    files only. Encoded into reused page-aligned memory and written with ``O_DIRECT``
-    (:mod:`.directio`): through the page cache, writing cost more CPU than encoding."""
+def encode_parquet(table: Any) -> tuple[Any, int]:
+    """``table`` as Parquet in memory: the buffer and the size used. The buffer is this thread's
+    reused page-aligned one (:mod:`.directio`), valid until its next call."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from . import directio
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.tmp"
     # lz4, and dictionary encoding only where values repeat (ids, versions): on random
     # floats, Parquet's default dictionary attempt and zstd cost three times the CPU.
     strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
@@ -121,12 +118,22 @@ def write_parquet(table: Any, folder: Path, name: str) -> Path:
         sink = pa.FixedSizeBufferWriter(pa.py_buffer(mem))
         try:
             pq.write_table(table, sink, compression="lz4", use_dictionary=strings, write_statistics=stats)
-            written = sink.tell()
-            break
+            return mem, sink.tell()
         except OSError:  # "Write out of bounds" (nothing else can fail in memory): a bigger buffer
             size = 2 * len(mem)
         finally:
             del sink
+
+
+def write_parquet(table: Any, folder: Path, name: str) -> Path:
+    """Write ``table`` as ``folder/name`` under a temporary name, then rename: readers see whole
+    files only. Encoded into reused page-aligned memory and written with ``O_DIRECT``
+    (:mod:`.directio`): through the page cache, writing cost more CPU than encoding."""
+    from . import directio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    mem, written = encode_parquet(table)
     directio.write_file(tmp, mem, written)
     os.replace(tmp, folder / name)
     return folder / name

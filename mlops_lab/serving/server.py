@@ -315,8 +315,8 @@ def resolve_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
     if spec.get("entry_script"):
         spec["entry_script"]["folder"] = at(spec["entry_script"]["folder"])
     spec["keys_file"] = at(spec.get("keys_file"))
-    if spec.get("collect") and spec["collect"].get("folder"):
-        spec["collect"]["folder"] = at(spec["collect"]["folder"])
+    if spec.get("collect") and spec["collect"].get("folder") and "://" not in spec["collect"]["folder"]:
+        spec["collect"]["folder"] = at(spec["collect"]["folder"])  # a folder; s3://... stays as it is
     return spec
 
 

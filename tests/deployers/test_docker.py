@@ -102,6 +102,22 @@ def test_no_engine_is_a_clear_error_and_leaves_nothing(sqlite_registry, monkeypa
     assert ml.list_deployments() == []
 
 
+@pytest.mark.s3
+def test_a_collection_store_on_the_hosts_loopback_is_refused_before_anything_starts(sqlite_registry, s3_server, monkeypatch):
+    """A container cannot reach an S3 endpoint on the host's 127.0.0.1: said in one line, with what
+    to do instead, before the engine is asked; collect=False is not affected by the store."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MLOPS_LAB_COLLECTION", f"s3://{s3_server.bucket}/collected")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    ml.register_model(Const(1.0), "m", sample_input=np.zeros((3, 2)))
+    with pytest.raises(ml.InvalidInput, match=f"a container cannot reach the collection store at {s3_server.endpoint}") as info:
+        ml.deploy("m:1", name="dock", target="docker", progress=False)
+    assert "target='local'" in info.value.hint and ml.list_deployments() == []
+    with pytest.raises(DeploymentFailed, match="Docker is not running"):
+        ml.deploy("m:1", name="dock", target="docker", collect=False, progress=False)
+
+
 def test_the_kubernetes_pod_spec_runs_and_answers_its_readiness_probe(models, tmp_path):
     """The exact image and command of the generated pod spec, under the local engine, with the
     Secret's keys.json and the collected-data volume mounted where the manifests mount them."""

@@ -9,12 +9,17 @@ import pytest
 from mlops_lab.monitoring.collector import CollectConfig, Collector, Record
 
 
-def write_traffic(home, deployment: str, frame, times, version: str, predictions, *, status=None, per_request: int = 1) -> list[str]:
-    """Write ``frame`` (a DataFrame of inputs) as requests of ``per_request`` rows at ``times``
-    (epoch seconds, one per request) answered by ``version`` with ``predictions``."""
+def write_traffic(store, deployment: str, frame, times, version: str, predictions, *, status=None, per_request: int = 1) -> list[str]:
+    """Write ``frame`` (a DataFrame of inputs) to the collection store ``store`` (a
+    ``CollectionStore``, or a home folder for its ``collected/``) as requests of ``per_request``
+    rows at ``times`` (epoch seconds, one per request) answered by ``version`` with ``predictions``."""
+    from mlops_lab.monitoring.store import CollectionStore
+
+    if not isinstance(store, CollectionStore):
+        store = CollectionStore(str(store / "collected"))
     # Parquet directly (no staging, no compactor): the files a deployment has once compacted.
-    col = Collector(deployment, CollectConfig(folder=str(home / "collected"), flush_seconds=3600, max_queue_rows=10**9,
-                                              flush_rows=10**9, stage_budget_mb=0))
+    col = Collector(deployment, CollectConfig(folder=store.uri, endpoint_url=store.endpoint_url, flush_seconds=3600,
+                                              max_queue_rows=10**9, flush_rows=10**9, stage_budget_mb=0))
     col._stop.set()  # no background thread needed: flush by hand
     columns = list(frame.columns)
     types = ["float" if frame[c].dtype.kind in "biuf" else "string" for c in columns]

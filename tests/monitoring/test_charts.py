@@ -41,7 +41,7 @@ def _data(spec, panel):
 
 
 @pytest.fixture
-def canary_traffic(sqlite_registry, rng):
+def canary_traffic(sqlite_registry, collection_store, rng):
     """Three hours of traffic, 60,000 requests: version 1, then a 20 % canary of version 2
     whose inputs have drifted on feature a; some errors, some feedback."""
     base = _frame(rng, 4000)
@@ -53,10 +53,9 @@ def canary_traffic(sqlite_registry, rng):
     times = np.sort(rng.uniform(now - 3 * 3600, now - 1, n))
     canary = (times > now - 3600) & (rng.uniform(size=n) < 0.2)
     status = np.where(rng.uniform(size=n) < 0.01, 500, 200)
-    home = sqlite_registry.home
     for version, mask in (("m:1", ~canary), ("m:2", canary)):
         frame = live[mask].reset_index(drop=True)
-        write_traffic(home, "svc", frame, times[mask], version, frame.a + frame.b, status=status[mask])
+        write_traffic(collection_store, "svc", frame, times[mask], version, frame.a + frame.b, status=status[mask])
     ml.record_feedback("svc", ["svc-m:1-0", "svc-m:1-1"], [1.0, 2.0])
     return n
 
@@ -99,13 +98,13 @@ def test_chart_renders_to_svg_and_png(canary_traffic):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_drops_show_in_the_chart(sqlite_registry, rng):
+def test_drops_show_in_the_chart(sqlite_registry, collection_store, rng):
     from mlops_lab.monitoring.collector import CollectConfig, Collector
 
     ml.register_model(Summer(), "m", sample_input=_frame(rng, 5))
     frame = _frame(rng, 100)
-    write_traffic(sqlite_registry.home, "svc", frame, np.full(100, time.time() - 60), "m:1", frame.a)
-    col = Collector("svc", CollectConfig(folder=str(sqlite_registry.home / "collected"), flush_seconds=3600))
+    write_traffic(collection_store, "svc", frame, np.full(100, time.time() - 60), "m:1", frame.a)
+    col = Collector("svc", CollectConfig(folder=collection_store.uri, endpoint_url=collection_store.endpoint_url, flush_seconds=3600))
     col.dropped = 42
     col.close()
     spec = ml.monitor("svc").to_dict()

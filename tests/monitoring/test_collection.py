@@ -18,7 +18,7 @@ from mlops_lab.monitoring import staging
 
 
 @pytest.fixture
-def iris_model(sqlite_registry, iris, trained):
+def iris_model(sqlite_registry, collection_store, iris, trained):
     X, _ = iris
     ml.register_model(trained, "iris", sample_input=X, baseline=X)
     yield X, trained
@@ -31,20 +31,26 @@ def _post(d, rows, client=None):
     return c.post(f"{d.url}/score", json={"data": rows}, headers={"Authorization": f"Bearer {d.keys['primary']}"}, timeout=30)
 
 
-def _files(home: Path, deployment: str, kind: str = "requests") -> list[Path]:
-    """Whole files of collected requests: Parquet, and staged files not compacted yet."""
-    folder = home / "collected" / deployment
-    found = list((folder / kind).rglob("*.parquet"))
-    if kind == "requests":
-        found += staging.staged_files(folder)
+def _files(store, deployment: str, kind: str = "requests") -> list[str]:
+    """Whole files of collected requests in the collection store: Parquet, and (in a folder)
+    staged files not compacted yet."""
+    from pyarrow.fs import FileSelector, FileType
+
+    root = store.deployment(deployment)
+    infos = root.fs.get_file_info(FileSelector(root.path(kind), recursive=True, allow_not_found=True))
+    found = [i.path for i in infos if i.type == FileType.File and i.path.endswith(".parquet") and "/." not in i.path]
+    if kind == "requests" and root.local:
+        found += [str(p) for p in staging.staged_files(root.folder)]
     return sorted(found)
 
 
-def _read(path: Path):
-    return staging.read_file(path) if path.suffix == staging.SUFFIX else pq.read_table(path)
+def _read(store, path: str):
+    if path.endswith(staging.SUFFIX):
+        return staging.read_file(Path(path))
+    return pq.read_table(path, filesystem=store.fs)
 
 
-def test_collected_rows_equal_what_was_sent_and_answered(iris_model, sqlite_registry):
+def test_collected_rows_equal_what_was_sent_and_answered(iris_model, collection_store):
     X, clf = iris_model
     d = ml.deploy("iris", name="svc", collect={"flush_seconds": 0.3}, progress=False)
     sent = {}
@@ -80,7 +86,7 @@ def test_collected_rows_equal_what_was_sent_and_answered(iris_model, sqlite_regi
     assert m["rows"].sum() == len(df)
 
 
-def test_sampling_and_column_exclusion(iris_model, sqlite_registry):
+def test_sampling_and_column_exclusion(iris_model, collection_store):
     X, _ = iris_model
     d = ml.deploy("iris", name="sampled", collect={"rate": 0.3, "exclude": ["petal width (cm)"], "flush_seconds": 0.3}, progress=False)
     with httpx.Client() as client:
@@ -93,10 +99,10 @@ def test_sampling_and_column_exclusion(iris_model, sqlite_registry):
     off = ml.deploy("iris", name="off", collect=False, progress=False)
     assert _post(off, [X.iloc[0].tolist()]).status_code == 200
     time.sleep(0.5)
-    assert _files(sqlite_registry.home, "off") == []
+    assert _files(collection_store, "off") == []
 
 
-def test_full_queue_drops_and_counts_but_answers_every_request(iris_model, sqlite_registry):
+def test_full_queue_drops_and_counts_but_answers_every_request(iris_model, collection_store):
     X, _ = iris_model
     d = ml.deploy("iris", name="tiny", collect={"max_queue_rows": 50, "flush_seconds": 3600, "flush_rows": 10**9}, progress=False)
     with httpx.Client() as client:
@@ -106,23 +112,23 @@ def test_full_queue_drops_and_counts_but_answers_every_request(iris_model, sqlit
     assert stats["queued_rows"] == 50 and stats["dropped_rows"] == 250
     d.delete()  # graceful stop: the 50 queued rows and the drop count are written
     assert len(ml.collected_data("tiny")) == 50
-    drops = pq.read_table(_files(sqlite_registry.home, "tiny", "drops")[0]).to_pydict()
+    drops = _read(collection_store, _files(collection_store, "tiny", "drops")[0]).to_pydict()
     assert sum(drops["dropped"]) == 250
 
 
-def test_sigterm_loses_nothing(iris_model, sqlite_registry):
+def test_sigterm_loses_nothing(iris_model, collection_store):
     X, _ = iris_model
     d = ml.deploy("iris", name="term", collect={"flush_seconds": 3600}, progress=False)
     with httpx.Client() as client:
         ids = [_post(d, [X.iloc[i % 150].tolist()], client).headers["x-request-id"] for i in range(200)]
-    assert _files(sqlite_registry.home, "term") == []  # nothing flushed yet
+    assert _files(collection_store, "term") == []  # nothing flushed yet
     pid = d.status().details["servers"][0]["pid"]
     os.kill(pid, signal.SIGTERM)
-    assert wait_until(lambda: len(_files(sqlite_registry.home, "term")) > 0, timeout=20)
+    assert wait_until(lambda: len(_files(collection_store, "term")) > 0, timeout=20)
     assert set(ml.collected_data("term").request_id) == set(ids)
 
 
-def test_sigkill_loses_at_most_the_last_interval_and_every_file_reads(iris_model, sqlite_registry):
+def test_sigkill_loses_at_most_the_last_interval_and_every_file_reads(iris_model, collection_store):
     X, _ = iris_model
     d = ml.deploy("iris", name="kill", collect={"flush_seconds": 0.5}, progress=False)
     with httpx.Client() as client:
@@ -131,8 +137,8 @@ def test_sigkill_loses_at_most_the_last_interval_and_every_file_reads(iris_model
         late = [_post(d, [X.iloc[i % 150].tolist()], client).headers["x-request-id"] for i in range(100)]
     os.kill(d.status().details["servers"][0]["pid"], signal.SIGKILL)
     time.sleep(0.2)
-    for f in _files(sqlite_registry.home, "kill"):
-        assert _read(f).num_rows > 0  # no half-written file is visible
+    for f in _files(collection_store, "kill"):
+        assert _read(collection_store, f).num_rows > 0  # no half-written file is visible
     got = set(ml.collected_data("kill").request_id)
     assert set(early) <= got
     assert got <= set(early) | set(late)
@@ -142,7 +148,7 @@ def test_sigkill_loses_at_most_the_last_interval_and_every_file_reads(iris_model
     assert wait_until(lambda: rid in set(ml.collected_data("kill").request_id), timeout=10)
 
 
-def test_feedback_joins_to_its_request(iris_model, sqlite_registry):
+def test_feedback_joins_to_its_request(iris_model, collection_store):
     X, clf = iris_model
     d = ml.deploy("iris", name="fb", collect={"flush_seconds": 0.3}, progress=False)
     h = {"Authorization": f"Bearer {d.keys['primary']}"}
@@ -165,7 +171,7 @@ def test_feedback_joins_to_its_request(iris_model, sqlite_registry):
     }
     from mlops_lab.monitoring.data import accuracy
 
-    acc = accuracy(sqlite_registry.home / "collected" / "fb", every="1h")
+    acc = accuracy(collection_store.deployment("fb"), every="1h")
     assert acc["labelled"].sum() == 4
     expected = np.mean([p == lab for p, lab in zip(labelled["prediction"], labelled["label"])])
     assert acc["accuracy"].iloc[0] == pytest.approx(expected)
@@ -188,7 +194,7 @@ def test_writer_slices_are_bounded_in_rows_and_records_and_keep_order():
     assert len(list(_slices(small))) == -(-10_000 // CHUNK_RECORDS)
 
 
-def test_bad_collect_settings_get_a_clear_error_and_start_nothing(iris_model, sqlite_registry):
+def test_bad_collect_settings_get_a_clear_error_and_start_nothing(iris_model, collection_store):
     for bad, message in (
         ({"stage_budget_mb": -1}, "stage_budget_mb must be a whole number of MiB, 0 or more, got -1"),
         ({"stage_budget_mb": 1.5}, "stage_budget_mb must be a whole number"),
@@ -203,5 +209,6 @@ def test_bad_collect_settings_get_a_clear_error_and_start_nothing(iris_model, sq
     d = ml.deploy("iris", name="direct", collect={"stage_budget_mb": 0, "flush_seconds": 0.3}, progress=False)
     X, _ = iris_model
     assert _post(d, [X.iloc[0].tolist()]).status_code == 200
-    assert wait_until(lambda: len(_files(sqlite_registry.home, "direct")) == 1, timeout=10)
-    assert staging.staged_files(sqlite_registry.home / "collected" / "direct") == []
+    assert wait_until(lambda: len(_files(collection_store, "direct")) == 1, timeout=10)
+    if collection_store.local:
+        assert staging.staged_files(collection_store.deployment("direct").folder) == []

@@ -49,12 +49,12 @@ def _frame(rng, n, shift_a=0.0, probs=(0.5, 0.3, 0.2)):
     })
 
 
-def test_shifted_feature_is_flagged_and_unshifted_is_not(sqlite_registry, rng):
+def test_shifted_feature_is_flagged_and_unshifted_is_not(sqlite_registry, collection_store, rng):
     baseline = _frame(rng, 3000)
     ml.register_model(Summer(), "m", sample_input=baseline.head(), baseline=baseline)
     live = _frame(rng, 2000, shift_a=1.0)
     now = time.time()
-    write_traffic(sqlite_registry.home, "svc", live, np.linspace(now - 1800, now - 1, 2000), "m:1", live.a + live.b)
+    write_traffic(collection_store, "svc", live, np.linspace(now - 1800, now - 1, 2000), "m:1", live.a + live.b)
     result = ml.drift("svc", window="1h")
     flags = dict(zip(result.feature, result.drifted))
     assert flags == {"a": True, "b": False, "c": False, "prediction": True}
@@ -65,23 +65,23 @@ def test_shifted_feature_is_flagged_and_unshifted_is_not(sqlite_registry, rng):
     assert result.attrs["reference"] == "baseline registered with m:1 (3000 rows)"
 
 
-def test_categorical_shift_is_flagged(sqlite_registry, rng):
+def test_categorical_shift_is_flagged(sqlite_registry, collection_store, rng):
     baseline = _frame(rng, 3000)
     ml.register_model(Summer(), "m", sample_input=baseline.head(), baseline=baseline)
     live = _frame(rng, 2000, probs=(0.2, 0.3, 0.5))
     now = time.time()
-    write_traffic(sqlite_registry.home, "svc", live, np.linspace(now - 600, now - 1, 2000), "m:1", live.a + live.b)
+    write_traffic(collection_store, "svc", live, np.linspace(now - 600, now - 1, 2000), "m:1", live.a + live.b)
     flags = dict(zip(*ml.drift("svc", window="1h")[["feature", "drifted"]].T.values))
     assert flags["c"] is True and flags["a"] is False and flags["b"] is False
 
 
-def test_without_baseline_the_first_window_is_the_reference(sqlite_registry, rng):
+def test_without_baseline_the_first_window_is_the_reference(sqlite_registry, collection_store, rng):
     ml.register_model(Summer(), "nb", sample_input=_frame(rng, 5))
     now = time.time()
     first = _frame(rng, 1500)
     later = _frame(rng, 1500, shift_a=1.5)
-    write_traffic(sqlite_registry.home, "svc", first, np.linspace(now - 7200, now - 3700, 1500), "nb:1", first.a)
-    write_traffic(sqlite_registry.home, "svc", later, np.linspace(now - 3000, now - 1, 1500), "nb:1", later.a)
+    write_traffic(collection_store, "svc", first, np.linspace(now - 7200, now - 3700, 1500), "nb:1", first.a)
+    write_traffic(collection_store, "svc", later, np.linspace(now - 3000, now - 1, 1500), "nb:1", later.a)
     result = ml.drift("svc", window="1h")
     assert result.attrs["reference"].startswith("first 1h of live data")
     assert "no baseline registered" in result.attrs["reference"]
@@ -89,12 +89,12 @@ def test_without_baseline_the_first_window_is_the_reference(sqlite_registry, rng
     assert flags["a"] is True and flags["b"] is False
 
 
-def test_thresholds_are_configurable(sqlite_registry, rng):
+def test_thresholds_are_configurable(sqlite_registry, collection_store, rng):
     baseline = _frame(rng, 3000)
     ml.register_model(Summer(), "m", sample_input=baseline.head(), baseline=baseline)
     live = _frame(rng, 2000, shift_a=0.25)
     now = time.time()
-    write_traffic(sqlite_registry.home, "svc", live, np.linspace(now - 600, now - 1, 2000), "m:1", live.a + live.b)
+    write_traffic(collection_store, "svc", live, np.linspace(now - 600, now - 1, 2000), "m:1", live.a + live.b)
     lenient = ml.drift("svc", thresholds={"psi": 10, "ks_pvalue": 1e-30})
     strict = ml.drift("svc", thresholds={"psi": 0.01, "ks_statistic": 0.01})
     assert not lenient.set_index("feature").loc["a", "drifted"]

@@ -104,8 +104,19 @@ TEAMMATE = textwrap.dedent(
     elif step == "deploy":
         models = [m.name for m in ml.list_models()]
         model = ml.load_model("team-iris:1")
-        d = ml.deploy("team-iris:1", name="team-svc", progress=False)
-        print(json.dumps({"models": models, "pred": d.predict([[5.1, 3.5, 1.4, 0.2]]), "url": d.url}))
+        d = ml.deploy("team-iris:1", name="team-svc", collect={"flush_seconds": 0.3}, progress=False)
+        pred = d.predict([[5.1, 3.5, 1.4, 0.2]])
+        import httpx
+        ids = [httpx.post(f"{d.url}/score", json={"data": [[6.0, 3.0, 4.8, 1.8], [5.0, 3.4, 1.5, 0.2]]},
+                          headers={"Authorization": f"Bearer {d.keys['primary']}"}).headers["x-request-id"] for _ in range(5)]
+        print(json.dumps({"models": models, "pred": pred, "url": d.url, "ids": ids}))
+    elif step == "collected":
+        import time
+        deadline = time.monotonic() + 20
+        while len(df := ml.collected_data("team-svc")) < 11 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subtitle = ml.monitor("team-svc").to_dict()["vconcat"][0]["title"]["subtitle"]
+        print(json.dumps({"rows": len(df), "ids": sorted(set(df.request_id)), "subtitle": subtitle}))
     elif step == "delete-version":
         try:
             ml.delete_model_version("team-iris:1")
@@ -121,11 +132,13 @@ TEAMMATE = textwrap.dedent(
 
 @pytest.mark.postgres
 def test_a_team_of_two_shares_one_database_and_one_bucket_and_no_folder(tmp_path, s3_env, postgres_url):
-    """Given A and B with their own home folders, one PostgreSQL database and one S3 prefix, when
-    A registers, B lists, loads and deploys it, and neither can delete the version it serves."""
+    """Given A and B with their own home folders, one PostgreSQL database and one bucket, when
+    A registers, B lists, loads and deploys it, A reads what B's deployment collected, and
+    neither can delete the version it serves."""
     uri = _prefix(s3_env)
     base = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_LAB_")}
-    env = {**base, **s3_env.env(), "MLOPS_LAB_DB": postgres_url, "MLOPS_LAB_ARTIFACTS": uri}
+    env = {**base, **s3_env.env(), "MLOPS_LAB_DB": postgres_url, "MLOPS_LAB_ARTIFACTS": uri,
+           "MLOPS_LAB_COLLECTION": uri + "-collected"}
     a = {**env, "MLOPS_LAB_HOME": str(tmp_path / "alice")}
     b = {**env, "MLOPS_LAB_HOME": str(tmp_path / "bob")}
 
@@ -139,13 +152,18 @@ def test_a_team_of_two_shares_one_database_and_one_bucket_and_no_folder(tmp_path
         assert run(a, "register") == {"ref": "team-iris:1"}
         got = run(b, "deploy")
         assert got["models"] == ["team-iris"] and got["pred"] == [0]
+        # What Bob's deployment collected, Alice reads from the bucket: rows and chart
+        seen = run(a, "collected")
+        assert seen["rows"] == 11 and set(got["ids"]) <= set(seen["ids"]) and len(seen["ids"]) == 6
+        assert seen["subtitle"].startswith("6 requests")
         # Alice cannot delete the version Bob's deployment serves, nor can Bob
         assert "team-svc" in run(a, "delete-version")["refused"]
         assert "team-svc" in run(b, "delete-version")["refused"]
         # Nothing of the model lives in Alice's or Bob's home folder: it is all in the bucket
         for home in ("alice", "bob"):
-            assert not (tmp_path / home / "artifacts").exists()
+            assert not (tmp_path / home / "artifacts").exists() and not (tmp_path / home / "collected").exists()
         assert (s3_env.root / uri.split("://", 1)[1] / "sha256").is_dir()
+        assert list((s3_env.root / (uri.split("://", 1)[1] + "-collected") / "team-svc" / "requests").rglob("*.parquet"))
         assert run(b, "undeploy") == {"ok": True}
         assert run(a, "delete-version") == {"deleted": True}
     finally:
