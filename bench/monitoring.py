@@ -76,29 +76,23 @@ def _compactors(root: Path) -> list[int]:
     return out
 
 
-def compaction_cpu(root: Path, timeout: float = 600.0) -> tuple[float, int]:
-    """Wait for the compactors of one deployment to turn every staged file into Parquet; their
-    CPU seconds (read until they finish) and the rows compacted."""
-    import pyarrow.parquet as pq
+def compaction_cpu(root: Path) -> tuple[float, int]:
+    """Compact what a deleted deployment left staged (its compactors go with its servers and
+    leave the rest staged, for readers and the next compactor), in one compactor run: its CPU
+    seconds and the rows compacted."""
+    import subprocess
 
     from mlops_lab.monitoring import staging
 
-    rows = 0
-    for path in staging.staged_files(root):
-        try:
-            rows += staging.read_file(path).num_rows
-        except FileNotFoundError:  # compacted meanwhile
-            rows += pq.ParquetFile(staging.parquet_for(path, root)).metadata.num_rows
-    seen: dict[int, float] = {}
-    t0 = time.monotonic()
-    while staging.staged_files(root) and time.monotonic() - t0 < timeout:
-        for pid in _compactors(root):
-            try:
-                seen[pid] = _cpu_seconds([pid])
-            except (OSError, IndexError):
-                pass
+    end = time.monotonic() + 30
+    while _compactors(root) and time.monotonic() < end:  # the servers' compactors' last pass
         time.sleep(0.1)
-    return sum(seen.values()), rows
+    rows = sum(staging.read_file(p).num_rows for p in staging.staged_files(root))
+    proc = subprocess.Popen([sys.executable, "-m", "mlops_lab.monitoring.staging", str(root)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0 and not staging.staged_files(root), "the compactor left staged files"
+    return usage.ru_utime + usage.ru_stime, rows
 
 
 def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, s3: bool = False) -> list[tuple]:
@@ -168,10 +162,10 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, 
         print(f"  collected by one staged server process: {stats['written_rows']} rows in {stats['staged_files']} staged"
               f" and {stats['files']} Parquet files, {stats['dropped_rows']} dropped (Parquet files: written at once"
               f" because the staged backlog had reached its budget)")
-        deployments["staged"].delete()  # its compactors finish the work once the machine is idle
+        deployments["staged"].delete()
         secs, compacted = compaction_cpu(staged_root)
         if compacted:
-            print(f"  deferred compaction (idle time, after the runs): {compacted} rows, {secs:.1f} s of CPU,"
+            print(f"  deferred compaction (what was still staged after the runs): {compacted} rows, {secs:.1f} s of CPU,"
                   f" {secs / compacted * 1e8:.0f} us per 100 rows", flush=True)
         out.append(("compaction", secs, compacted))
     finally:
@@ -180,7 +174,7 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, 
     return out
 
 
-def reading(rows: int) -> dict[str, float]:
+def reading(rows: int, s3: bool = False) -> dict[str, dict[str, float]]:
     import importlib.util
 
     import pandas as pd
@@ -201,9 +195,15 @@ def reading(rows: int) -> dict[str, float]:
     base = pd.DataFrame(rng.normal(0, 1, (20_000, 10)), columns=cols)
     ml.register_model(Linear(), "lin", sample_input=base.head(), baseline=base)
     ml.register_model(Linear(), "lin", sample_input=base.head(), baseline=base)
+    from mlops_lab.monitoring.store import CollectionStore
+
     home = Path(os.environ["MLOPS_LAB_HOME"])
     now = time.time()
     day_start = now - (now % 86400)  # today, UTC: every row falls in one day partition
+    places = {"local": (ml.Workspace(), home)}
+    if s3:  # the same rows in the bucket, read through the same functions
+        places["S3"] = (ml.Workspace(collection="s3://bench/collected"),
+                        CollectionStore("s3://bench/collected", os.environ["MLOPS_LAB_S3_ENDPOINT_URL"]))
     t0 = time.perf_counter()
     chunk = 100_000
     for start in range(0, rows, chunk):
@@ -211,8 +211,9 @@ def reading(rows: int) -> dict[str, float]:
         live = pd.DataFrame(rng.normal(0.3, 1, (n, 10)), columns=cols)
         times = np.sort(rng.uniform(day_start, now - 1, n))
         version = "lin:2" if start >= rows * 0.8 else "lin:1"
-        write_traffic(home, "big", live, times, version, Linear().predict(live))
-    print(f"  wrote {rows} rows in {time.perf_counter() - t0:.1f} s", flush=True)
+        for _, store in places.values():
+            write_traffic(store, "big", live, times, version, Linear().predict(live))
+    print(f"  wrote {rows} rows in {time.perf_counter() - t0:.1f} s ({' and '.join(places)})", flush=True)
 
     def best(fn, repeat=3):
         times = []
@@ -223,13 +224,15 @@ def reading(rows: int) -> dict[str, float]:
         return min(times), result
 
     today = time.strftime("%Y-%m-%d", time.gmtime(now))
-    out = {}
-    out["collected_data (one day)"], df = best(lambda: ml.collected_data("big", since=today))
-    assert len(df) == rows, len(df)
-    out["metrics (1min buckets)"], m = best(lambda: ml.metrics("big", every="1min", since=today))
-    assert m["requests"].sum() == rows
-    out["drift (1h window)"], _ = best(lambda: ml.drift("big", window="1h"))
-    out["monitor (24h chart)"], chart = best(lambda: ml.monitor("big", since="24h").to_dict())
+    out: dict[str, dict[str, float]] = {}
+    for where, (ws, _) in places.items():
+        o = out[where] = {}
+        o["collected_data (one day)"], df = best(lambda ws=ws: ws.collected_data("big", since=today))
+        assert len(df) == rows, len(df)
+        o["metrics (1min buckets)"], m = best(lambda ws=ws: ws.metrics("big", every="1min", since=today))
+        assert m["requests"].sum() == rows
+        o["drift (1h window)"], _ = best(lambda ws=ws: ws.drift("big", window="1h"))
+        o["monitor (24h chart)"], chart = best(lambda ws=ws: ws.monitor("big", since="24h").to_dict())
     return out
 
 
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print("(a) collection on against off, LogisticRegression, 2 workers, wrk:")
         cost = collection_cost(args.duration, args.rounds, args.stage_budget_mb, s3=s3 is not None)
         print(f"(b) reading back {args.rows} collected rows:")
-        times = reading(args.rows)
+        times = reading(args.rows, s3=s3 is not None)
     finally:
         if s3 is not None:
             s3.terminate()
@@ -268,10 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {rows} | {conns} | {rps['off']:.0f} | " + " | ".join(f"{rps[k]:.0f} | {c[k]:.1f}%" for k in lanes)
               + " | " + " / ".join(f"{us[k]:.0f}" for k in ["off", *lanes]) + " |")
     print()
-    print(f"| operation on {args.rows:,} collected rows | seconds |")
-    print("| --- | ---: |")
-    for name, secs in times.items():
-        print(f"| {name} | {secs:.2f} |")
+    places = list(times)
+    print(f"| operation on {args.rows:,} collected rows | " + " | ".join(f"seconds, {p}" for p in places) + " |")
+    print("| --- | " + " | ".join("---:" for _ in places) + " |")
+    for name in times["local"]:
+        print(f"| {name} | " + " | ".join(f"{times[p][name]:.2f}" for p in places) + " |")
     return 0
 
 

@@ -129,5 +129,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .registry.entities import ModelVersion, RegisteredModel  # noqa: F401
     from .registry.store import Registry  # noqa: F401
     from .settings import Settings  # noqa: F401
+    from .sql import run_sql, sql_function  # noqa: F401
     from .widgets import DeploymentPanel, MonitorPanel, RegistryPanel  # noqa: F401
     from .workspace import Workspace  # noqa: F401

