@@ -30,8 +30,12 @@ def score_batch(
     chunk_rows: int | None = None,
     keep_inputs: bool = False,
     progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+    client: Any = None,
 ):
-    """Score ``data`` with version ``ref`` and return the predictions as a DataFrame.
+    """Score ``data`` with version ``ref`` and return the predictions as a DataFrame (or, on
+    Dask, write them as a Parquet dataset).
 
     Parameters
     ----------
@@ -51,12 +55,19 @@ def score_batch(
         Put the input columns before the predictions in the result.
     progress:
         Print rows done and rows/s on stderr (for runs longer than a second).
+    engine:
+        ``"local"`` (this process) or ``"dask"``: ``data`` is then a Parquet dataset (a folder,
+        a glob or a list of files, local or ``s3://``), scored one file per task on the Dask
+        cluster at ``address`` (or through ``client``; neither: a local cluster), each worker
+        loading the version once from this registry; ``output`` is the folder of the result,
+        one file per input file, which appears whole or not at all (:mod:`mlops_lab.dask_batch`).
 
     Returns
     -------
     pandas.DataFrame
         One row per input row, in input order: ``prediction`` (or ``prediction_0``...) columns,
-        or the model's own columns when it returns a DataFrame.
+        or the model's own columns when it returns a DataFrame. On Dask, a summary instead:
+        ``{"output", "rows", "files", "seconds"}``.
 
     Examples
     --------
@@ -69,7 +80,17 @@ def score_batch(
 
     if chunk_rows is not None and chunk_rows < 1:
         raise InvalidInput(f"chunk_rows must be at least 1, got {chunk_rows}")
+    if engine not in ("local", "dask"):
+        raise InvalidInput(f"unknown engine {engine!r}", hint="use 'local' or 'dask'")
+    if engine == "local" and (address is not None or client is not None):
+        raise InvalidInput("address and client are for engine='dask'")
     mv = get_model(ref)
+    if engine == "dask":
+        from .dask_batch import score_on_dask
+        from .workspace import current_registry
+
+        return score_on_dask(mv, current_registry().settings, data, output, address=address, client=client,
+                             keep_inputs=keep_inputs, bar=Progress(f"scoring {mv.ref} on Dask", enabled=progress))
     model = mv.load()
     spec = InputSpec(mv.signature)
     chunks, total = _chunks(data, chunk_rows)

@@ -219,6 +219,14 @@ def _score_batch(args) -> int:
 
     if not (args.model and args.input) or args.deployment or args.data:
         raise InvalidInput("batch scoring takes --model REF and --input FILE (and --output FILE), no deployment or --data")
+    if args.engine == "dask":
+        summary = ml.score_batch(args.model, args.input, output=args.output, keep_inputs=args.keep_inputs,
+                                 progress=not args.json, engine="dask", address=args.address)
+        _out(args, {"model": args.model, "input": args.input, **summary},
+             f"scored {summary['rows']:,} rows in {summary['files']} files with {args.model} on Dask -> {summary['output']}")
+        return 0
+    if args.address:
+        raise InvalidInput("--address is for --engine dask")
     scored = ml.score_batch(args.model, args.input, output=args.output, keep_inputs=args.keep_inputs, progress=not args.json)
     summary = {"model": args.model, "input": args.input, "output": args.output, "rows": len(scored)}
     if args.output:
@@ -371,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", metavar="FILE", help="batch: a .parquet or .csv file")
     p.add_argument("--output", metavar="FILE", help="batch: write the predictions to this .parquet file")
     p.add_argument("--keep-inputs", action="store_true", help="batch: the input columns before the predictions")
+    p.add_argument("--engine", choices=["local", "dask"], default="local",
+                   help="batch: in this process, or on a Dask cluster (--input a Parquet dataset, --output a folder)")
+    p.add_argument("--address", metavar="tcp://HOST:PORT", help="batch on Dask: the scheduler (default: a local cluster)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("sql", parents=[common], help="run a SQL query file (DuckDB) with registered versions as functions")

@@ -1,0 +1,166 @@
+"""Batch scoring on a Dask distributed cluster: ``score_batch(..., engine="dask")``.
+
+A Parquet dataset of many files (a folder, a glob, or a list; local or ``s3://``) is scored file
+by file, one Dask task per file, each writing one output file. Dask schedules the tasks and moves
+the work of a worker that dies to another one; nothing here schedules anything. Each worker
+process loads the version once, from the registry the caller's settings name (artifacts on S3
+and a database server let workers on other machines do so), and checks every file against the
+signature with the same errors as in-process scoring.
+
+The output is a folder of Parquet files, ``part-00000.parquet``... in input order, that appears
+whole or not at all: the tasks write into a hidden staging folder beside it (a task run twice
+writes the same file again), and only when every task has succeeded is that folder renamed to
+the output's name; a failed run removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput, MlopsLabError
+
+_models: dict[tuple[Any, str], Any] = {}
+_models_lock = threading.Lock()
+
+
+def _input_files(data: Any, settings) -> tuple[Any, list[str], bool]:
+    """The file system, the Parquet files of ``data`` sorted (that order is the output's), and
+    whether they are on object storage."""
+    from pyarrow import fs as pafs
+
+    items = [str(d) for d in data] if isinstance(data, (list, tuple)) else [str(data)]
+    s3 = bool(items) and items[0].startswith("s3://")
+    if s3:
+        from .object_storage import s3_filesystem
+
+        filesystem = s3_filesystem(settings.s3_endpoint_url)
+        items = [i[len("s3://"):] for i in items]
+    else:
+        filesystem = pafs.LocalFileSystem()
+        items = [str(Path(i).absolute()) for i in items]
+    files: list[str] = []
+    for item in items:
+        info = filesystem.get_file_info(item)
+        if info.type == pafs.FileType.Directory:
+            found = filesystem.get_file_info(pafs.FileSelector(item, recursive=True))
+            files += sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+                            and not any(part.startswith((".", "_")) for part in f.path[len(item):].split("/")))
+        elif info.type == pafs.FileType.File:
+            files.append(item)
+        elif any(c in item for c in "*?["):
+            import fnmatch
+
+            folder = item.rsplit("/", 1)[0]
+            found = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+            files += sorted(f.path for f in found if f.type == pafs.FileType.File and fnmatch.fnmatch(f.path, item))
+        else:
+            raise InvalidInput(f"no such file or folder: {item}")
+    if not files:
+        raise InvalidInput(f"no Parquet files in {data}")
+    return filesystem, files, s3
+
+
+def _model(settings, ref: str) -> Any:
+    """The version, loaded once per worker process."""
+    key = (settings, ref)
+    with _models_lock:
+        if key not in _models:
+            from .registry.inputs import InputSpec
+            from .workspace import Workspace
+
+            mv = Workspace(settings).get_model(ref)
+            _models[key] = (mv.load(), InputSpec(mv.signature))
+        return _models[key]
+
+
+def score_file(settings, ref: str, source: str, index: int, staging: str, keep_inputs: bool) -> int:
+    """Score one input file into ``staging/part-<index>.parquet`` (a Dask task); its row count."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .batch import _model_input, _predictions
+
+    model, spec = _model(settings, ref)
+    if source.startswith("s3://"):
+        from .object_storage import s3_filesystem
+
+        filesystem, path = s3_filesystem(settings.s3_endpoint_url), source[len("s3://"):]
+    else:
+        filesystem, path = None, source
+    frame = pq.read_table(path, filesystem=filesystem).to_pandas()
+    try:
+        x = _model_input(spec, frame, 0)
+    except MlopsLabError as exc:  # one line naming the file; an InvalidInput crosses Dask's pickling whole
+        raise InvalidInput(f"{source.rsplit('/', 1)[-1]}: {exc}") from None
+    result = _predictions(model.predict(x), len(frame), pd)
+    if keep_inputs:
+        result = pd.concat([frame.reset_index(drop=True), result], axis=1)
+    final = Path(staging) / f"part-{index:05d}.parquet"
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(pa.Table.from_pandas(result, preserve_index=False), tmp, compression="zstd")
+    os.replace(tmp, final)  # a task run twice (its worker died) writes the same file again
+    return len(frame)
+
+
+def score_on_dask(mv, settings, data: Any, output: Any, *, address: str | None, client: Any,
+                  keep_inputs: bool, bar) -> dict[str, Any]:
+    """Score ``data`` with version ``mv`` on a Dask cluster into the folder ``output``."""
+    try:
+        import distributed
+    except ImportError:
+        raise InvalidInput("engine='dask' needs Dask: pip install 'mlops-lab[dask]'") from None
+    if output is None:
+        raise InvalidInput("engine='dask' writes a Parquet dataset: give output='folder'")
+    out = Path(output).absolute()
+    if out.exists():
+        raise InvalidInput(f"{out} exists: remove it or give another output folder")
+    filesystem, files, s3 = _input_files(data, settings)
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:  # footers only
+        with filesystem.open_input_file(f) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    sources = [f"s3://{f}" for f in files] if s3 else files
+    own = None
+    if client is None:
+        if address is None:
+            own = client = distributed.Client(processes=True, dashboard_address=None)
+        else:
+            try:
+                own = client = distributed.Client(address, timeout=5)
+            except OSError as exc:
+                raise InvalidInput(f"no Dask scheduler answers at {address}: {exc}") from None
+    staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)  # beside the output: the final rename stays on one file system
+    t0 = time.perf_counter()
+    try:
+        futures = client.map(score_file, [settings] * len(sources), [mv.ref] * len(sources), sources,
+                             range(len(sources)), [str(staging)] * len(sources), [keep_inputs] * len(sources),
+                             pure=False)
+        done = rows = 0
+        for future in distributed.as_completed(futures):
+            rows += future.result()  # a task's error (bad input) is raised here, as it was raised there
+            done += 1
+            bar.step(f"{done}/{len(sources)} files, {rows:,}/{total:,} rows ({rows / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s)")
+        os.replace(staging, out)  # the dataset appears whole
+    except BaseException:
+        try:
+            client.cancel(futures)
+        except Exception:  # noqa: BLE001 - the cluster may be gone
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if own is not None:
+            own.close()
+    seconds = time.perf_counter() - t0
+    bar.done(f"{rows:,} rows in {len(sources)} files on Dask ({rows / max(seconds, 1e-9):,.0f} rows/s) -> {out}")
+    return {"output": str(out), "rows": rows, "files": len(sources), "seconds": round(seconds, 3)}
