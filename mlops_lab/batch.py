@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ._progress import Progress
-from .errors import InvalidInput, InvalidRequest
+from ._scoring import model_input, predictions_frame
+from .errors import InvalidInput
 from .workspace import in_workspace
 
 __all__ = ["score_batch"]
@@ -102,10 +103,10 @@ def score_batch(
     done, last = 0, 0.0
     try:
         for start, frame in chunks:
-            x = _model_input(spec, frame, start)
+            x = model_input(spec, frame, start)
             with _Ticker(bar, done, len(frame), total):
                 y = model.predict(x)
-            result = _predictions(y, len(frame), pd)
+            result = predictions_frame(y, len(frame))
             if keep_inputs and isinstance(frame, pd.DataFrame):
                 result = pd.concat([frame.reset_index(drop=True), result], axis=1)
             if tmp is not None:
@@ -214,43 +215,6 @@ def _chunks(data: Any, size: int | None) -> tuple[Iterator[tuple[int, Any]], int
 
         return memory(), len(data)
     raise InvalidInput(f"score_batch takes a DataFrame, an ndarray or a file path, not {type(data).__name__}")
-
-
-def _model_input(spec, frame: Any, start: int) -> Any:
-    """The chunk as the model takes it, checked against the signature like a request."""
-    import numpy as np
-
-    try:
-        if spec.kind == "columns":
-            if isinstance(frame, np.ndarray):
-                return spec._dataframe([spec.from_array(frame, "data")])
-            missing = [c for c in spec.columns if c not in frame.columns]
-            if missing:
-                raise InvalidRequest(f"missing column {missing[0]!r} (the model takes {spec._cols_text()})", field=missing[0])
-            return spec.frame(frame)
-        if spec.kind == "tensor":
-            arr = frame.to_numpy() if hasattr(frame, "to_numpy") else np.asarray(frame)
-            return spec._check_tensor(arr, "data").data
-        return frame
-    except InvalidRequest as exc:
-        if exc.row is not None:
-            exc.row += start
-        raise
-
-
-def _predictions(y: Any, n: int, pd) -> Any:
-    import numpy as np
-
-    if isinstance(y, pd.DataFrame):
-        return y.reset_index(drop=True)
-    if isinstance(y, pd.Series):
-        return y.reset_index(drop=True).to_frame(y.name or "prediction")
-    arr = np.asarray(y)
-    if arr.ndim == 2:
-        return pd.DataFrame(arr, columns=[f"prediction_{i}" for i in range(arr.shape[1])], copy=False)
-    if arr.ndim != 1 or len(arr) != n:
-        raise InvalidInput(f"the model returned {arr.shape} for {n} rows: batch scoring needs one result per row")
-    return pd.DataFrame({"prediction": arr}, copy=False)
 
 
 def _write(writer, tmp: Path, result):

@@ -85,7 +85,7 @@ def score_file(settings, ref: str, source: str, index: int, staging: str, keep_i
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .batch import _model_input, _predictions
+    from ._scoring import model_input, predictions_frame
 
     model, spec = _model(settings, ref)
     if source.startswith("s3://"):
@@ -96,10 +96,10 @@ def score_file(settings, ref: str, source: str, index: int, staging: str, keep_i
         filesystem, path = None, source
     frame = pq.read_table(path, filesystem=filesystem).to_pandas()
     try:
-        x = _model_input(spec, frame, 0)
+        x = model_input(spec, frame, 0)
     except MlopsLabError as exc:  # one line naming the file; an InvalidInput crosses Dask's pickling whole
         raise InvalidInput(f"{source.rsplit('/', 1)[-1]}: {exc}") from None
-    result = _predictions(model.predict(x), len(frame), pd)
+    result = predictions_frame(model.predict(x), len(frame))
     if keep_inputs:
         result = pd.concat([frame.reset_index(drop=True), result], axis=1)
     final = Path(staging) / f"part-{index:05d}.parquet"

@@ -102,7 +102,7 @@ def sql_function(con: Any, ref: Any, name: str | None = None, *, collect: bool |
     import numpy as np
     import pyarrow as pa
 
-    from .batch import _model_input
+    from ._scoring import model_input
     from .refs import check_name
     from .registry.inputs import InputSpec
     from .serving.accel import NO_NAMES_WARNING, faster_call, same_output, takes_array
@@ -122,7 +122,7 @@ def sql_function(con: Any, ref: Any, name: str | None = None, *, collect: bool |
     wanted = ", ".join(columns)
 
     def predict(frame):
-        y = np.asarray(model.predict(_model_input(spec, frame, 0)))
+        y = np.asarray(model.predict(model_input(spec, frame, 0)))
         if y.ndim != 1:
             raise InvalidInput(f"{mv.ref} returns {y.shape[1:]} values per row: a SQL function returns one")
         return y
