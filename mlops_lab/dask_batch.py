@@ -40,7 +40,7 @@ def _input_files(data: Any, settings) -> tuple[Any, list[str], bool]:
         from .object_storage import s3_filesystem
 
         filesystem = s3_filesystem(settings.s3_endpoint_url)
-        items = [i[len("s3://"):] for i in items]
+        items = [i[len("s3://"):].rstrip("/") for i in items]
     else:
         filesystem = pafs.LocalFileSystem()
         items = [str(Path(i).absolute()) for i in items]

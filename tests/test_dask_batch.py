@@ -27,9 +27,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """The scheduler's address; two single-threaded workers (each under its nanny)."""
+def cluster(tmp_path_factory, s3_server):
+    """The scheduler's address; two single-threaded workers (each under its nanny), with the
+    test S3 server's credentials in their environment."""
     log = open(tmp_path_factory.mktemp("dask") / "dask.log", "wb")
+    env = {**os.environ, **s3_server.env()}
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
@@ -37,7 +39,7 @@ def cluster(tmp_path_factory):
     for i in range(2):
         procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
                                        "--nthreads", "1", "--no-dashboard", "--name", f"w{i}", "--memory-limit", "4GB"],
-                                      stdout=log, stderr=subprocess.STDOUT))
+                                      stdout=log, stderr=subprocess.STDOUT, env=env))
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -186,3 +188,29 @@ def test_the_cli_scores_a_dataset_on_the_cluster(cluster, pipeline, tmp_path, ca
     assert main(["score", "--model", "pipe", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                  "--engine", "dask", "--address", cluster]) == ml.InvalidInput.exit_code
     assert "out exists" in capsys.readouterr().err
+
+
+@pytest.mark.s3
+def test_a_dataset_on_s3_is_scored_by_the_workers(cluster, pipeline, s3_server, monkeypatch, tmp_path):
+    """Input files on the S3 server (the workers read them with the credentials of their own
+    environment; the endpoint comes with the caller's settings)."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlops_lab.object_storage import s3_filesystem
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    fs = s3_filesystem(s3_server.endpoint)
+    prefix = f"{s3_server.bucket}/d-{uuid.uuid4().hex[:8]}"
+    data = _data(40_000, 7)
+    for i in range(4):
+        pq.write_table(pa.Table.from_pandas(data.iloc[i * 10_000:(i + 1) * 10_000], preserve_index=False),
+                       f"{prefix}/in-{i}.parquet", filesystem=fs)
+    summary = ml.score_batch("pipe", f"s3://{prefix}/", output=tmp_path / "out", engine="dask", address=cluster,
+                             progress=False)
+    assert (summary["rows"], summary["files"]) == (40_000, 4)
+    np.testing.assert_array_equal(pd.read_parquet(tmp_path / "out")["prediction"].to_numpy(), pipeline.predict(data))
+

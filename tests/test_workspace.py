@@ -162,3 +162,16 @@ def test_a_collection_store_that_cannot_be_written_is_refused_in_one_line(tmp_pa
         d.delete()
     ws.close()
     other.close()
+
+
+def test_an_unknown_collection_store_scheme_is_refused_by_name(tmp_path, iris, trained):
+    X, _ = iris
+    ws = Workspace(home=tmp_path / "h", collection="gs://bucket/collected")
+    ws.register_model(trained, "iris", sample_input=X.iloc[:3])
+    with pytest.raises(ml.InvalidInput, match=r"unknown collection store 'gs://bucket/collected': scheme 'gs'") as info:
+        ws.deploy("iris:1", name="svc", progress=False)
+    assert "s3://bucket/prefix" in info.value.hint and ws.list_deployments() == []
+    with pytest.raises(ml.InvalidInput, match="unknown collection store"):
+        ws.collected_data("svc")
+    ws.close()
+
