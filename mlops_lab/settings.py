@@ -43,6 +43,8 @@ INTERNAL_VARIABLES: dict[str, str] = {
     "MLOPS_LAB_MODEL_DIR": "Set while an entry script's `init()` runs: the model's folder (also `AZUREML_MODEL_DIR`).",
     "MLOPS_LAB_CRASHPOINT": "Tests only: the named point at which a process kills itself, to test crash safety.",
     "MLOPS_LAB_TEST_PG_URL": "Tests only: the PostgreSQL server the suite's registry tests run on (`make test` starts one).",
+    "MLOPS_LAB_TEST_K8S_BIN": "Tests only: the folder of the Kubernetes control plane's binaries (`make test` builds them with `.ci/kubernetes.sh`).",
+    "MLOPS_LAB_K8S_CACHE": "`.ci/kubernetes.sh` only: where the control plane is built and cached (default `/var/cache/mlops-lab/kubernetes-VERSION`).",
 }
 
 

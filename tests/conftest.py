@@ -297,3 +297,29 @@ def fill_disk():
         return filler
 
     return fill
+
+
+K8S_BIN = os.environ.get("MLOPS_LAB_TEST_K8S_BIN")
+
+
+@pytest.fixture(scope="session")
+def kube_control_plane(tmp_path_factory):
+    """A real Kubernetes 1.20 control plane on loopback with a test node (tests/kube.py); the
+    binaries are those `.ci/kubernetes.sh` builds, named in MLOPS_LAB_TEST_K8S_BIN."""
+    if not K8S_BIN or not (Path(K8S_BIN) / "kube-apiserver").exists():
+        if os.environ.get("CI") and os.environ.get("MLOPS_LAB_TEST_K8S_REQUIRED"):
+            pytest.fail("MLOPS_LAB_TEST_K8S_BIN is not set: run the suite with `make test`")
+        pytest.skip("no Kubernetes control plane binaries: run `bash .ci/kubernetes.sh` and set MLOPS_LAB_TEST_K8S_BIN")
+    from kube import ControlPlane, TestNode
+
+    plane = ControlPlane(Path(K8S_BIN), tmp_path_factory.mktemp("kube"))
+    try:
+        plane.start()
+        node = plane.node = TestNode(plane.api())
+        node.start()
+    except BaseException:
+        plane.stop()
+        raise
+    yield plane
+    node.stop()
+    plane.stop()

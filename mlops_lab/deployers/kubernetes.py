@@ -18,6 +18,7 @@ after which ``collected_data`` reads them like a local deployment's. Without eit
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -228,14 +229,18 @@ class KubernetesDeployer(Deployer):
         except ImportError:
             raise DeploymentFailed("target='kubernetes' needs the kubernetes client: pip install 'mlops-lab[kubernetes]'") from None
         try:
-            kconfig.load_kube_config(context=config.get("context"))
+            # KUBECONFIG read now (the client reads it once, when it is imported), into a client
+            # of this call's own: no process-wide default configuration is changed
+            api = kconfig.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                                 context=config.get("context"))
         except Exception as exc:  # noqa: BLE001 - the client raises several types for "no config"
             try:
                 kconfig.load_incluster_config()
+                api = client.ApiClient()
             except Exception:  # noqa: BLE001
                 raise DeploymentFailed(f"no Kubernetes cluster configured: {exc}",
                                        hint="set KUBECONFIG (or use target='local' / render_manifests)") from None
-        return client.CoreV1Api(), client.AppsV1Api(), client.AutoscalingV2Api()
+        return client.CoreV1Api(api), client.AppsV1Api(api), client.AutoscalingV2Api(api)
 
     def _objects(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int) -> list[dict[str, Any]]:
         if not config.get("image"):
@@ -340,10 +345,12 @@ class KubernetesDeployer(Deployer):
 
         core, apps, autoscaling = self._clients(record.config)
         ns, app = record.state.get("namespace", "default"), k8s_name(record.name)
-        for call in (lambda: autoscaling.delete_namespaced_horizontal_pod_autoscaler(app, ns),
-                     lambda: apps.delete_namespaced_deployment(app, ns),
-                     lambda: core.delete_namespaced_service(app, ns),
-                     lambda: core.delete_namespaced_secret(f"{app}-keys", ns)):
+        # The answers are not decoded (_preload_content=False): servers before 1.21 answer a
+        # Service's deletion with a Status, which the client (37) fails to read as a Service.
+        for call in (lambda: autoscaling.delete_namespaced_horizontal_pod_autoscaler(app, ns, _preload_content=False),
+                     lambda: apps.delete_namespaced_deployment(app, ns, _preload_content=False),
+                     lambda: core.delete_namespaced_service(app, ns, _preload_content=False),
+                     lambda: core.delete_namespaced_secret(f"{app}-keys", ns, _preload_content=False)):
             try:
                 call()
             except ApiException as exc:

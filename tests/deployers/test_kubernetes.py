@@ -168,7 +168,7 @@ class FakeCluster:
         return patch
 
     def _delete(self, kind):
-        def delete(name, ns):
+        def delete(name, ns, **_options):
             key = (kind, ns, name)
             self.calls.append(("delete", key))
             if self.objects.pop(key, None) is None:
