@@ -302,7 +302,9 @@ class Deployment:
         return self._done(record)
 
     def delete(self) -> None:
-        """Stop the deployment and forget it (idempotent)."""
+        """Stop the deployment and forget it (idempotent). If the target refuses (a missing
+        permission, an unreachable cluster), the record stays: what still runs keeps its
+        version protected, and ``delete()`` can be called again once the cause is fixed."""
         from .keys import key_file
 
         reg = self._registry
@@ -311,11 +313,9 @@ class Deployment:
         except errors.NotFound:
             key_file(reg.home, self.name).unlink(missing_ok=True)
             return
-        try:
-            self._deployer().delete(record)
-        finally:
-            reg.delete_deployment(self.name)
-            key_file(reg.home, self.name).unlink(missing_ok=True)
+        self._deployer().delete(record)
+        reg.delete_deployment(self.name)
+        key_file(reg.home, self.name).unlink(missing_ok=True)
 
     def revisions(self) -> list[DeploymentRevision]:
         return self._registry.deployment_revisions(self.name)

@@ -191,6 +191,40 @@ def render_manifests(ref: Any, name: str | None = None, *, image: str | None = N
     return build_objects(name, models, image=image, key_hashes=hashes, **options)
 
 
+#: What the deployer does to the API, verb by verb: the rules of :func:`deployer_role`.
+DEPLOYER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "patch", "delete"]},
+    {"apiGroups": ["apps"], "resources": ["deployments/status"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets", "services"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["create", "patch", "delete"]},
+]
+
+
+def deployer_role(namespace: str = "default", name: str = "mlops-lab-deployer") -> dict[str, Any]:
+    """The RBAC Role that grants what ``target="kubernetes"`` needs in ``namespace`` and nothing
+    more (bind it to the service account or user whose kubeconfig the deployer uses)."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "mlops-lab"}},
+            "rules": [dict(rule) for rule in DEPLOYER_RULES]}
+
+
+def _refused(exc: Any, doing: str) -> DeploymentFailed:
+    """An ApiException as one line: for a 403, the permission that is missing."""
+    message = exc.reason or ""
+    try:
+        message = json.loads(exc.body).get("message") or message
+    except (TypeError, ValueError, AttributeError):
+        pass
+    message = " ".join(str(message).split())
+    if exc.status == 403:
+        return DeploymentFailed(f"Kubernetes refused to {doing}: {message}",
+                                hint="grant it in the deployer's Role (mlops_lab.deployers.kubernetes.deployer_role())")
+    return DeploymentFailed(f"Kubernetes refused to {doing}: {message}")
+
+
 def server_command() -> list[str]:
     """The container command of the scoring server (the Dockerfile's CMD, spelled out)."""
     return [f"{APP_DIR}/venv/bin/python", "-m", "mlops_lab.serving.server", "--spec", f"{APP_DIR}/spec.json",
@@ -269,16 +303,24 @@ class KubernetesDeployer(Deployer):
                 create(ns, obj)
             except ApiException as exc:
                 if exc.status != 409:
-                    raise DeploymentFailed(f"Kubernetes refused the {kind} {nm}: {exc.reason} {exc.body}") from None
+                    raise _refused(exc, f"create the {kind} {nm}") from None
                 if patch is not None:
-                    patch(nm, ns, obj)
+                    try:
+                        patch(nm, ns, obj)
+                    except ApiException as exc2:
+                        raise _refused(exc2, f"patch the {kind} {nm}") from None
 
     def _wait_rollout(self, name: str, config: dict[str, Any], progress, timeout: float) -> None:
         _, apps, _ = self._clients(config)
         ns, app = config.get("namespace", "default"), k8s_name(name)
         end = time.monotonic() + timeout
+        from kubernetes.client.rest import ApiException
+
         while time.monotonic() < end:
-            d = apps.read_namespaced_deployment_status(app, ns)
+            try:
+                d = apps.read_namespaced_deployment_status(app, ns)
+            except ApiException as exc:
+                raise _refused(exc, f"read the rollout of {app}") from None
             st = d.status
             want = d.spec.replicas or 0
             if (st.observed_generation or 0) >= d.metadata.generation and (st.updated_replicas or 0) >= want \
@@ -355,4 +397,4 @@ class KubernetesDeployer(Deployer):
                 call()
             except ApiException as exc:
                 if exc.status != 404:
-                    raise DeploymentFailed(f"cannot delete {app}: {exc.reason}") from None
+                    raise _refused(exc, f"delete {app}") from None

@@ -62,3 +62,61 @@ def test_a_revision_whose_pods_never_become_ready_fails_and_the_old_one_keeps_se
     finally:
         cluster.node.never_ready.discard("iris:2")
 
+
+
+def _service_account(plane, name: str, rules: list[dict], tmp_path):
+    """A service account bound to a Role of ``rules``; a kubeconfig holding its token."""
+    import time
+
+    from kubernetes import client
+
+    api = plane.api()
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    core.create_namespaced_service_account("default", {"metadata": {"name": name}})
+    rbac.create_namespaced_role("default", {"metadata": {"name": name}, "rules": rules})
+    rbac.create_namespaced_role_binding("default", {
+        "metadata": {"name": name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "default"}]})
+    deadline = time.monotonic() + 30
+    while True:  # 1.20's token controller makes the account's token Secret
+        sa = core.read_namespaced_service_account(name, "default")
+        if sa.secrets:
+            break
+        assert time.monotonic() < deadline, "no token for the service account"
+        time.sleep(0.2)
+    import base64
+
+    token = base64.b64decode(core.read_namespaced_secret(sa.secrets[0].name, "default").data["token"]).decode()
+    return plane.kubeconfig(token, tmp_path / f"{name}.kubeconfig")
+
+
+def test_the_deployer_role_is_all_the_deployer_needs_and_a_missing_verb_is_named(cluster, tmp_path, monkeypatch):
+    from mlops_lab.deployers.kubernetes import DEPLOYER_RULES, deployer_role
+
+    role = deployer_role("default")
+    assert role["kind"] == "Role" and role["rules"] == DEPLOYER_RULES
+    monkeypatch.setenv("KUBECONFIG", str(_service_account(cluster, "deployer", role["rules"], tmp_path)))
+    d = ml.deploy("iris:1", name="k8s-rbac", target="kubernetes", image="registry.test/iris:1", progress=False)
+    assert d.status().healthy
+    d.update("iris:2", progress=False)
+    d.delete()
+    # without "delete" on services: the deletion stops there, in one line naming what is missing
+    limited = [dict(r) for r in DEPLOYER_RULES]
+    for rule in limited:
+        if "services" in rule["resources"]:
+            rule["verbs"] = ["create", "patch"]
+    monkeypatch.setenv("KUBECONFIG", str(_service_account(cluster, "limited", limited, tmp_path)))
+    d = ml.deploy("iris:1", name="k8s-limited", target="kubernetes", image="registry.test/iris:1", progress=False)
+    with pytest.raises(ml.DeploymentFailed) as info:
+        d.delete()
+    text = str(info.value)
+    assert text.startswith('Kubernetes refused to delete k8s-limited: services "k8s-limited" is forbidden: User '
+                           '"system:serviceaccount:default:limited" cannot delete resource "services"'), text
+    assert "\n" not in text and "deployer_role()" in info.value.hint
+    # the record stays (its Service still exists): fixed permissions, the same call finishes it
+    assert [x.name for x in ml.list_deployments()] == ["k8s-limited"]
+    with pytest.raises(ml.VersionInUse):
+        ml.delete_model_version("iris:1")
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig(cluster.admin_token, tmp_path / "admin")))
+    ml.get_deployment("k8s-limited").delete()
+    assert ml.list_deployments() == []
