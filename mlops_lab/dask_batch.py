@@ -25,7 +25,8 @@ from typing import Any
 
 from .errors import InvalidInput, MlopsLabError
 
-_models: dict[tuple[Any, str], Any] = {}
+#: Per worker process: loaded versions and S3 clients.
+_models: dict[tuple[Any, Any], Any] = {}
 _models_lock = threading.Lock()
 
 
@@ -36,13 +37,10 @@ def _input_files(data: Any, settings) -> tuple[Any, list[str], bool]:
 
     items = [str(d) for d in data] if isinstance(data, (list, tuple)) else [str(data)]
     s3 = bool(items) and items[0].startswith("s3://")
+    filesystem = _filesystem(s3, settings)
     if s3:
-        from .object_storage import s3_filesystem
-
-        filesystem = s3_filesystem(settings.s3_endpoint_url)
         items = [i[len("s3://"):].rstrip("/") for i in items]
     else:
-        filesystem = pafs.LocalFileSystem()
         items = [str(Path(i).absolute()) for i in items]
     files: list[str] = []
     for item in items:
@@ -64,6 +62,21 @@ def _input_files(data: Any, settings) -> tuple[Any, list[str], bool]:
     if not files:
         raise InvalidInput(f"no Parquet files in {data}")
     return filesystem, files, s3
+
+
+def _filesystem(s3: bool, settings) -> Any:
+    """The ``pyarrow.fs`` file system of the input: one S3 client per process and endpoint."""
+    from pyarrow import fs as pafs
+
+    if not s3:
+        return pafs.LocalFileSystem()
+    key = ("s3", settings.s3_endpoint_url)
+    with _models_lock:
+        if key not in _models:
+            from .object_storage import s3_filesystem
+
+            _models[key] = s3_filesystem(settings.s3_endpoint_url)
+        return _models[key]
 
 
 def _model(settings, ref: str) -> Any:
@@ -88,13 +101,8 @@ def score_file(settings, ref: str, source: str, index: int, staging: str, keep_i
     from ._scoring import model_input, predictions_frame
 
     model, spec = _model(settings, ref)
-    if source.startswith("s3://"):
-        from .object_storage import s3_filesystem
-
-        filesystem, path = s3_filesystem(settings.s3_endpoint_url), source[len("s3://"):]
-    else:
-        filesystem, path = None, source
-    frame = pq.read_table(path, filesystem=filesystem).to_pandas()
+    s3 = source.startswith("s3://")
+    frame = pq.read_table(source[len("s3://"):] if s3 else source, filesystem=_filesystem(s3, settings)).to_pandas()
     try:
         x = model_input(spec, frame, 0)
     except MlopsLabError as exc:  # one line naming the file; an InvalidInput crosses Dask's pickling whole

@@ -145,12 +145,8 @@ class DockerDeployer(Deployer):
             store.check()
         return store
 
-    def _collect_place(self) -> dict[str, Any]:
-        """Where the container's collector writes: the mounted folder, or the object store itself."""
-        store = self._collection_store()
-        return {"folder": "collected"} if store.local else store.spec()
-
-    def _runtime_spec(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int) -> Path:
+    def _runtime_spec(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int,
+                      store: Any = None) -> Path:
         """What this revision's container serves: written on the host, mounted over the image's."""
         collect = config.get("collect")
         spec = {
@@ -161,7 +157,8 @@ class DockerDeployer(Deployer):
             "entry_script": None,
             "keys_file": KEYS_FILE if config.get("auth", True) else None,
             "body_limit": config.get("body_limit"), "batching": config.get("batching", {}),
-            "collect": None if collect is False or collect is None else {"enabled": True, **self._collect_place(),
+            # where the container's collector writes: the mounted folder, or the object store itself
+            "collect": None if store is None else {"enabled": True, **({"folder": "collected"} if store.local else store.spec()),
                                                  **(collect if isinstance(collect, dict) else {})},
         }
         path = self._folder(name) / "revisions" / f"r{revision}-{int(time.time())}" / "spec.json"
@@ -177,7 +174,7 @@ class DockerDeployer(Deployer):
         image = config.get("image") or build_image([f"{m['name']}:{m['version']}" for m in models],
                                                    base_image=config.get("base_image", DEFAULT_BASE_IMAGE),
                                                    progress=progress, client=client)
-        spec = self._runtime_spec(name, models, config, revision)
+        spec = self._runtime_spec(name, models, config, revision, store)
         keys_dir = _mkdir(self._folder(name))
         volumes = {str(spec): {"bind": f"{APP_DIR}/spec.json", "mode": "ro"},
                    str(keys_dir): {"bind": f"{APP_DIR}/keys", "mode": "ro"}}
