@@ -471,9 +471,11 @@ def _server_of_connections(pids: set[int], port: int, client_ports: list[int]) -
 
 def test_connections_opened_together_are_shared_by_the_servers(models):
     """16 keep-alive connections opened at once: each of the 2 servers takes some of them, each
-    through its acceptor on the shared socket (under uvloop), and answers on it. A client here
-    does not open connections as fast as wrk, so this passes with the event loop's own accept
-    too; tests/serving/test_accept.py shows the one-connection-per-turn behaviour itself."""
+    through its acceptor on the shared socket (under uvloop), and answers on it. How many each
+    takes depends on which process the kernel wakes first (14 against 2 was seen on a loaded CI
+    machine), so this asserts only that neither is left out. A client here does not open
+    connections as fast as wrk, so this passes with the event loop's own accept too;
+    tests/serving/test_accept.py shows the one-connection-per-turn behaviour itself."""
     d = ml.deploy("m:1", name="svc", progress=False, workers=2, drain_seconds=0.2)
     assert wait_until(lambda: len(d.status().details["servers"]) == 2, timeout=60)
     pids = {s["pid"] for s in d.status().details["servers"]}
@@ -491,7 +493,7 @@ def test_connections_opened_together_are_shared_by_the_servers(models):
         for s in socks:
             assert b" 200 " in s.recv(4096).split(b"\r\n", 1)[0]
         held = _server_of_connections(pids, port, [s.getsockname()[1] for s in socks])
-        assert set(held) == pids and min(held.values()) >= 3, held
+        assert set(held) == pids and sum(held.values()) == 16, held
     finally:
         for s in socks:
             s.close()
