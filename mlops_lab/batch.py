@@ -60,8 +60,9 @@ def score_batch(
         ``"local"`` (this process) or ``"dask"``: ``data`` is then a Parquet dataset (a folder,
         a glob or a list of files, local or ``s3://``), scored one file per task on the Dask
         cluster at ``address`` (or through ``client``; neither: a local cluster), each worker
-        loading the version once from this registry; ``output`` is the folder of the result,
-        one file per input file, which appears whole or not at all (:mod:`mlops_lab.dask_batch`).
+        loading the version once from this registry; ``output`` is the folder (or ``s3://``
+        prefix) of the result, one file per input file, which appears whole or not at all
+        (on object storage with ``_SUCCESS`` written last; :mod:`mlops_lab.dask_batch`).
 
     Returns
     -------

@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="batch: write the predictions to this .parquet file")
     p.add_argument("--keep-inputs", action="store_true", help="batch: the input columns before the predictions")
     p.add_argument("--engine", choices=["local", "dask"], default="local",
-                   help="batch: in this process, or on a Dask cluster (--input a Parquet dataset, --output a folder)")
+                   help="batch: in this process, or on a Dask cluster (--input a Parquet dataset, --output a folder "
+                        "or s3://bucket/prefix)")
     p.add_argument("--address", metavar="tcp://HOST:PORT", help="batch on Dask: the scheduler (default: a local cluster)")
     p.set_defaults(func=cmd_score)
 

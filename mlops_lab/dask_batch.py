@@ -10,7 +10,12 @@ signature with the same errors as in-process scoring.
 The output is a folder of Parquet files, ``part-00000.parquet``... in input order, that appears
 whole or not at all: the tasks write into a hidden staging folder beside it (a task run twice
 writes the same file again), and only when every task has succeeded is that folder renamed to
-the output's name; a failed run removes it.
+the output's name; a failed run removes it. On object storage, where nothing renames a folder,
+the tasks write under a hidden prefix beside it (``.NAME.staging-*/``), the parts are then copied
+into place inside the store and ``OUTPUT/_SUCCESS`` is written last: write, then publish, as
+Hadoop and Spark jobs do (readers skip ``_SUCCESS``). A failed run removes what it wrote, marking the staging prefix's lease
+first, so that a task still running (Dask cannot stop one) removes what it writes when it sees
+the mark.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from typing import Any
 
 from .errors import InvalidInput, MlopsLabError
 
+#: On object storage, the staging prefix's marker that the run still wants its parts.
+LEASE = "_LEASE"
+RUNNING = b"running"
 #: Per worker process: loaded versions and S3 clients.
 _models: dict[tuple[Any, Any], Any] = {}
 _models_lock = threading.Lock()
@@ -93,7 +101,8 @@ def _model(settings, ref: str) -> Any:
 
 
 def score_file(settings, ref: str, source: str, index: int, staging: str, keep_inputs: bool) -> int:
-    """Score one input file into ``staging/part-<index>.parquet`` (a Dask task); its row count."""
+    """Score one input file into ``staging/part-<index>.parquet`` (a Dask task); its row count.
+    ``staging`` is a local folder or ``s3://bucket/prefix``."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -110,25 +119,125 @@ def score_file(settings, ref: str, source: str, index: int, staging: str, keep_i
     result = predictions_frame(model.predict(x), len(frame))
     if keep_inputs:
         result = pd.concat([frame.reset_index(drop=True), result], axis=1)
-    final = Path(staging) / f"part-{index:05d}.parquet"
+    table = pa.Table.from_pandas(result, preserve_index=False)
+    name = f"part-{index:05d}.parquet"
+    if staging.startswith("s3://"):
+        # one object, whole once written; a task run twice (its worker died) writes it again
+        fs, path = _filesystem(True, settings), staging[len("s3://"):]
+        pq.write_table(table, f"{path}/{name}", filesystem=fs, compression="zstd")
+        try:
+            with fs.open_input_stream(f"{path}/{LEASE}") as f:
+                wanted = f.read() == RUNNING
+        except FileNotFoundError:
+            wanted = False
+        if not wanted:
+            # the run failed and was cleaned up while this task still ran (Dask cannot stop a
+            # running task): what it wrote goes too
+            _remove_prefix(fs, path)
+        return len(frame)
+    final = Path(staging) / name
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(pa.Table.from_pandas(result, preserve_index=False), tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, final)  # a task run twice (its worker died) writes the same file again
     return len(frame)
 
 
+class _Output:
+    """Where the parts go, and how they are published: a local folder (a staging folder beside
+    it, renamed), or a prefix of an object store (a hidden staging prefix beside it, the parts
+    copied into place, then ``_SUCCESS``)."""
+
+    def __init__(self, output: Any, settings, parts: int) -> None:
+        from pyarrow import fs as pafs
+
+        text = str(output)
+        self.s3 = text.startswith("s3://")
+        self.parts = parts
+        self.published = 0
+        token = uuid.uuid4().hex[:8]
+        if self.s3:
+            from .object_storage import split_s3_uri
+
+            if not split_s3_uri(text)[1]:
+                raise InvalidInput(f"give the output a prefix inside the bucket: s3://{split_s3_uri(text)[0]}/NAME")
+            self.fs = _filesystem(True, settings)
+            self.path = text[len("s3://"):].rstrip("/")
+            self.uri = f"s3://{self.path}"
+            try:
+                taken = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+            except OSError as exc:
+                from .object_storage import s3_error
+
+                raise s3_error(exc, f"look at {self.uri}", self.uri, settings.s3_endpoint_url) from None
+            if taken:
+                raise InvalidInput(f"{self.uri} holds objects already: remove them or give another output prefix")
+            parent, _, name = self.path.rpartition("/")
+            self.staging_path = f"{parent}/.{name}.staging-{token}"
+            self.staging = f"s3://{self.staging_path}"
+            with self.fs.open_output_stream(f"{self.staging_path}/{LEASE}") as f:
+                f.write(RUNNING)
+        else:
+            self.out = Path(text).absolute()
+            self.uri = str(self.out)
+            if self.out.exists():
+                raise InvalidInput(f"{self.out} exists: remove it or give another output folder")
+            self.staging_dir = self.out.with_name(f".{self.out.name}.staging-{token}")
+            self.staging_dir.mkdir(parents=True)  # beside the output: the final rename stays on one file system
+            self.staging = str(self.staging_dir)
+
+    def publish(self) -> None:
+        if not self.s3:
+            os.replace(self.staging_dir, self.out)  # the dataset appears whole
+            return
+        for i in range(self.parts):  # copies inside the store; nothing crosses this machine
+            self.fs.copy_file(f"{self.staging_path}/part-{i:05d}.parquet", f"{self.path}/part-{i:05d}.parquet")
+            self.published = i + 1
+        with self.fs.open_output_stream(f"{self.path}/_SUCCESS") as f:
+            f.write(b"")
+        _remove_prefix(self.fs, self.staging_path)
+
+    def discard(self) -> None:
+        if not self.s3:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+            return
+        try:
+            # the lease first: a task still running then removes what it writes (see score_file)
+            with self.fs.open_output_stream(f"{self.staging_path}/{LEASE}") as f:
+                f.write(b"discarded")
+        except OSError:
+            pass  # the store does not answer: the removals below will say so
+        _remove_prefix(self.fs, self.staging_path)
+        if self.published:
+            _remove_prefix(self.fs, self.path)
+
+
+def _remove_prefix(fs, prefix: str) -> None:
+    """Every object under ``prefix``, in batches (``delete_dir_contents``; one ``delete_file`` at a
+    time makes pyarrow write a folder marker, which some servers, rclone's, refuse and then list
+    the folder wrongly), then the folder's own marker if the store keeps one. A failure is logged:
+    what stays is a hidden prefix beside the output, never the output."""
+    try:
+        fs.delete_dir_contents(prefix, missing_dir_ok=True)
+    except OSError as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("could not remove %s: %s", prefix, exc)
+        return
+    try:
+        fs.delete_dir(prefix)
+    except OSError:
+        pass  # no marker, or a server that lists an emptied folder by itself
+
+
 def score_on_dask(mv, settings, data: Any, output: Any, *, address: str | None, client: Any,
                   keep_inputs: bool, bar) -> dict[str, Any]:
-    """Score ``data`` with version ``mv`` on a Dask cluster into the folder ``output``."""
+    """Score ``data`` with version ``mv`` on a Dask cluster into the folder or S3 prefix ``output``."""
     try:
         import distributed
     except ImportError:
         raise InvalidInput("engine='dask' needs Dask: pip install 'mlops-lab[dask]'") from None
     if output is None:
-        raise InvalidInput("engine='dask' writes a Parquet dataset: give output='folder'")
-    out = Path(output).absolute()
-    if out.exists():
-        raise InvalidInput(f"{out} exists: remove it or give another output folder")
+        raise InvalidInput("engine='dask' writes a Parquet dataset: give output='folder' or 's3://bucket/prefix'")
     filesystem, files, s3 = _input_files(data, settings)
     import pyarrow.parquet as pq
 
@@ -137,38 +246,41 @@ def score_on_dask(mv, settings, data: Any, output: Any, *, address: str | None, 
         with filesystem.open_input_file(f) as fh:
             total += pq.ParquetFile(fh).metadata.num_rows
     sources = [f"s3://{f}" for f in files] if s3 else files
+    out = _Output(output, settings, len(sources))
     own = None
-    if client is None:
-        if address is None:
-            own = client = distributed.Client(processes=True, dashboard_address=None)
-        else:
-            try:
-                own = client = distributed.Client(address, timeout=5)
-            except OSError as exc:
-                raise InvalidInput(f"no Dask scheduler answers at {address}: {exc}") from None
-    staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
-    staging.mkdir(parents=True)  # beside the output: the final rename stays on one file system
-    t0 = time.perf_counter()
     try:
+        if client is None:
+            if address is None:
+                own = client = distributed.Client(processes=True, dashboard_address=None)
+            else:
+                try:
+                    own = client = distributed.Client(address, timeout=5)
+                except OSError as exc:
+                    raise InvalidInput(f"no Dask scheduler answers at {address}: {exc}") from None
+        t0 = time.perf_counter()
         futures = client.map(score_file, [settings] * len(sources), [mv.ref] * len(sources), sources,
-                             range(len(sources)), [str(staging)] * len(sources), [keep_inputs] * len(sources),
+                             range(len(sources)), [out.staging] * len(sources), [keep_inputs] * len(sources),
                              pure=False)
-        done = rows = 0
-        for future in distributed.as_completed(futures):
-            rows += future.result()  # a task's error (bad input) is raised here, as it was raised there
-            done += 1
-            bar.step(f"{done}/{len(sources)} files, {rows:,}/{total:,} rows ({rows / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s)")
-        os.replace(staging, out)  # the dataset appears whole
-    except BaseException:
         try:
-            client.cancel(futures)
-        except Exception:  # noqa: BLE001 - the cluster may be gone
-            pass
-        shutil.rmtree(staging, ignore_errors=True)
+            done = rows = 0
+            for future in distributed.as_completed(futures):
+                rows += future.result()  # a task's error (bad input) is raised here, as it was raised there
+                done += 1
+                bar.step(f"{done}/{len(sources)} files, {rows:,}/{total:,} rows "
+                         f"({rows / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s)")
+        except BaseException:
+            try:
+                client.cancel(futures)
+            except Exception:  # noqa: BLE001 - the cluster may be gone
+                pass
+            raise
+        out.publish()
+    except BaseException:
+        out.discard()
         raise
     finally:
         if own is not None:
             own.close()
     seconds = time.perf_counter() - t0
-    bar.done(f"{rows:,} rows in {len(sources)} files on Dask ({rows / max(seconds, 1e-9):,.0f} rows/s) -> {out}")
-    return {"output": str(out), "rows": rows, "files": len(sources), "seconds": round(seconds, 3)}
+    bar.done(f"{rows:,} rows in {len(sources)} files on Dask ({rows / max(seconds, 1e-9):,.0f} rows/s) -> {out.uri}")
+    return {"output": out.uri, "rows": rows, "files": len(sources), "seconds": round(seconds, 3)}

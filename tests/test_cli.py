@@ -83,10 +83,10 @@ def test_dry_run_prints_valid_kubernetes_manifests_and_export_makes_a_bundle(sql
     out = run("deploy", "iris:1", "--target", "kubernetes", "--dry-run", "-o", "image=reg.local/iris:1", "-o", "replicas=2",
               "-o", 'autoscale={"min": 2, "max": 4}')
     objs = list(yaml.safe_load_all(out.stdout))
-    assert [o["kind"] for o in objs] == ["Secret", "Deployment", "Service", "HorizontalPodAutoscaler"]
+    assert [o["kind"] for o in objs] == ["Secret", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"]
     for o in objs:
         kv.validate(o, "1.37.0", strict=True)
-    assert objs[1]["spec"]["replicas"] == 2
+    assert objs[2]["spec"]["replicas"] == 2
     assert ml.list_deployments() == []  # a dry run deploys nothing
     bad = run("deploy", "iris:1", "--dry-run", check_code=4)
     assert "--target kubernetes" in bad.stderr

@@ -214,3 +214,55 @@ def test_a_dataset_on_s3_is_scored_by_the_workers(cluster, pipeline, s3_server, 
     assert (summary["rows"], summary["files"]) == (40_000, 4)
     np.testing.assert_array_equal(pd.read_parquet(tmp_path / "out")["prediction"].to_numpy(), pipeline.predict(data))
 
+
+
+def test_a_dataset_scored_from_s3_to_s3_is_published_whole_or_not_at_all(cluster, pipeline, s3_server, monkeypatch):
+    """Input and output on the S3 server, nothing on a shared folder: the parts are written under
+    a hidden staging prefix, copied into place and ``_SUCCESS`` written last; a failed run leaves
+    no object under the output prefix, and an output prefix in use is refused."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs as pafs
+
+    from mlops_lab.object_storage import s3_filesystem
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    fs = s3_filesystem(s3_server.endpoint)
+    run = uuid.uuid4().hex[:8]
+    data = _data(40_000, 8)
+    for i in range(4):
+        pq.write_table(pa.Table.from_pandas(data.iloc[i * 10_000:(i + 1) * 10_000], preserve_index=False),
+                       f"{s3_server.bucket}/in-{run}/in-{i}.parquet", filesystem=fs)
+    out = f"s3://{s3_server.bucket}/out-{run}"
+
+    def objects(prefix: str) -> list[str]:
+        found = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+        return sorted(f.path[len(prefix) + 1:] for f in found if f.type == pafs.FileType.File)
+
+    summary = ml.score_batch("pipe", f"s3://{s3_server.bucket}/in-{run}/", output=out, engine="dask",
+                             address=cluster, progress=False)
+    assert (summary["rows"], summary["output"]) == (40_000, out)
+    assert objects(out[5:]) == ["_SUCCESS"] + [f"part-{i:05d}.parquet" for i in range(4)]
+    got = pq.read_table(out[5:], filesystem=fs).to_pandas()  # the reader skips _SUCCESS
+    np.testing.assert_array_equal(got["prediction"].to_numpy(), pipeline.predict(data))
+    with pytest.raises(ml.InvalidInput, match=f"{out} holds objects already"):
+        ml.score_batch("pipe", f"s3://{s3_server.bucket}/in-{run}/", output=out, engine="dask", address=cluster)
+    # a bad file among good ones: the run fails in one line and leaves nothing under its prefix
+    pq.write_table(pa.Table.from_pandas(data.drop(columns=["plan"]).head(50), preserve_index=False),
+                   f"{s3_server.bucket}/in-{run}/in-2.parquet", filesystem=fs)
+    failed = f"s3://{s3_server.bucket}/failed-{run}"
+    with pytest.raises(ml.InvalidInput, match=r"in-2\.parquet: missing column 'plan'"):
+        ml.score_batch("pipe", f"s3://{s3_server.bucket}/in-{run}/", output=failed, engine="dask", address=cluster,
+                       progress=False)
+    assert objects(failed[5:]) == []
+
+    def staged_parts() -> list[str]:  # what the hidden staging prefixes beside the outputs still hold
+        return [p for p in objects(s3_server.bucket) if ".staging-" in p and p.endswith(".parquet")]
+
+    deadline = time.monotonic() + 15  # a task that was still running removes its own part
+    while staged_parts() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert staged_parts() == []

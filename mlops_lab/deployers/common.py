@@ -1,12 +1,15 @@
 """What the deploy targets share: names (a deployment's folder, its Kubernetes-safe name and image
-tag) and the processes a local or Docker deployment is watched through."""
+tag), the spec a container's server serves, and the processes a local or Docker deployment is
+watched through."""
 
 from __future__ import annotations
 
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidInput
 
@@ -27,6 +30,27 @@ def k8s_name(name: str) -> str:
 
 def default_image(name: str, version: int) -> str:
     return f"mlops-lab/{k8s_name(name)}:{version}"
+
+
+def runtime_spec(name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int, *,
+                 keys_file: str, collect_to: dict[str, Any] | None,
+                 model_folder: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """What a container's scoring server serves for one revision (the ``--spec`` JSON): the
+    ``models`` with their traffic and routes, each where ``model_folder(m)`` says it is (a
+    ``folder``, and a ``fetch`` if the server unpacks it from the artifact store), the key file,
+    and where collected data goes (``collect_to``: a ``folder`` and ``endpoint_url``; ``None``
+    collects nothing) with the deployment's own collection settings."""
+    collect = config.get("collect")
+    return {
+        "deployment": name, "revision": revision,
+        "models": [{"name": m["name"], "version": m["version"], "traffic": m.get("traffic", 100), **model_folder(m),
+                    **({"route": m["route"]} if m.get("route") else {})} for m in models],
+        "entry_script": None,
+        "keys_file": keys_file if config.get("auth", True) else None,
+        "body_limit": config.get("body_limit"), "batching": config.get("batching", {}),
+        "collect": None if collect_to is None else {"enabled": True, **collect_to,
+                                                    **(collect if isinstance(collect, dict) else {})},
+    }
 
 
 def pid_is(pid: int | None, marker: str) -> bool:

@@ -29,7 +29,7 @@ from ..errors import DeploymentFailed, InvalidInput
 from ..packaging import APP_DIR, DEFAULT_BASE_IMAGE, KEYS_FILE, SERVER_PORT, package
 from ..registry.entities import DeploymentRecord
 from .base import Deployer, DeploymentStatus
-from .common import default_image, deployment_dir, k8s_name, pid_is, read_line
+from .common import default_image, deployment_dir, k8s_name, pid_is, read_line, runtime_spec
 
 __all__ = ["DockerDeployer", "build_image", "docker_client"]
 
@@ -148,19 +148,10 @@ class DockerDeployer(Deployer):
     def _runtime_spec(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int,
                       store: Any = None) -> Path:
         """What this revision's container serves: written on the host, mounted over the image's."""
-        collect = config.get("collect")
-        spec = {
-            "deployment": name, "revision": revision,
-            "models": [{"name": m["name"], "version": m["version"], "traffic": m.get("traffic", 100),
-                        "folder": f"models/{m['name']}-{m['version']}", **({"route": m["route"]} if m.get("route") else {})}
-                       for m in models],
-            "entry_script": None,
-            "keys_file": KEYS_FILE if config.get("auth", True) else None,
-            "body_limit": config.get("body_limit"), "batching": config.get("batching", {}),
-            # where the container's collector writes: the mounted folder, or the object store itself
-            "collect": None if store is None else {"enabled": True, **({"folder": "collected"} if store.local else store.spec()),
-                                                 **(collect if isinstance(collect, dict) else {})},
-        }
+        # where the container's collector writes: the mounted folder, or the object store itself
+        spec = runtime_spec(name, models, config, revision, keys_file=KEYS_FILE,
+                            collect_to=None if store is None else {"folder": "collected"} if store.local else store.spec(),
+                            model_folder=lambda m: {"folder": f"models/{m['name']}-{m['version']}"})
         path = self._folder(name) / "revisions" / f"r{revision}-{int(time.time())}" / "spec.json"
         _mkdir(path.parent)
         path.write_text(json.dumps(spec, indent=2))

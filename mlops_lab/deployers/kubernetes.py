@@ -1,18 +1,24 @@
 """Kubernetes: the manifests of a deployment, and a deployer that applies them with the official
 client and the user's kubeconfig.
 
-``render_manifests`` is pure: it returns the objects (a Secret with the key hashes, a Deployment,
-a Service, and optionally a HorizontalPodAutoscaler and a PersistentVolumeClaim), so users and
-GitOps pipelines can apply them themselves (``mlops-lab deploy REF --target kubernetes --dry-run``
-writes them as YAML). The pod runs the image that :func:`mlops_lab.packaging.package` describes:
-the same scoring server, with its probes on the server's health routes.
+``render_manifests`` returns the objects ``deploy`` applies (a Secret with the key hashes, a
+ConfigMap holding the revision's server spec, a Deployment, a Service, and optionally a
+HorizontalPodAutoscaler and a PersistentVolumeClaim), so users and GitOps pipelines can apply them
+themselves (``mlops-lab deploy REF --target kubernetes --dry-run`` writes them as YAML). The pod
+runs the image that :func:`mlops_lab.packaging.package` describes: the same scoring server, with
+its probes on the server's health routes, serving the spec of its revision's ConfigMap.
 
-Collected data: the server writes Parquet files under ``/opt/mlops-lab/collected``. With
-``collect_claim="NAME"`` (an existing PersistentVolumeClaim) or ``collect_storage="1Gi"`` (a
-claim created with the manifests) they outlive the pods; read them by mounting the claim where a
-notebook runs, or copying them into ``$MLOPS_LAB_HOME/collected/<deployment>/`` (``kubectl cp``),
-after which ``collected_data`` reads them like a local deployment's. Without either, an
-``emptyDir`` keeps them only for the pod's life.
+Models: with the registry's artifacts on object storage the spec names each version by its
+files, which the server fetches from the store at start (hashes checked), so any version the
+image has the requirements of is served without a new image; otherwise the image's own folders.
+
+Collected data: with the collection store on object storage the server writes there (credentials
+from the Secret ``s3_secret`` names, as environment variables). Otherwise Parquet files under
+``/opt/mlops-lab/collected``: with ``collect_claim="NAME"`` (an existing PersistentVolumeClaim) or
+``collect_storage="1Gi"`` (a claim created with the manifests) they outlive the pods; read them by
+mounting the claim where a notebook runs, or copying them into
+``$MLOPS_LAB_HOME/collected/<deployment>/`` (``kubectl cp``), after which ``collected_data`` reads
+them like a local deployment's. Without either, an ``emptyDir`` keeps them only for the pod's life.
 """
 
 from __future__ import annotations
@@ -23,15 +29,18 @@ import time
 from typing import Any
 
 from ..errors import DeploymentFailed, InvalidInput
-from ..packaging import APP_DIR, SERVER_PORT
+from ..packaging import APP_DIR, KEYS_FILE, SERVER_PORT
 from ..registry.entities import DeploymentRecord
 from ..workspace import in_workspace
 from .base import Deployer, DeploymentStatus
-from .common import default_image, k8s_name
+from .common import default_image, k8s_name, runtime_spec
 
 __all__ = ["render_manifests", "build_objects", "to_yaml", "KubernetesDeployer", "k8s_name"]
 
 MANAGED_BY = "mlops-lab"
+#: Where a pod mounts its revision's spec (a ConfigMap) and unpacks the models it fetches.
+SPEC_DIR = f"{APP_DIR}/revision"
+FETCHED_DIR = f"{APP_DIR}/fetched"
 
 
 def build_objects(
@@ -52,6 +61,8 @@ def build_objects(
     collect_storage: str | None = None,
     image_pull_policy: str = "IfNotPresent",
     revision: int = 1,
+    spec: dict[str, Any] | None = None,
+    s3_secret: str | None = None,
 ) -> list[dict[str, Any]]:
     """The Kubernetes objects of a deployment serving ``models`` (``[{"name", "version"}]``)
     from ``image`` (built from :func:`mlops_lab.packaging.package`).
@@ -59,6 +70,12 @@ def build_objects(
     ``key_hashes`` (``{"primary": sha256 hex, ...}``) go into a Secret mounted where the server
     reads them; without them the endpoint takes no key. ``autoscale={"min": 1, "max": 5,
     "cpu": 70}`` adds a HorizontalPodAutoscaler on CPU utilisation.
+
+    ``spec`` (the revision's server spec, :func:`~mlops_lab.deployers.common.runtime_spec`) goes
+    into a ConfigMap of the revision that the pods serve instead of the image's own; models it
+    names with a ``fetch`` are unpacked from the artifact store into an ``emptyDir`` at start.
+    ``s3_secret`` names a Secret whose keys (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``)
+    become the pods' environment, for the object stores.
 
     Examples
     --------
@@ -91,6 +108,19 @@ def build_objects(
         })
         volumes.append({"name": "keys", "secret": {"secretName": f"{app}-keys", "defaultMode": 0o440}})
         mounts.append({"name": "keys", "mountPath": f"{APP_DIR}/keys", "readOnly": True})
+    command = server_command()
+    if spec is not None:
+        objects.append({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {**meta(f"{app}-r{revision}"), "labels": {**labels, "mlops-lab/revision": str(revision)}},
+            "data": {"spec.json": json.dumps(spec, indent=2)},
+        })
+        volumes.append({"name": "spec", "configMap": {"name": f"{app}-r{revision}"}})
+        mounts.append({"name": "spec", "mountPath": SPEC_DIR, "readOnly": True})
+        command = server_command(f"{SPEC_DIR}/spec.json")
+        if any(m.get("fetch") for m in spec["models"]):
+            volumes.append({"name": "fetched", "emptyDir": {}})
+            mounts.append({"name": "fetched", "mountPath": FETCHED_DIR})
     claim = collect_claim or (f"{app}-collected" if collect_storage else None)
     if collect_storage:
         objects.append({
@@ -108,9 +138,10 @@ def build_objects(
         "name": "scoring-server",
         "image": image,
         "imagePullPolicy": image_pull_policy,
-        "command": server_command(),
+        "command": command,
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        **({"envFrom": [{"secretRef": {"name": s3_secret}}]} if s3_secret else {}),
         "resources": resources,
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
                            "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
@@ -166,7 +197,10 @@ def render_manifests(ref: Any, name: str | None = None, *, image: str | None = N
     ``image`` defaults to the tag :func:`mlops_lab.build_image` gives (``mlops-lab/NAME:VERSION``).
     With ``auth`` (the default) a primary and a secondary key are made: their hashes go into the
     Secret, the keys themselves into ``$MLOPS_LAB_HOME/keys/<name>.json`` for their owner.
-    Other options: those of :func:`build_objects` (``namespace``, ``replicas``, ``autoscale``, ...).
+    Other options: those of ``deploy(..., target="kubernetes")`` (``namespace``, ``replicas``,
+    ``autoscale``, ``s3_secret``, ...). The objects are those :func:`mlops_lab.deploy` applies:
+    with the registry's artifacts on object storage the pods fetch their versions from it, so one
+    image serves any version whose requirements it has.
 
     Examples
     --------
@@ -188,7 +222,13 @@ def render_manifests(ref: Any, name: str | None = None, *, image: str | None = N
         write_private(key_file(reg.home, name), keys)
         hashes = {slot: key_hash(k) for slot, k in keys.items()}
     image = image or default_image(resolved[0].name, resolved[0].version)
-    return build_objects(name, models, image=image, key_hashes=hashes, **options)
+    from .targets import check_options
+
+    check_options("kubernetes", options)
+    # what deploy() would apply: the revision's spec in a ConfigMap, the models fetched from an
+    # artifact store on object storage, collection to the configured store
+    config = {**options, "image": image, "auth": auth, "key_hashes": hashes}
+    return KubernetesDeployer(reg)._objects(name, models, config, 1, [f"{r.name}:{r.version}" for r in resolved])
 
 
 #: What the deployer does to the API, verb by verb: the rules of :func:`deployer_role`.
@@ -196,6 +236,7 @@ DEPLOYER_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": ["apps"], "resources": ["deployments/status"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["secrets", "services"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch", "deletecollection"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
@@ -225,9 +266,10 @@ def _refused(exc: Any, doing: str) -> DeploymentFailed:
     return DeploymentFailed(f"Kubernetes refused to {doing}: {message}")
 
 
-def server_command() -> list[str]:
-    """The container command of the scoring server (the Dockerfile's CMD, spelled out)."""
-    return [f"{APP_DIR}/venv/bin/python", "-m", "mlops_lab.serving.server", "--spec", f"{APP_DIR}/spec.json",
+def server_command(spec: str = f"{APP_DIR}/spec.json") -> list[str]:
+    """The container command of the scoring server (the Dockerfile's CMD, spelled out), serving
+    the image's spec or the revision's."""
+    return [f"{APP_DIR}/venv/bin/python", "-m", "mlops_lab.serving.server", "--spec", spec,
             "--host", "0.0.0.0", "--port", str(SERVER_PORT)]
 
 
@@ -243,9 +285,9 @@ class KubernetesDeployer(Deployer):
 
     Config: ``image`` (required: pushed where the cluster pulls from), ``namespace``,
     ``context`` (kubeconfig context), ``replicas``, ``cpu``/``memory`` and limits, ``autoscale``,
-    ``service_type``, ``collect_claim``/``collect_storage``. An update patches the Deployment,
-    which Kubernetes rolls out with no unready pod taking traffic; rollback re-applies the
-    previous revision's objects.
+    ``service_type``, ``collect_claim``/``collect_storage``, ``s3_secret``. An update (a canary
+    too) applies the new revision's ConfigMap and patches the Deployment, which Kubernetes rolls
+    out with no unready pod taking traffic; rollback re-applies the previous revision's models.
     """
 
     target = "kubernetes"
@@ -276,13 +318,55 @@ class KubernetesDeployer(Deployer):
                                        hint="set KUBECONFIG (or use target='local' / render_manifests)") from None
         return client.CoreV1Api(api), client.AppsV1Api(api), client.AutoscalingV2Api(api)
 
-    def _objects(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int) -> list[dict[str, Any]]:
+    def _objects(self, name: str, models: list[dict[str, Any]], config: dict[str, Any], revision: int,
+                 image_models: list[str]) -> list[dict[str, Any]]:
         if not config.get("image"):
             raise InvalidInput("target='kubernetes' needs image='REGISTRY/NAME:TAG' (build it with mlops_lab.build_image)")
         keys = config.get("key_hashes") if config.get("auth", True) else None
         opts = {k: config[k] for k in ("namespace", "replicas", "cpu", "memory", "cpu_limit", "memory_limit", "autoscale",
-                                      "service_type", "collect_claim", "collect_storage", "image_pull_policy") if k in config}
-        return build_objects(name, models, image=config["image"], key_hashes=keys, revision=revision, **opts)
+                                      "service_type", "collect_claim", "collect_storage", "image_pull_policy",
+                                      "s3_secret") if k in config}
+        spec = runtime_spec(name, models, config, revision, keys_file=f"{APP_DIR}/{KEYS_FILE}",
+                            collect_to=self._collect_to(config), model_folder=self._model_folder(image_models))
+        return build_objects(name, models, image=config["image"], key_hashes=keys, revision=revision, spec=spec, **opts)
+
+    def _collect_to(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """Where the pods write collected data: the object store itself, or the claim (or
+        ``emptyDir``) mounted at ``collected/``."""
+        if config.get("collect") is False:
+            return None
+        from ..monitoring.store import CollectionStore
+
+        store = CollectionStore.of(self.registry.settings)
+        if store.local:
+            return {"folder": f"{APP_DIR}/collected"}
+        store.check()
+        return store.spec()
+
+    def _model_folder(self, image_models: list[str]):
+        """Where a pod finds each model: fetched from the artifact store when that is object
+        storage (any version, so updates and canaries need no new image), else in the image,
+        which holds the versions it was built for and no other."""
+        settings = self.registry.settings
+        if settings.artifacts.startswith("s3://"):
+            from ..registry.cache import version_metadata
+
+            def fetched(m: dict[str, Any]) -> dict[str, Any]:
+                meta = version_metadata(self.registry.get_version(f"{m['name']}:{m['version']}"))
+                return {"folder": f"{FETCHED_DIR}/{m['name']}-{m['version']}",
+                        "fetch": {"store": settings.artifacts, "endpoint_url": settings.s3_endpoint_url, "metadata": meta}}
+            return fetched
+
+        def in_image(m: dict[str, Any]) -> dict[str, Any]:
+            ref = f"{m['name']}:{m['version']}"
+            if ref not in image_models:
+                raise InvalidInput(
+                    f"the pods cannot serve {ref}: their image holds {', '.join(image_models)} and the registry's "
+                    "artifacts are in a local folder the cluster cannot read",
+                    hint="put the artifacts on object storage (artifacts = \"s3://...\"), or deploy again with an "
+                         "image built for it (mlops_lab.build_image)")
+            return {"folder": f"{APP_DIR}/models/{m['name']}-{m['version']}"}
+        return in_image
 
     def _apply(self, objects: list[dict[str, Any]], config: dict[str, Any]) -> None:
         from kubernetes.client.rest import ApiException
@@ -293,6 +377,7 @@ class KubernetesDeployer(Deployer):
             ns, nm = meta["namespace"], meta["name"]
             create, patch = {
                 "Secret": (core.create_namespaced_secret, core.patch_namespaced_secret),
+                "ConfigMap": (core.create_namespaced_config_map, core.patch_namespaced_config_map),
                 "PersistentVolumeClaim": (core.create_namespaced_persistent_volume_claim, None),
                 "Deployment": (apps.create_namespaced_deployment, apps.patch_namespaced_deployment),
                 "Service": (core.create_namespaced_service, core.patch_namespaced_service),
@@ -302,6 +387,10 @@ class KubernetesDeployer(Deployer):
             try:
                 create(ns, obj)
             except ApiException as exc:
+                if exc.status == 404 and kind == "HorizontalPodAutoscaler":
+                    raise DeploymentFailed(f"the cluster does not serve {obj['apiVersion']}, which autoscale= needs",
+                                           hint="Kubernetes 1.23 or later serves it; deploy without autoscale= "
+                                                "(or with replicas=)") from None
                 if exc.status != 409:
                     raise _refused(exc, f"create the {kind} {nm}") from None
                 if patch is not None:
@@ -333,16 +422,19 @@ class KubernetesDeployer(Deployer):
     # -- the interface -----------------------------------------------------------------------
 
     def deploy(self, name, models, config, progress) -> DeploymentRecord:
-        objects = self._objects(name, models, config, 1)
+        # the image holds the versions it was built for (build_image); others are fetched, or refused
+        image_models = [f"{m['name']}:{m['version']}" for m in models]
+        objects = self._objects(name, models, config, 1, image_models)
         progress.step("applying manifests")
         self._apply(objects, config)
         self._wait_rollout(name, config, progress, float(config.get("startup_timeout", 600)))
         ns, app = config.get("namespace", "default"), k8s_name(name)
         return self.registry.update_deployment(name, status="healthy", endpoint=f"http://{app}.{ns}.svc",
-                                               state={"namespace": ns})
+                                               state={"namespace": ns, "image_models": image_models})
 
     def update(self, record, models, note, progress) -> DeploymentRecord:
-        objects = self._objects(record.name, models, record.config, record.revision + 1)
+        objects = self._objects(record.name, models, record.config, record.revision + 1,
+                                record.state.get("image_models", []))
         progress.step("patching the Deployment (rolling update)")
         self._apply(objects, record.config)
         self._wait_rollout(record.name, record.config, progress, float(record.config.get("startup_timeout", 600)))
@@ -392,7 +484,9 @@ class KubernetesDeployer(Deployer):
         for call in (lambda: autoscaling.delete_namespaced_horizontal_pod_autoscaler(app, ns, _preload_content=False),
                      lambda: apps.delete_namespaced_deployment(app, ns, _preload_content=False),
                      lambda: core.delete_namespaced_service(app, ns, _preload_content=False),
-                     lambda: core.delete_namespaced_secret(f"{app}-keys", ns, _preload_content=False)):
+                     lambda: core.delete_namespaced_secret(f"{app}-keys", ns, _preload_content=False),
+                     lambda: core.delete_collection_namespaced_config_map(
+                         ns, label_selector=f"app.kubernetes.io/instance={app}", _preload_content=False)):
             try:
                 call()
             except ApiException as exc:

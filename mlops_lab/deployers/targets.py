@@ -26,7 +26,7 @@ TARGETS: dict[str, Target] = {
     "docker": Target("mlops_lab.deployers.docker", "DockerDeployer", frozenset({"base_image", "image"})),
     "kubernetes": Target("mlops_lab.deployers.kubernetes", "KubernetesDeployer", frozenset({
         "image", "namespace", "context", "replicas", "cpu", "memory", "cpu_limit", "memory_limit", "autoscale",
-        "service_type", "collect_claim", "collect_storage", "image_pull_policy"})),
+        "service_type", "collect_claim", "collect_storage", "image_pull_policy", "s3_secret"})),
 }
 
 

@@ -342,6 +342,47 @@ class S3ArtifactStore(ArtifactStore):
                 raise
 
 
+def folder_intact(folder: Path, files: list[tuple[str, str]]) -> bool:
+    """Whether ``folder`` holds each ``(path, sha256)`` with that content."""
+    for path, digest in files:
+        try:
+            if sha256_file(folder / path) != digest:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def unpack(store: ArtifactStore, files: list[tuple[str, str]], dest: Path, ref: str,
+           extra: dict[str, bytes] | None = None) -> Path:
+    """The blobs ``files`` (``(path, sha256)``) of version ``ref``, each checked, as the folder
+    ``dest``, which appears whole or not at all (a temporary sibling, then renamed), with the small
+    ``extra`` files beside them. A folder already there and intact is kept (another process
+    unpacked it first)."""
+    if dest.is_dir():
+        if folder_intact(dest, files):
+            return dest
+        shutil.rmtree(dest, ignore_errors=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+        try:
+            for path, digest in files:
+                store.copy_to(digest, tmp / path, name=path, ref=ref)
+            for path, data in (extra or {}).items():
+                (tmp / path).write_bytes(data)
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                if not folder_intact(dest, files):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise storage_error(exc, f"unpack {ref} into {dest}") from None
+    return dest
+
+
 def open_store(uri: str, home: Path, endpoint_url: str | None = None) -> ArtifactStore:
     """The artifact store a URI names: a folder or ``s3://bucket/prefix``."""
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""

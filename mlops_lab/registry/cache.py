@@ -10,12 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 
 from ..errors import InvalidInput, InvalidModel
@@ -36,39 +34,11 @@ class LocalCache:
         return self.materialize(self.get_version(ref))
 
     def materialize(self, mv: ModelVersion) -> Path:
-        folder = self.cache / self._manifest_digest(mv.files)
-        if folder.is_dir():
-            if self._cache_intact(folder, mv.files):
-                return folder
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            self.cache.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache))
-            try:
-                for f in mv.files:
-                    self.artifacts.copy_to(f.sha256, tmp / f.path, name=f.path, ref=mv.ref)
-                try:
-                    os.replace(tmp, folder)
-                except OSError:
-                    # Another process materialized it first; use theirs if intact.
-                    if not self._cache_intact(folder, mv.files):
-                        raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError as exc:
-            raise storage_error(exc, f"unpack {mv.ref}") from None
-        return folder
+        from .artifacts import unpack
 
-    def _cache_intact(self, folder: Path, files: list[ArtifactFile]) -> bool:
-        from .artifacts import sha256_file
-
-        for f in files:
-            try:
-                if sha256_file(folder / f.path) != f.sha256:
-                    return False
-            except OSError:
-                return False
-        return True
+        self.cache.mkdir(parents=True, exist_ok=True)
+        return unpack(self.artifacts, [(f.path, f.sha256) for f in mv.files],
+                      self.cache / self._manifest_digest(mv.files), mv.ref)
 
     def read_file(self, mv: ModelVersion, path: str) -> bytes:
         for f in mv.files:
@@ -77,31 +47,16 @@ class LocalCache:
         raise InvalidModel(f"{mv.ref} has no file {path!r}")
 
     def download_model(self, ref: Any, folder: str | os.PathLike) -> Path:
+        from .flavors import metadata_files
+
         mv = self.get_version(ref)
         dest = Path(folder)
         try:
             dest.mkdir(parents=True, exist_ok=True)
             for f in mv.files:
                 self.artifacts.copy_to(f.sha256, dest / f.path, name=f.path, ref=mv.ref)
-            meta = {
-                "name": mv.name,
-                "version": mv.version,
-                "flavor": mv.flavor,
-                "loader": mv.loader,
-                "signature": mv.signature,
-                "input_example": mv.input_example,
-                "requirements": mv.requirements,
-                "lineage": mv.lineage,
-                "tags": mv.tags,
-                "properties": mv.properties,
-                "description": mv.description,
-                "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in mv.files],
-            }
-            from .flavors import METADATA_FILE
-
-            (dest / METADATA_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-            if mv.requirements:
-                (dest / "requirements.txt").write_text("\n".join(mv.requirements) + "\n")
+            for path, data in metadata_files(version_metadata(mv)).items():
+                (dest / path).write_bytes(data)
         except OSError as exc:
             raise storage_error(exc, f"download {mv.ref} to {dest}") from None
         return dest
@@ -176,3 +131,13 @@ class LocalCache:
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 problems.append(str(exc))
         return problems
+
+
+def version_metadata(mv: ModelVersion) -> dict[str, Any]:
+    """What a folder of a version's files says about it (``MLOPS_LAB_MODEL.json``)."""
+    return {
+        "name": mv.name, "version": mv.version, "flavor": mv.flavor, "loader": mv.loader,
+        "signature": mv.signature, "input_example": mv.input_example, "requirements": mv.requirements,
+        "lineage": mv.lineage, "tags": mv.tags, "properties": mv.properties, "description": mv.description,
+        "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in mv.files],
+    }

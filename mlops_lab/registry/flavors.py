@@ -350,6 +350,28 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         raise InvalidModel(f"{folder} holds no {METADATA_FILE}: not a downloaded model") from None
 
 
+def metadata_files(meta: dict[str, Any]) -> dict[str, bytes]:
+    """The small files ``download_model`` writes beside a version's own: its metadata and, if it
+    has any, its requirements."""
+    import orjson
+
+    out = {METADATA_FILE: orjson.dumps(meta, option=orjson.OPT_INDENT_2)}
+    if meta.get("requirements"):
+        out["requirements.txt"] = ("\n".join(meta["requirements"]) + "\n").encode()
+    return out
+
+
+def fetch_version(store_uri: str, endpoint_url: str | None, meta: dict[str, Any], dest: Path) -> Path:
+    """A version's files, as ``download_model`` writes them, into the new folder ``dest`` straight
+    from the artifact store ``store_uri`` (each file checked against its hash), with no registry
+    database: what a scoring server in a pod does with the metadata its spec carries."""
+    from .artifacts import open_store, unpack
+
+    store = open_store(store_uri, dest.parent, endpoint_url)
+    return unpack(store, [(f["path"], f["sha256"]) for f in meta["files"]], dest,
+                  f"{meta['name']}:{meta['version']}", extra=metadata_files(meta))
+
+
 def verify_folder(folder: str | os.PathLike) -> dict[str, Any]:
     """Check every file of a downloaded model against the SHA-256 in its metadata; return the
     metadata, or raise :class:`ArtifactCorrupted` naming the file."""

@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +321,21 @@ def resolve_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
     return spec
 
 
+def fetch_models(spec: dict[str, Any]) -> None:
+    """Models a spec names by their artifacts rather than by a folder it ships (a Kubernetes
+    pod's spec: ``"fetch": {"store", "endpoint_url", "metadata"}``) are unpacked into their
+    ``folder`` from the artifact store first, each file checked against its hash."""
+    for m in spec["models"]:
+        f = m.get("fetch")
+        if f:
+            from ..registry.flavors import fetch_version
+
+            started = time.perf_counter()
+            fetch_version(f["store"], f.get("endpoint_url"), f["metadata"], Path(m["folder"]))
+            log.info("fetched %s:%s from %s in %.2f s", m["name"], m["version"], f["store"],
+                     time.perf_counter() - started)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mlops_lab.serving.server", description=__doc__.splitlines()[0])
     ap.add_argument("--spec", required=True, help="JSON file naming the models to serve")
@@ -343,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.get("collect"):
         _keep_freed_memory()
     try:
+        fetch_models(spec)
         app = build_app(spec)
     except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which reports it to the user
         log.error("cannot start: %s: %s", type(exc).__name__, exc)
