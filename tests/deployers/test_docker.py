@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.request
 from collections import Counter
@@ -168,74 +167,6 @@ def test_the_kubernetes_pod_spec_runs_and_answers_its_readiness_probe(models, tm
         assert json.loads(urllib.request.urlopen(req, timeout=10).read()) == [2.0]
     finally:
         container.remove(force=True)
-
-
-@pytest.mark.s3
-def test_a_kubernetes_pod_fetches_its_version_and_writes_what_it_collects_to_object_storage(
-        engine, s3_server, monkeypatch, tmp_path):
-    """The container of the pod that ``deploy(target="kubernetes")`` applies for a team's
-    registry (artifacts and collected data on the S3 server): its image, command, environment and
-    mounts (the revision's ConfigMap, the keys' Secret, the ``emptyDir`` it fetches into, the
-    ``s3_secret``'s keys as variables), run under the local engine. It runs on the host's network,
-    the only way a container here reaches the S3 server on loopback (a pod reaches its store over
-    the cluster's network); so its --host and --port are the one change, as a pod has ports of
-    its own and the host's network does not. The image is built for m:1 and the pod serves m:2:
-    the version comes from the artifact store, not from the image."""
-    from mlops_lab.deployers.docker import build_image
-    from mlops_lab.deployers.keys import read_keys
-    from mlops_lab.workspace import current_registry
-
-    for k, v in s3_server.env().items():
-        monkeypatch.setenv(k, v)
-    run_id = os.urandom(6).hex()
-    monkeypatch.setenv("MLOPS_LAB_ARTIFACTS", f"s3://{s3_server.bucket}/a-{run_id}")
-    monkeypatch.setenv("MLOPS_LAB_COLLECTION", f"s3://{s3_server.bucket}/c-{run_id}")
-    for _ in _register_three(current_registry()):
-        image = build_image("m:1", base_image=BASE)
-        objs = {o["kind"]: o for o in ml.render_manifests("m:2", name="pod", image=image, s3_secret="team-s3")}
-        (c,) = objs["Deployment"]["spec"]["template"]["spec"]["containers"]
-        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-        volumes = {}
-        for name, files in (("spec", objs["ConfigMap"]["data"]), ("keys", objs["Secret"]["stringData"]), ("fetched", {})):
-            folder = tmp_path / name
-            folder.mkdir()
-            for file, text in files.items():
-                (folder / file).write_text(text)
-            volumes[str(folder)] = {"bind": mounts[name], "mode": "rw" if name == "fetched" else "ro"}
-        secret = {k: v for k, v in s3_server.env().items() if k.startswith("AWS_")}  # what team-s3 holds
-        assert c["envFrom"] == [{"secretRef": {"name": "team-s3"}}] and set(secret) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        command = list(c["command"])
-        command[command.index("--host") + 1], command[command.index("--port") + 1] = "127.0.0.1", str(port)
-        container = engine.containers.run(c["image"], command=command, detach=True, init=True, network_mode="host",
-                                          volumes=volumes, environment={**{e["name"]: e["value"] for e in c["env"]}, **secret})
-        try:
-            key = read_keys(current_registry().home, "pod")["primary"]
-            for _ in range(300):
-                container.reload()
-                assert container.status in ("created", "running"), container.logs().decode()[-2000:]
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{c['readinessProbe']['httpGet']['path']}", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.2)
-            else:
-                pytest.fail("the readiness probe never answered 200: " + container.logs().decode()[-2000:])
-            assert "fetched m:2 from s3://" in container.logs().decode()
-            for i in range(3):
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=json.dumps({"data": [[i, 0]]}).encode(),
-                                             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-                assert json.loads(urllib.request.urlopen(req, timeout=10).read()) == [2.0]
-            container.stop(timeout=20)  # SIGTERM, as the kubelet sends: the server drains and writes what it holds
-            container.wait(timeout=30)
-        finally:
-            container.remove(force=True)
-        # the notebook reads the pod's traffic from the object store: no copy step
-        df = ml.collected_data("pod")
-        assert len(df) == 3 and set(df.model_version) == {"m:2"} and sorted(df.status_code) == [200] * 3
 
 
 def test_a_killed_forwarder_is_reported_restarted_and_delete_cleans_up(models):

@@ -286,3 +286,99 @@ def test_the_deployer_role_is_all_the_deployer_needs_and_a_missing_verb_is_named
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig(cluster.admin_token, tmp_path / "admin")))
     ml.get_deployment("k8s-limited").delete()
     assert ml.list_deployments() == []
+
+
+def _engine():
+    base = os.environ.get("MLOPS_LAB_TEST_DOCKER_BASE")
+    if not base:
+        if os.environ.get("CI"):
+            pytest.fail("MLOPS_LAB_TEST_DOCKER_BASE is not set: run the suite with `make test`")
+        pytest.skip("no Docker engine and base image: run the suite with `make test` (.ci/docker.sh)")
+    docker = pytest.importorskip("docker")
+    client = docker.from_env()
+    client.ping()
+    return client, base
+
+
+def test_a_pod_serves_a_version_its_image_lacks_and_the_notebook_reads_its_traffic_from_s3(cluster, tmp_path):
+    """A deployment made on the control plane, then updated (a rolling update to revision 2,
+    same image); the container of its pod template, as the API server holds it (image, command,
+    environment, and the revision's ConfigMap, the keys' Secret and the emptyDir mounted where
+    the template mounts them; the ``s3_secret``'s keys as variables), run under the Docker engine
+    in place of the kubelet that cannot run here. It runs on the host's network, the only way a
+    container here reaches the S3 server on loopback (a pod reaches its store over the cluster's
+    network), so its --host and --port are the one change: a pod has ports of its own, the host's
+    network does not. The image is built for m:1; the pod serves m:2, fetched from the store."""
+    import base64
+    import socket
+    import time
+    import urllib.request
+
+    from kubernetes import client as k8s
+
+    from mlops_lab.deployers.docker import build_image
+
+    from .test_local import Const
+
+    engine, base = _engine()
+    sample = [[0.0, 0.0], [1.0, 1.0]]
+    ml.register_model(Const(1.0), "m", sample_input=sample)
+    ml.register_model(Const(2.0), "m", sample_input=sample)
+    image = build_image("m:1", base_image=base)
+    d = ml.deploy("m:1", name="k8s-pod", target="kubernetes", image=image, s3_secret="team-s3", progress=False)
+    d.update("m:2", progress=False)
+    core = k8s.CoreV1Api(cluster.api())
+    template = _apps(cluster).read_namespaced_deployment("k8s-pod", "default").spec.template.spec
+    (c,) = template.containers
+    assert c.image == image and c.env_from[0].secret_ref.name == "team-s3"
+    contents = {}
+    for v in template.volumes:
+        if v.config_map is not None:
+            contents[v.name] = core.read_namespaced_config_map(v.config_map.name, "default").data
+        elif v.secret is not None:
+            secret = core.read_namespaced_secret(v.secret.secret_name, "default").data
+            contents[v.name] = {k: base64.b64decode(x).decode() for k, x in secret.items()}
+        else:
+            assert v.empty_dir is not None, v
+            contents[v.name] = {}
+    volumes = {}
+    for m in c.volume_mounts:
+        folder = tmp_path / m.name
+        folder.mkdir()
+        for file, text in contents[m.name].items():
+            (folder / file).write_text(text)
+        volumes[str(folder)] = {"bind": m.mount_path, "mode": "ro" if m.read_only else "rw"}
+    team_s3 = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}  # what team-s3 holds
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = list(c.command)
+    command[command.index("--host") + 1], command[command.index("--port") + 1] = "127.0.0.1", str(port)
+    container = engine.containers.run(c.image, command=command, detach=True, init=True, network_mode="host",
+                                      volumes=volumes, environment={**{e.name: e.value for e in c.env}, **team_s3})
+    try:
+        for _ in range(300):
+            container.reload()
+            assert container.status in ("created", "running"), container.logs().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{c.readiness_probe.http_get.path}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the readiness probe never answered 200: " + container.logs().decode()[-2000:])
+        assert "fetched m:2 from s3://" in container.logs().decode()
+        for i in range(3):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=json.dumps({"data": [[i, 0]]}).encode(),
+                                         headers={"Authorization": f"Bearer {d.keys['primary']}",
+                                                  "Content-Type": "application/json"})
+            assert json.loads(urllib.request.urlopen(req, timeout=10).read()) == [2.0]
+        container.stop(timeout=20)  # SIGTERM, as the kubelet sends: the server drains and writes what it holds
+        container.wait(timeout=30)
+    finally:
+        container.remove(force=True)
+    # the notebook reads the pod's traffic from the object store: no copy step
+    df = ml.collected_data("k8s-pod")
+    assert len(df) == 3 and set(df.model_version) == {"m:2"} and list(df.status_code) == [200] * 3
+    assert ml.monitor("k8s-pod").to_dict()["vconcat"][0]["title"]["subtitle"].startswith("3 requests")
