@@ -286,6 +286,14 @@ def cmd_monitor(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import mlops_lab as ml
+
+    result = ml.compare(args.deployment, metric=args.metric, level=args.level, since=args.since)
+    _out(args, result.to_dict(), str(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -399,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", default="1h")
     p.add_argument("--export", metavar="FILE", help="save the chart (.html, .png, .svg, .json)")
     p.set_defaults(func=cmd_monitor)
+    p = sub.add_parser("compare", parents=[common], help="the A/B readout of a canary, from feedback labels")
+    p.add_argument("deployment")
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "mae", "rmse"])
+    p.add_argument("--level", type=float, default=0.05, help="significance level")
+    p.add_argument("--since", help="how far back: 30min, 1h, 7d (default: everything collected)")
+    p.set_defaults(func=cmd_compare)
     return ap
 
 

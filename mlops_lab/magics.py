@@ -195,12 +195,26 @@ class MlopsLabMagics(Magics):
             return MonitorPanel(args.deployment, since=args.since, refresh=args.refresh)
         return monitor(args.deployment, since=args.since)
 
+    @line_magic
+    @magic_arguments()
+    @argument("deployment")
+    @argument("--metric", default="accuracy", help="accuracy (from feedback labels), mae or rmse")
+    @argument("--level", type=float, default=0.05, help="significance level")
+    @argument("--since", help="how far back: 30min, 1h, 7d (default: everything collected)")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def compare(self, args):
+        """The A/B readout of a canary: each version's live metric, the test, the verdict."""
+        from .monitoring.readout import compare
+
+        return compare(args.deployment, metric=args.metric, level=args.level, since=args.since)
+
 
 # -- tab completion ---------------------------------------------------------------------------
 # What each magic's positional arguments name, in order.
 _POSITIONALS = {
     "deploy": ["ref"], "update": ["deployment", "ref"], "rollback": ["deployment"], "restart": ["deployment"], "undeploy": ["deployment"],
-    "monitor": ["deployment"], "models": ["model"], "register_model": ["variable"],
+    "monitor": ["deployment"], "compare": ["deployment"], "models": ["model"], "register_model": ["variable"],
 }
 
 

@@ -120,6 +120,7 @@ class Collector:
         #: Records taken together (see :meth:`add`).
         self.batch = 16
         self._seq = 0
+        self._token = f"{random.getrandbits(32):08x}"
         self._lock = threading.Lock()  # serializes flushes (writer thread vs. close)
         self._qlock = threading.Lock()  # the queue and its counters (request path vs. writer)
         self._wake = threading.Event()
@@ -335,7 +336,9 @@ class Collector:
 
     def _name(self, ts: float) -> str:
         self._seq += 1
-        return f"part-{int(ts * 1000)}-{os.getpid()}-{self._seq}"
+        # the token: two collectors of one deployment in one process (two SQL functions of one
+        # name, a test's writers) never pick the same name in the same millisecond
+        return f"part-{int(ts * 1000)}-{os.getpid()}-{self._token}-{self._seq}"
 
     def _write_requests(self, records: list[Record]) -> None:
         """Write records as Parquet files; if the store refuses (a full disk, an unreachable

@@ -230,14 +230,23 @@ def accuracy(root: CollectionStore, every: str = "1h", since=None, until=None):
     if joined.empty:
         return pd.DataFrame(columns=cols)
     seconds = parse_duration(every)
-    joined["correct"] = joined["prediction"].astype(str) == joined["label"].astype(str)
-    num = pd.to_numeric(joined["prediction"], errors="coerce")
-    lab = pd.to_numeric(joined["label"], errors="coerce")
-    both = num.notna() & lab.notna()
-    joined.loc[both, "correct"] = num[both] == lab[both]
+    joined["correct"] = correct(joined)
     joined["time"] = joined["request_time"].dt.floor(f"{int(seconds)}s")
     out = joined.groupby(["time", "model_version"]).agg(labelled=("correct", "size"), accuracy=("correct", "mean")).reset_index()
     return out[cols]
+
+
+def correct(joined):
+    """Whether each labelled row's prediction equals its label: as numbers where both are
+    numbers (``1`` and ``1.0`` alike), as text otherwise."""
+    import pandas as pd
+
+    out = joined["prediction"].astype(str) == joined["label"].astype(str)
+    num = pd.to_numeric(joined["prediction"], errors="coerce")
+    lab = pd.to_numeric(joined["label"], errors="coerce")
+    both = num.notna() & lab.notna()
+    out[both] = num[both] == lab[both]
+    return out
 
 
 def join_feedback(requests, feedback):
