@@ -105,6 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .deployers.base import Deployment, DeploymentStatus  # noqa: F401
     from .deployers.kubernetes import render_manifests  # noqa: F401
+    from .monitoring.alerts import check_alerts, get_alerts, set_alerts  # noqa: F401
     from .monitoring.api import collected_data, drift, metrics, monitor, record_feedback, summary  # noqa: F401
     from .monitoring.readout import compare  # noqa: F401
     from .packaging import export_bundle, package  # noqa: F401

@@ -17,6 +17,7 @@ from typing import Any
 from ._args import key_values, options
 
 EXIT_UNHEALTHY = 10
+EXIT_ALERT = 12
 
 
 def _out(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -294,6 +295,14 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    import mlops_lab as ml
+
+    result = ml.check_alerts(args.deployment)
+    _out(args, result.to_dict(), str(result))
+    return 0 if result.ok else EXIT_ALERT
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -413,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.05, help="significance level")
     p.add_argument("--since", help="how far back: 30min, 1h, 7d (default: everything collected)")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("check", parents=[common], help=f"evaluate the alert rules now; exit {EXIT_ALERT} if one fires")
+    p.add_argument("deployment")
+    p.set_defaults(func=cmd_check)
     return ap
 
 

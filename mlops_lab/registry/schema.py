@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -171,5 +171,37 @@ deployment_models = Table(
     Index("ix_deployment_models_version", "name", "version"),
 )
 
+# --- alerts: rules per deployment, and every firing with its evidence (schema version 2) ----
+
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("deployment", NAME, primary_key=True),
+    Column("rules", Text, nullable=False),  # JSON list of {"kind", "threshold", "window"}
+    Column("webhook", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    ForeignKeyConstraint(["deployment"], ["deployments.name"], ondelete="CASCADE"),
+)
+
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("deployment", NAME, nullable=False),
+    Column("time", Float, nullable=False),
+    Column("rule", Text, nullable=False),  # JSON: the rule that fired
+    Column("value", Float, nullable=True),
+    Column("evidence", Text, nullable=False, default="{}"),  # JSON: what the rule saw
+    Column("delivery", Text, nullable=False, default="{}"),  # JSON: the webhook's attempts
+    ForeignKeyConstraint(["deployment"], ["deployments.name"], ondelete="CASCADE"),
+    Index("ix_alert_events_deployment_time", "deployment", "time"),
+)
+
+
+def _add_alert_tables(conn: Connection) -> None:
+    alert_rules.create(conn, checkfirst=True)
+    alert_events.create(conn, checkfirst=True)
+
+
 #: version -> function migrating a database from ``version - 1`` to ``version``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_alert_tables}

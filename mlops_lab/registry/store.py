@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..settings import Settings
+from .alert_records import AlertRecords
 from .artifacts import open_store, storage_error
 from .cache import LocalCache
 from .database import Database, _make_engine
@@ -20,7 +21,7 @@ from .deployment_records import DeploymentRecords
 from .versions import Versions
 
 
-class Registry(Database, Versions, LocalCache, DeploymentRecords):
+class Registry(Database, Versions, LocalCache, DeploymentRecords, AlertRecords):
     """A model registry rooted at ``home``.
 
     Most users call the module-level functions (``mlops_lab.register_model`` ...) or a

@@ -1,0 +1,179 @@
+"""Alert rules on a deployment's collected data, and their evaluation.
+
+``set_alerts("churn-svc", {"error_rate": 0.05, "latency_p99_ms": 250, "accuracy": 0.8})`` stores
+rules in the registry (each a ``kind``, a ``threshold`` and a ``window``); ``check_alerts("churn-svc")``
+evaluates them now on what the deployment collected in each rule's window and records every
+firing as an event with its evidence. ``mlops-lab check DEPLOYMENT`` exits non-zero when one
+fires, for a CI pipeline to gate on.
+
+Kinds (a rule fires when the value is above its threshold; ``accuracy`` when below):
+
+- ``error_rate``: the share of requests answered 4xx/5xx;
+- ``latency_p99_ms``: the 99th percentile of the requests' latency;
+- ``accuracy``: live accuracy from feedback labels;
+- ``drift``: the number of drifted features against the baseline (threshold 0: any);
+- ``dropped_rows``: rows the collector could not keep.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidInput
+from ..workspace import current_registry, in_workspace
+from . import data as D
+
+__all__ = ["set_alerts", "get_alerts", "check_alerts", "AlertCheck"]
+
+#: kind -> (fires when the value is "above" or "below" the threshold, default window, what it measures)
+KINDS: dict[str, tuple[str, str, str]] = {
+    "error_rate": ("above", "15min", "share of requests answered 4xx/5xx"),
+    "latency_p99_ms": ("above", "15min", "99th percentile latency, ms"),
+    "accuracy": ("below", "1d", "live accuracy from feedback labels"),
+    "drift": ("above", "1h", "drifted features against the baseline"),
+    "dropped_rows": ("above", "1h", "collected rows dropped"),
+}
+
+
+def _rule(item: Any) -> dict[str, Any]:
+    if not isinstance(item, dict) or "kind" not in item:
+        raise InvalidInput(f"an alert rule is a dict with a 'kind', got {item!r}",
+                           hint='e.g. {"kind": "error_rate", "threshold": 0.05, "window": "15min"}')
+    unknown = set(item) - {"kind", "threshold", "window"}
+    if unknown:
+        raise InvalidInput(f"an alert rule takes kind, threshold and window, not {sorted(unknown)[0]!r}")
+    kind = item["kind"]
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown alert kind {kind!r}", hint="use one of " + ", ".join(KINDS))
+    threshold = item.get("threshold", 0 if kind in ("drift", "dropped_rows") else None)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise InvalidInput(f"the {kind} rule needs a number as its threshold, got {threshold!r}")
+    window = item.get("window", KINDS[kind][1])
+    D.parse_duration(window)  # one line if it is not a duration
+    return {"kind": kind, "threshold": float(threshold), "window": str(window)}
+
+
+def parse_rules(rules: Any) -> list[dict[str, Any]]:
+    """Rules as a list of ``{"kind", "threshold", "window"}``, or ``{kind: threshold}``."""
+    if isinstance(rules, dict):
+        rules = [{"kind": k, "threshold": v} for k, v in rules.items()]
+    if not isinstance(rules, (list, tuple)):
+        raise InvalidInput("alert rules are a list of rules or a {kind: threshold} dict")
+    return [_rule(r) for r in rules]
+
+
+@in_workspace
+def set_alerts(deployment: str, rules: Any, *, webhook: str | None = None) -> list[dict[str, Any]]:
+    """Store ``deployment``'s alert rules in the registry (replacing any; ``[]`` removes them);
+    ``webhook`` is an http(s) URL each firing is POSTed to as JSON. Returns the rules as stored."""
+    parsed = parse_rules(rules)
+    if webhook is not None and not str(webhook).startswith(("http://", "https://")):
+        raise InvalidInput(f"the webhook must be an http:// or https:// URL, got {webhook!r}")
+    current_registry().set_alert_rules(deployment, parsed, webhook)
+    return parsed
+
+
+@in_workspace
+def get_alerts(deployment: str) -> dict[str, Any]:
+    """The rules, the webhook and the latest firings of a deployment."""
+    reg = current_registry()
+    reg.get_deployment(deployment)  # DeploymentNotFound, with close names
+    rules, webhook = reg.alert_rules(deployment)
+    return {"rules": rules, "webhook": webhook, "events": reg.alert_events(deployment, limit=20)}
+
+
+@dataclass
+class AlertCheck:
+    """Every rule's value now (``results``) and those that fired (``firings``, each recorded)."""
+
+    deployment: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def firings(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if r["fired"]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.firings
+
+    def __str__(self) -> str:
+        if not self.results:
+            return f"{self.deployment}: no alert rules (set_alerts)"
+        lines = []
+        for r in self.results:
+            rule = r["rule"]
+            value = "no data" if r["value"] is None else f"{r['value']:.4g}"
+            mark = "FIRING" if r["fired"] else "ok"
+            lines.append(f"{mark:<6} {rule['kind']} over {rule['window']}: {value} "
+                         f"({KINDS[rule['kind']][0]} {rule['threshold']:g} fires)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"deployment": self.deployment, "ok": self.ok, "results": self.results}
+
+
+def evaluate(reg, deployment: str, rule: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """One rule's value over its window and whether it fires, with the evidence."""
+    from .api import _drift, _root
+
+    _, root = _root(deployment, reg, must_exist=False)
+    import datetime as dt
+
+    now = time.time() if now is None else now
+    seconds = D.parse_duration(rule["window"])
+    until = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+    since = until - dt.timedelta(seconds=seconds)
+    kind, value, evidence = rule["kind"], None, {}
+    if kind in ("error_rate", "latency_p99_ms"):
+        import numpy as np
+        import pyarrow.compute as pc
+
+        table = D.read_requests(root, since, until, columns=["row", "status_code", "latency_ms"])
+        first = table.filter(pc.equal(table["row"], 0)) if table.num_rows else table
+        status = first["status_code"].to_numpy() if first.num_rows else np.array([])
+        evidence = {"requests": int(len(status)), "errors": int((status >= 400).sum())}
+        if len(status):
+            if kind == "error_rate":
+                value = evidence["errors"] / len(status)
+            else:
+                value = float(np.percentile(first["latency_ms"].to_numpy(), 99))
+    elif kind == "accuracy":
+        fb = D.read_feedback(root)
+        if fb.num_rows:
+            rows = D.read_requests(root, since, until, columns=["request_id", "row", "model_version", "status_code", "prediction"])
+            joined = D.join_feedback(rows.to_pandas(), fb.to_pandas())
+            joined = joined[joined["label"].notna() & (joined["status_code"] == 200)]
+            evidence = {"labelled": len(joined)}
+            if len(joined):
+                value = float(D.correct(joined).mean())
+    elif kind == "drift":
+        table, _, _ = _drift(deployment, rule["window"], until=until, registry=reg)
+        if len(table):
+            drifted = table[table["drifted"]]
+            value = float(len(drifted))
+            evidence = {"features": len(table), "drifted": [str(f) for f in drifted["feature"]]}
+    elif kind == "dropped_rows":
+        drops = D.read_drops(root).to_pandas()
+        recent = drops[drops["time"] >= now - seconds] if len(drops) else drops
+        value = float(recent["dropped"].sum()) if len(recent) else 0.0
+    direction = KINDS[kind][0]
+    fired = value is not None and (value > rule["threshold"] if direction == "above" else value < rule["threshold"])
+    return {"rule": rule, "value": value, "fired": bool(fired), "evidence": evidence}
+
+
+@in_workspace
+def check_alerts(deployment: str, *, record: bool = True) -> AlertCheck:
+    """Evaluate ``deployment``'s alert rules now; each firing is recorded as an event (with
+    ``record``) and returned. ``.ok`` is True when none fires."""
+    reg = current_registry()
+    reg.get_deployment(deployment)
+    rules, _ = reg.alert_rules(deployment)
+    now = time.time()
+    result = AlertCheck(deployment, [evaluate(reg, deployment, rule, now) for rule in rules])
+    if record:
+        for r in result.firings:
+            r["event"] = reg.add_alert_event(deployment, r["rule"], r["value"], r["evidence"], now)
+    return result

@@ -1,0 +1,138 @@
+"""Alert rules: stored in the registry (schema version 2, migrated in place from version 1),
+evaluated on what a deployment collected, every firing recorded with its evidence; the CLI's
+``check`` exits non-zero when one fires, for a pipeline to gate on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mlops_lab as ml
+from mlops_lab.registry import schema
+from mlops_lab.registry.store import Registry
+
+from .conftest import write_traffic
+
+
+class Summer:
+    def predict(self, X):
+        return X["a"].to_numpy() + X["b"].to_numpy()
+
+
+def _frame(rng, n, shift=0.0):
+    return pd.DataFrame({"a": rng.normal(shift, 1, n), "b": rng.normal(0, 1, n)})
+
+
+@pytest.fixture
+def svc(backend, collection_store, rng):
+    """A live deployment of a model registered with a baseline (on SQLite and PostgreSQL, its
+    collected data in a folder or on S3)."""
+    base = _frame(rng, 2000)
+    ml.register_model(Summer(), "m", sample_input=base.head(), baseline=base)
+    d = ml.deploy("m:1", name="svc", progress=False, collect=False)
+    yield d, collection_store
+    d.delete()
+
+
+def _traffic(store, rng, n=400, errors=0.0, shift=0.0, name="svc"):
+    frame = _frame(rng, n, shift)
+    status = np.where(rng.uniform(size=n) < errors, 500, 200)
+    return write_traffic(store, name, frame, time.time() - rng.uniform(1, 300, n), "m:1", frame.a + frame.b, status=status)
+
+
+def test_rules_are_checked_when_set_and_stored_in_the_registry(svc):
+    with pytest.raises(ml.InvalidInput, match="unknown alert kind 'errors'"):
+        ml.set_alerts("svc", {"errors": 0.1})
+    with pytest.raises(ml.InvalidInput, match="the error_rate rule needs a number as its threshold, got 'high'"):
+        ml.set_alerts("svc", [{"kind": "error_rate", "threshold": "high"}])
+    with pytest.raises(ml.InvalidInput, match="cannot read the duration 'soon'"):
+        ml.set_alerts("svc", [{"kind": "error_rate", "threshold": 0.1, "window": "soon"}])
+    with pytest.raises(ml.InvalidInput, match="the webhook must be an http:// or https:// URL"):
+        ml.set_alerts("svc", {"error_rate": 0.1}, webhook="ftp://x")
+    with pytest.raises(ml.DeploymentNotFound):
+        ml.set_alerts("svd", {"error_rate": 0.1})
+    stored = ml.set_alerts("svc", {"error_rate": 0.05, "drift": 0}, webhook="http://127.0.0.1:9/hook")
+    assert stored == [{"kind": "error_rate", "threshold": 0.05, "window": "15min"},
+                      {"kind": "drift", "threshold": 0.0, "window": "1h"}]
+    # another process sees the same rules
+    proc = subprocess.run([sys.executable, "-c", "import json, mlops_lab as ml; print(json.dumps(ml.get_alerts('svc')))"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"rules": stored, "webhook": "http://127.0.0.1:9/hook", "events": []}
+
+
+def test_each_kind_fires_on_what_was_collected_and_the_firing_is_recorded(svc, rng):
+    _, store = svc
+    ids = _traffic(store, rng, errors=0.10, shift=1.5)
+    ml.record_feedback("svc", ids[:50], [0.0] * 50)  # the model is never right about these
+    ml.set_alerts("svc", [{"kind": "error_rate", "threshold": 0.05}, {"kind": "latency_p99_ms", "threshold": 100},
+                          {"kind": "accuracy", "threshold": 0.9}, {"kind": "drift", "threshold": 0},
+                          {"kind": "dropped_rows", "threshold": 0}])
+    result = ml.check_alerts("svc")
+    by_kind = {r["rule"]["kind"]: r for r in result.results}
+    assert by_kind["error_rate"]["fired"] and 0.05 < by_kind["error_rate"]["value"] < 0.2
+    assert by_kind["error_rate"]["evidence"]["requests"] == 400
+    assert not by_kind["latency_p99_ms"]["fired"] and by_kind["latency_p99_ms"]["value"] == pytest.approx(8.0)
+    assert by_kind["accuracy"]["fired"] and by_kind["accuracy"]["value"] == 0.0
+    assert by_kind["drift"]["fired"] and "a" in by_kind["drift"]["evidence"]["drifted"]
+    assert "b" not in by_kind["drift"]["evidence"]["drifted"]
+    assert not by_kind["dropped_rows"]["fired"] and by_kind["dropped_rows"]["value"] == 0
+    assert not result.ok and {r["rule"]["kind"] for r in result.firings} == {"error_rate", "accuracy", "drift"}
+    # traffic older than a rule's window does not count
+    ml.set_alerts("svc", [{"kind": "error_rate", "threshold": 0.05, "window": "1s"}])
+    assert ml.check_alerts("svc", record=False).results[0]["value"] is None
+    events = ml.get_alerts("svc")["events"]
+    assert sorted(e["rule"]["kind"] for e in events) == ["accuracy", "drift", "error_rate"]
+    drift_event = next(e for e in events if e["rule"]["kind"] == "drift")
+    assert drift_event["evidence"]["drifted"] == by_kind["drift"]["evidence"]["drifted"]
+    assert "FIRING error_rate over 15min" in str(result)
+
+
+def test_the_cli_exits_non_zero_on_a_firing_rule_and_zero_when_all_hold(svc, rng):
+    _, store = svc
+    _traffic(store, rng, errors=0.0)
+    ml.set_alerts("svc", {"error_rate": 0.05, "drift": 0})
+
+    def check():
+        return subprocess.run([sys.executable, "-m", "mlops_lab.cli", "check", "svc", "--json"], capture_output=True,
+                              text=True, timeout=120)
+
+    proc = check()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
+    assert ml.get_alerts("svc")["events"] == []
+    _traffic(store, rng, n=100, errors=1.0)  # every one of these failed
+    proc = check()
+    assert proc.returncode == 12, proc.stdout + proc.stderr
+    fired = [r["rule"]["kind"] for r in json.loads(proc.stdout)["results"] if r["fired"]]
+    assert fired == ["error_rate"]
+    proc = subprocess.run([sys.executable, "-m", "mlops_lab.cli", "check", "nothing"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and proc.returncode != 12 and "nothing" in proc.stderr
+
+
+def test_a_version_1_registry_is_migrated_and_deleting_a_deployment_removes_its_alerts(tmp_path, rng):
+    reg = Registry(tmp_path / "h")
+    reg.close()
+    # as the previous release left it: no alert tables, schema version 1
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "h" / "registry.db")
+    con.executescript("DROP TABLE alert_events; DROP TABLE alert_rules; UPDATE mlops_lab_schema SET version = 1;")
+    con.close()
+    with ml.Workspace(home=tmp_path / "h", db=f"sqlite:///{tmp_path / 'h' / 'registry.db'}").activate():
+        from mlops_lab.workspace import current_registry
+
+        assert current_registry().schema_version == schema.SCHEMA_VERSION == 2
+        ml.register_model(Summer(), "m", sample_input=_frame(rng, 5))
+        d = ml.deploy("m:1", name="old", progress=False, collect=False)
+        ml.set_alerts("old", {"error_rate": 0.1})
+        current_registry().add_alert_event("old", {"kind": "error_rate"}, 0.5, {})
+        d.delete()
+        assert current_registry().alert_events("old") == [] and current_registry().alert_rules("old") == ([], None)
