@@ -224,8 +224,10 @@ class DockerDeployer(Deployer):
                "--listen", f"{config.get('host', '127.0.0.1')}:{config.get('port') or 0}", "--state", str(state),
                "--ready-fd", str(write_fd), "--daemonize"]
         with open(folder / "forwarder.log", "ab") as logf:
+            # the registry's settings: the forwarder evaluates the deployment's alert rules
             launcher = subprocess.Popen(cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                        start_new_session=True, cwd=str(folder))
+                                        start_new_session=True, cwd=str(folder),
+                                        env={**os.environ, **self.registry.settings.to_env()})
         os.close(write_fd)
         launcher.wait()
         line = read_line(read_fd, timeout=30)

@@ -8,7 +8,8 @@ container, and when it is ready the deployer writes the new upstream into ``FILE
 the forwarder sends new connections there and acknowledges in ``FILE.active``. Connections
 already open stay with the old container, which drains them (``Connection: close``) before it
 stops: clients see no refused connection and no failed request. It runs detached, so the
-deployment outlives the kernel that made it.
+deployment outlives the kernel that made it, and it evaluates the deployment's alert rules
+(:mod:`mlops_lab.monitoring.watch`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-async def run(host: str, port: int, state: Path, ready_fd: int | None) -> None:
+async def run(host: str, port: int, state: Path, ready_fd: int | None, name: str | None = None) -> None:
     fwd = Forwarder(state)
     fwd.reload()
     server = await asyncio.start_server(fwd.handle, host, port, reuse_address=True, backlog=1024)
@@ -114,8 +115,18 @@ async def run(host: str, port: int, state: Path, ready_fd: int | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    alerts = None
+    if name is not None:
+        # the deployment's alert rules, evaluated here while it runs (the registry is that of
+        # the settings in this process's environment, which the deployer passed)
+        from ..monitoring.watch import watch_alerts
+        from ..workspace import current_registry
+
+        alerts = loop.create_task(watch_alerts(current_registry, name, stop))
     await stop.wait()
     watcher.cancel()
+    if alerts is not None:
+        alerts.cancel()
     server.close()
     await server.wait_closed()
 
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportError, AttributeError):
         runner = asyncio.run
     try:
-        runner(run(host, int(port), Path(args.state), args.ready_fd))
+        runner(run(host, int(port), Path(args.state), args.ready_fd, args.name))
     except OSError as exc:
         if args.ready_fd is not None:
             os.write(args.ready_fd, f"FAILED cannot listen on {args.listen}: {exc.strerror or exc}\n".encode())

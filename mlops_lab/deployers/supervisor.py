@@ -12,7 +12,9 @@ A daemon (its own session, detached from the kernel or CLI that started it) that
 * answers a control channel (a Unix socket) with ``status``, ``switch`` (update, rollback,
   promote: a new generation starts beside the old one, must pass readiness, then the old one
   drains and stops) and ``stop``;
-* keeps the deployment's record in the registry store up to date (status, reason, PIDs, port).
+* keeps the deployment's record in the registry store up to date (status, reason, PIDs, port);
+* evaluates the deployment's alert rules (:mod:`mlops_lab.monitoring.alerts`) and sends what
+  starts firing to their webhook.
 
 It writes what happens to the deployment's log file.
 """
@@ -389,11 +391,15 @@ class Supervisor:
         log.info("deployment %s ready on http://%s:%d (server 1 of %d)", self.name, self.host, self.port, self.workers)
         health = self._spawn_task(self.health_loop())
         more = self._spawn_task(self._start_the_others(self.active))
+        from ..monitoring.watch import watch_alerts
+
+        alerts = self._spawn_task(watch_alerts(lambda: self.registry, self.name, self.stopping))
         await self.stopping.wait()
         log.info("stopping")
         control.close()
         health.cancel()
         more.cancel()
+        alerts.cancel()
         if self.active is not None:
             await self.retire(self.active)
         self.sock.close()

@@ -17,7 +17,12 @@ Kinds (a rule fires when the value is above its threshold; ``accuracy`` when bel
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +30,12 @@ from ..errors import InvalidInput
 from ..workspace import current_registry, in_workspace
 from . import data as D
 
-__all__ = ["set_alerts", "get_alerts", "check_alerts", "AlertCheck"]
+__all__ = ["set_alerts", "get_alerts", "check_alerts", "AlertCheck", "Watcher"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds before each retry of a webhook that failed (then the delivery is recorded as failed).
+RETRY_DELAYS = (1, 2, 4, 8, 16, 32)
 
 #: kind -> (fires when the value is "above" or "below" the threshold, default window, what it measures)
 KINDS: dict[str, tuple[str, str, str]] = {
@@ -65,13 +75,18 @@ def parse_rules(rules: Any) -> list[dict[str, Any]]:
 
 
 @in_workspace
-def set_alerts(deployment: str, rules: Any, *, webhook: str | None = None) -> list[dict[str, Any]]:
-    """Store ``deployment``'s alert rules in the registry (replacing any; ``[]`` removes them);
-    ``webhook`` is an http(s) URL each firing is POSTed to as JSON. Returns the rules as stored."""
+def set_alerts(deployment: str, rules: Any, *, webhook: str | None = None, every: Any = "1min") -> list[dict[str, Any]]:
+    """Store ``deployment``'s alert rules in the registry (replacing any; ``[]`` removes them).
+    While the deployment runs its supervisor evaluates them ``every`` so often; a rule that starts
+    firing is recorded as an event and POSTed as JSON to ``webhook`` (an http(s) URL), retried
+    with backoff. Returns the rules as stored."""
     parsed = parse_rules(rules)
     if webhook is not None and not str(webhook).startswith(("http://", "https://")):
         raise InvalidInput(f"the webhook must be an http:// or https:// URL, got {webhook!r}")
-    current_registry().set_alert_rules(deployment, parsed, webhook)
+    seconds = D.parse_duration(every)
+    if seconds < 1:
+        raise InvalidInput(f"alert rules are evaluated at most once a second, not every {every!r}")
+    current_registry().set_alert_rules(deployment, parsed, webhook, seconds)
     return parsed
 
 
@@ -177,3 +192,78 @@ def check_alerts(deployment: str, *, record: bool = True) -> AlertCheck:
         for r in result.firings:
             r["event"] = reg.add_alert_event(deployment, r["rule"], r["value"], r["evidence"], now)
     return result
+
+
+def deliver(reg, deployment: str, event: dict[str, Any], webhook: str, delays=RETRY_DELAYS) -> dict[str, Any]:
+    """POST one firing to ``webhook`` as JSON, retrying after each of ``delays`` (seconds) when it
+    fails (no answer, or an answer that is not 2xx); every attempt's outcome is recorded on the
+    event. Returns the delivery record."""
+    body = json.dumps({"deployment": deployment, **event}, default=str).encode()
+    delivery: dict[str, Any] = {"webhook": webhook, "attempts": 0, "status": "pending"}
+    for wait in (0, *delays):
+        time.sleep(wait)
+        delivery["attempts"] += 1
+        try:
+            req = urllib.request.Request(webhook, data=body, method="POST",
+                                         headers={"Content-Type": "application/json", "User-Agent": "mlops-lab-alerts"})
+            with urllib.request.urlopen(req, timeout=10) as answer:
+                delivery.update(status="delivered", http_status=answer.status, delivered_at=time.time())
+                delivery.pop("last_error", None)
+                reg.set_alert_delivery(event["id"], delivery)
+                return delivery
+        except urllib.error.HTTPError as exc:
+            delivery["last_error"] = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            delivery["last_error"] = str(getattr(exc, "reason", exc))
+        delivery["status"] = "retrying"
+        reg.set_alert_delivery(event["id"], delivery)
+    delivery["status"] = "failed"
+    reg.set_alert_delivery(event["id"], delivery)
+    log.error("alert %s of %s not delivered to %s after %d attempts: %s", event["rule"]["kind"], deployment, webhook,
+              delivery["attempts"], delivery.get("last_error"))
+    return delivery
+
+
+class Watcher:
+    """Evaluates one deployment's rules where the deployment runs (its supervisor calls
+    :meth:`tick` every ``every`` seconds, in a thread): a rule that starts firing is recorded as
+    an event and sent to the webhook in a thread of its own; a rule that keeps firing is not
+    sent again until it has stopped."""
+
+    def __init__(self, reg, deployment: str) -> None:
+        self.reg = reg
+        self.deployment = deployment
+        self.firing: set[str] = set()
+        self.every = 60.0
+        self.deliveries: list[threading.Thread] = []
+
+    def tick(self, now: float | None = None) -> list[dict[str, Any]]:
+        rules, webhook, self.every = self.reg.alert_settings(self.deployment)
+        now = time.time() if now is None else now
+        new = []
+        still = set()
+        for rule in rules:
+            key = json.dumps(rule, sort_keys=True)
+            try:
+                result = evaluate(self.reg, self.deployment, rule, now)
+            except Exception as exc:  # noqa: BLE001 - one rule's failure must not stop the others
+                log.warning("alert rule %s of %s could not be evaluated: %s", rule["kind"], self.deployment, exc)
+                continue
+            if not result["fired"]:
+                continue
+            still.add(key)
+            if key in self.firing:
+                continue
+            event = {"rule": rule, "value": result["value"], "evidence": result["evidence"], "time": now}
+            event["id"] = self.reg.add_alert_event(self.deployment, rule, result["value"], result["evidence"], now)
+            log.warning("alert: %s of %s is %s (threshold %g)", rule["kind"], self.deployment, result["value"],
+                        rule["threshold"])
+            new.append(event)
+            if webhook:
+                t = threading.Thread(target=deliver, args=(self.reg, self.deployment, event, webhook),
+                                     name=f"alert-{event['id']}", daemon=True)
+                t.start()
+                self.deliveries.append(t)
+        self.firing = still
+        self.deliveries = [t for t in self.deliveries if t.is_alive()]
+        return new

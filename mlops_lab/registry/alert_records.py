@@ -16,7 +16,8 @@ from .database import _dumps, _loads
 
 
 class AlertRecords:
-    def set_alert_rules(self, deployment: str, rules: list[dict[str, Any]], webhook: str | None) -> None:
+    def set_alert_rules(self, deployment: str, rules: list[dict[str, Any]], webhook: str | None,
+                        every_s: float = 60.0) -> None:
         """Replace a deployment's rules (an empty list removes them)."""
         t = S.alert_rules
         with self._write() as conn:
@@ -24,13 +25,18 @@ class AlertRecords:
             conn.execute(delete(t).where(t.c.deployment == deployment))
             if rules:
                 conn.execute(insert(t).values(deployment=deployment, rules=_dumps(rules), webhook=webhook,
-                                              updated_at=time.time()))
+                                              every_s=every_s, updated_at=time.time()))
 
     def alert_rules(self, deployment: str) -> tuple[list[dict[str, Any]], str | None]:
+        rules, webhook, _ = self.alert_settings(deployment)
+        return rules, webhook
+
+    def alert_settings(self, deployment: str) -> tuple[list[dict[str, Any]], str | None, float]:
+        """The rules, the webhook and how often to evaluate them (seconds)."""
         t = S.alert_rules
         with self._read() as conn:
-            row = conn.execute(select(t.c.rules, t.c.webhook).where(t.c.deployment == deployment)).first()
-        return ([], None) if row is None else (_loads(row.rules), row.webhook)
+            row = conn.execute(select(t.c.rules, t.c.webhook, t.c.every_s).where(t.c.deployment == deployment)).first()
+        return ([], None, 60.0) if row is None else (_loads(row.rules), row.webhook, float(row.every_s))
 
     def add_alert_event(self, deployment: str, rule: dict[str, Any], value: float | None,
                         evidence: dict[str, Any], at: float | None = None) -> int:

@@ -179,6 +179,7 @@ alert_rules = Table(
     Column("deployment", NAME, primary_key=True),
     Column("rules", Text, nullable=False),  # JSON list of {"kind", "threshold", "window"}
     Column("webhook", Text, nullable=True),
+    Column("every_s", Float, nullable=False, default=60.0),  # how often the deployment's watcher evaluates them
     Column("updated_at", Float, nullable=False),
     ForeignKeyConstraint(["deployment"], ["deployments.name"], ondelete="CASCADE"),
 )

@@ -169,6 +169,26 @@ def test_the_kubernetes_pod_spec_runs_and_answers_its_readiness_probe(models, tm
         container.remove(force=True)
 
 
+def test_the_forwarder_evaluates_the_alert_rules_and_sends_a_firing_to_the_webhook(models):
+    """A Docker deployment has no supervisor: its forwarder, on the host, evaluates the rules on
+    what the container collected (the mounted folder) and POSTs a firing to the webhook."""
+    from receiver import Receiver, wait_for
+
+    d = ml.deploy("m:1", name="dock-alerts", target="docker", base_image=BASE, progress=False,
+                  collect={"flush_seconds": 0.5})
+    hook = Receiver()
+    try:
+        for _ in range(5):
+            assert score(d).status_code == 200
+        assert wait_for(lambda: len(ml.collected_data("dock-alerts")) == 5, 30)
+        ml.set_alerts("dock-alerts", {"latency_p99_ms": 0}, webhook=hook.url, every="1s")
+        assert wait_for(lambda: hook.got, 40), "the forwarder sent no firing"
+        assert hook.got[0]["deployment"] == "dock-alerts" and hook.got[0]["evidence"]["requests"] == 5
+    finally:
+        hook.close()
+        d.delete()
+
+
 def test_a_killed_forwarder_is_reported_restarted_and_delete_cleans_up(models):
     """kill -9 of the process that owns a Docker deployment's address: status says so, restart
     brings it back at the same address, delete removes the container, nothing is left running."""

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from receiver import Receiver, wait_for
 
 import mlops_lab as ml
 from mlops_lab.registry import schema
@@ -136,3 +137,67 @@ def test_a_version_1_registry_is_migrated_and_deleting_a_deployment_removes_its_
         current_registry().add_alert_event("old", {"kind": "error_rate"}, 0.5, {})
         d.delete()
         assert current_registry().alert_events("old") == [] and current_registry().alert_rules("old") == ([], None)
+
+
+def _send(d, frame) -> None:
+    import httpx
+
+    with httpx.Client(headers={"Authorization": f"Bearer {d.keys['primary']}"}) as http:
+        for i in range(0, len(frame), 4):
+            r = http.post(f"{d.url}/score", json={"data": frame.iloc[i:i + 4].to_dict("records")})
+            assert r.status_code == 200, r.text
+
+
+def test_the_supervisor_sends_a_drifted_deployments_firing_to_the_webhook_and_not_an_undrifted_ones(sqlite_registry, rng):
+    base = _frame(rng, 2000)
+    ml.register_model(Summer(), "m", sample_input=base.head(), baseline=base)
+    drifty = ml.deploy("m:1", name="drifty", progress=False)
+    calm = ml.deploy("m:1", name="calm", progress=False)
+    hook = Receiver()
+    try:
+        _send(drifty, _frame(rng, 400, shift=1.5))
+        _send(calm, _frame(rng, 400))
+        assert wait_for(lambda: len(ml.collected_data("drifty")) == 400 and len(ml.collected_data("calm")) == 400, 30)
+        for name in ("drifty", "calm"):
+            ml.set_alerts(name, {"drift": 0}, webhook=hook.url, every="1s")
+        assert wait_for(lambda: hook.got, 40), "no firing reached the webhook"
+        time.sleep(5)  # several more evaluations of both
+        assert [b["deployment"] for b in hook.got] == ["drifty"]  # once: it keeps firing, it is not sent again
+        body = hook.got[0]
+        assert body["rule"] == {"kind": "drift", "threshold": 0.0, "window": "1h"} and "a" in body["evidence"]["drifted"]
+        (event,) = ml.get_alerts("drifty")["events"]
+        assert event["id"] == body["id"] and event["delivery"]["status"] == "delivered"
+        assert ml.get_alerts("calm")["events"] == []
+    finally:
+        hook.close()
+        drifty.delete()
+        calm.delete()
+
+
+def test_a_webhook_that_is_down_then_up_gets_the_firing_after_retries(sqlite_registry, rng):
+    import socket
+
+    base = _frame(rng, 500)
+    ml.register_model(Summer(), "m", sample_input=base.head(), baseline=base)
+    d = ml.deploy("m:1", name="flaky", progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there yet
+    hook = None
+    try:
+        _send(d, _frame(rng, 40))
+        assert wait_for(lambda: len(ml.collected_data("flaky")) == 40, 30)
+        ml.set_alerts("flaky", {"latency_p99_ms": 0}, webhook=f"http://127.0.0.1:{port}/hook", every="1s")
+        assert wait_for(lambda: ml.get_alerts("flaky")["events"], 30)
+        assert wait_for(lambda: ml.get_alerts("flaky")["events"][0]["delivery"].get("status") == "retrying", 10)
+        delivery = ml.get_alerts("flaky")["events"][0]["delivery"]
+        assert "refused" in delivery["last_error"].lower(), delivery
+        hook = Receiver(port)
+        assert wait_for(lambda: hook.got, 40), ml.get_alerts("flaky")["events"][0]["delivery"]
+        (event,) = ml.get_alerts("flaky")["events"]
+        assert event["delivery"]["status"] == "delivered" and event["delivery"]["attempts"] >= 2
+        assert hook.got[0]["rule"]["kind"] == "latency_p99_ms" and hook.got[0]["id"] == event["id"]
+    finally:
+        if hook is not None:
+            hook.close()
+        d.delete()
