@@ -40,6 +40,17 @@ export interface ISummary {
   latency_p99_ms: number | null;
 }
 
+/** The firings of a deployment's alert rules in the last 24 hours, and the latest one. */
+export interface IAlerts {
+  count: number;
+  latest: {
+    id: number;
+    time: number;
+    rule: { kind: string; threshold: number; window: string };
+    value: number | null;
+  } | null;
+}
+
 export interface IDeployment {
   name: string;
   target: string;
@@ -50,6 +61,7 @@ export interface IDeployment {
   status_reason: string;
   proxy_url: string;
   summary: ISummary | null;
+  alerts: IAlerts | null;
 }
 
 /** An error of the server extension: its message (and hint) as the server wrote them. */

@@ -1,6 +1,6 @@
 // The left-area panel: models (expandable to versions, tags, aliases) and deployments with live
 // status badges, traffic split and request rate, and the actions on a deployment.
-import { Clipboard, Dialog, showDialog } from '@jupyterlab/apputils';
+import { Clipboard, Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
@@ -26,6 +26,25 @@ export const rocketIcon = new LabIcon({
   name: 'mlops-lab:rocket',
   svgstr: ROCKET
 });
+
+/** One firing in words: "drift fired on churn-svc: 2 (threshold 0, over 1h)". */
+function firingText(name: string, f: NonNullable<NonNullable<IDeployment['alerts']>['latest']>): string {
+  const value = f.value === null ? 'no value' : Number(f.value.toPrecision(4)).toString();
+  return `${f.rule.kind} fired on ${name}: ${value} (threshold ${f.rule.threshold}, over ${f.rule.window})`;
+}
+
+/** The alert badge of a deployment whose rules fired in the last 24 hours, else nothing. */
+function alerted(d: IDeployment): HTMLElement | null {
+  const a = d.alerts;
+  if (!a || a.count === 0 || !a.latest) {
+    return null;
+  }
+  return h('span', {
+    class: 'mlops-lab-badge mlops-lab-alert',
+    'data-test-id': 'mlops-alerts',
+    title: `latest: ${firingText(d.name, a.latest)} (mlops-lab check ${d.name})`
+  }, `⚠ ${a.count} alert${a.count === 1 ? '' : 's'}`);
+}
 
 type Attrs = { [key: string]: string };
 
@@ -177,6 +196,7 @@ export class MlopsSidebar extends RefreshingWidget {
   }
 
   private _renderDeployments(deployments: IDeployment[]): void {
+    this._notifyFirings(deployments);
     this._deployments.replaceChildren();
     if (deployments.length === 0) {
       this._deployments.append(
@@ -199,11 +219,13 @@ export class MlopsSidebar extends RefreshingWidget {
         h('div', { class: 'mlops-lab-deployment', 'data-test-id': `mlops-deployment-${d.name}` },
           h('div', { class: 'mlops-lab-row' },
             h('span', { class: 'mlops-lab-name' }, d.name),
-            h('span', {
-              class: `mlops-lab-badge mlops-lab-state-${d.status}`,
-              'data-test-id': 'mlops-status',
-              title: d.status_reason || d.status
-            }, d.status)),
+            h('span', { class: 'mlops-lab-badges' },
+              alerted(d),
+              h('span', {
+                class: `mlops-lab-badge mlops-lab-state-${d.status}`,
+                'data-test-id': 'mlops-status',
+                title: d.status_reason || d.status
+              }, d.status))),
           h('div', { class: 'mlops-lab-dim', 'data-test-id': 'mlops-served' }, `${served} · revision ${d.revision} · ${d.target}`),
           rate ? h('div', { class: 'mlops-lab-dim', 'data-test-id': 'mlops-rate' }, rate) : null,
           h('div', { class: 'mlops-lab-actions' },
@@ -219,6 +241,18 @@ export class MlopsSidebar extends RefreshingWidget {
               : null,
             button('Delete', 'mlops-delete', 'Stop and delete this deployment', () => void this._delete(d))))
       );
+    }
+  }
+
+  /** A notification for each firing not seen yet since this page loaded. */
+  private _notifyFirings(deployments: IDeployment[]): void {
+    for (const d of deployments) {
+      const latest = d.alerts?.latest;
+      if (!latest || latest.id <= (this._seenFiring.get(d.name) ?? 0)) {
+        continue;
+      }
+      this._seenFiring.set(d.name, latest.id);
+      Notification.warning(`mlops_lab: ${firingText(d.name, latest)}`, { autoClose: false });
     }
   }
 
@@ -299,4 +333,5 @@ export class MlopsSidebar extends RefreshingWidget {
   private _message: HTMLElement;
   private _models: HTMLElement;
   private _deployments: HTMLElement;
+  private _seenFiring = new Map<string, number>();
 }

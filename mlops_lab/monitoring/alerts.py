@@ -99,6 +99,16 @@ def get_alerts(deployment: str) -> dict[str, Any]:
     return {"rules": rules, "webhook": webhook, "events": reg.alert_events(deployment, limit=20)}
 
 
+def recent_firings(reg, deployment: str, within_s: float = 86400.0) -> dict[str, Any]:
+    """How many times ``deployment``'s rules fired in the last ``within_s`` seconds, and the
+    latest firing (for a status view: the sidebar's badge)."""
+    events = reg.alert_events(deployment, since=time.time() - within_s, limit=1000)
+    latest = events[0] if events else None
+    if latest is not None:
+        latest = {k: latest[k] for k in ("id", "time", "rule", "value")}
+    return {"count": len(events), "latest": latest}
+
+
 @dataclass
 class AlertCheck:
     """Every rule's value now (``results``) and those that fired (``firings``, each recorded)."""

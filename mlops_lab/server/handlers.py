@@ -124,9 +124,18 @@ class DeploymentsHandler(_Base):
             except (asyncio.TimeoutError, MlopsLabError):
                 return None
 
-        status, numbers = await asyncio.gather(probe(), traffic())
+        async def alerts():
+            from ..monitoring.alerts import recent_firings
+            from ..workspace import current_registry
+
+            try:
+                return await self.call(lambda: recent_firings(current_registry(), d.name))
+            except MlopsLabError:
+                return None
+
+        status, numbers, fired = await asyncio.gather(probe(), traffic(), alerts())
         return {**d.to_dict(), "status": status["state"], "status_reason": status.get("reason", ""),
-                "proxy_url": self.proxy_url(d.name), "summary": numbers}
+                "proxy_url": self.proxy_url(d.name), "summary": numbers, "alerts": fired}
 
 
 class DeploymentHandler(DeploymentsHandler):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import pytest
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -129,3 +130,47 @@ def test_sidebar_error_state_says_how_to_fix_it(lab, browser, sqlite_registry):
     message = page.locator("#mlops-lab-sidebar [data-test-id='mlops-message']")
     playwright.expect(message).to_contain_text("jupyter server extension enable mlops_lab.server")
     assert message.get_attribute("data-kind") == "error"
+
+
+class _Const:
+    def predict(self, X):
+        return np.zeros(len(X))
+
+
+def test_a_firing_alert_shows_as_a_badge_and_a_notification(lab, browser, sqlite_registry):
+    """A deployment whose latency rule fired (evaluated and recorded by its supervisor, once: it
+    keeps firing, and is not recorded again): the sidebar shows a badge beside its status, and
+    JupyterLab a notification naming the rule; a deployment whose rules hold shows neither."""
+    ml.register_model(_Const(), "m", sample_input=np.zeros((2, 2)))
+    hot = ml.deploy("m:1", name="hot", collect={"flush_seconds": 0.3})
+    cold = ml.deploy("m:1", name="cold", collect=False)
+    try:
+        for _ in range(3):
+            assert hot.predict([[0, 0]]) == [0.0]
+        deadline = time.monotonic() + 20
+        while len(ml.collected_data("hot")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ml.set_alerts("hot", {"latency_p99_ms": 0})
+        ml.set_alerts("cold", {"error_rate": 0.5})
+        assert ml.check_alerts("cold").ok
+        deadline = time.monotonic() + 20
+        while not ml.get_alerts("hot")["events"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{lab}/lab?token={TOKEN}")
+        page.locator("li[data-id='mlops-lab-sidebar']").click(timeout=60_000)
+        sidebar = page.locator("#mlops-lab-sidebar")
+        badge = sidebar.locator("[data-test-id='mlops-deployment-hot'] [data-test-id='mlops-alerts']")
+        playwright.expect(badge).to_have_text("⚠ 1 alert", timeout=30_000)
+        assert "latency_p99_ms fired on hot" in badge.get_attribute("title")
+        playwright.expect(sidebar.locator("[data-test-id='mlops-deployment-cold'] [data-test-id='mlops-status']")).to_have_text("healthy")
+        assert sidebar.locator("[data-test-id='mlops-deployment-cold'] [data-test-id='mlops-alerts']").count() == 0
+        toast = page.locator(".Toastify__toast").filter(has_text="latency_p99_ms fired on hot")
+        playwright.expect(toast).to_have_count(1, timeout=15_000)
+        sidebar.locator("[data-test-id='mlops-refresh']").click()  # seen already: no second notification
+        time.sleep(1.0)
+        playwright.expect(toast).to_have_count(1)
+        page.screenshot(path=str(OUT / "sidebar-alert.png"))
+    finally:
+        hot.delete()
+        cold.delete()
