@@ -92,6 +92,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .batch import score_batch  # noqa: F401
+    from .cards import model_card  # noqa: F401
     from .deployers.api import (  # noqa: F401
         delete_deployment,
         deploy,

@@ -295,6 +295,18 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_card(args) -> int:
+    import mlops_lab as ml
+
+    card = ml.model_card(args.ref, since=args.since)
+    if args.output:
+        path = card.save(args.output)
+        _out(args, {"written": str(path)}, f"card of {card.ref} written to {path}")
+    else:
+        _out(args, {"ref": card.ref, "markdown": card.markdown}, card.markdown)
+    return 0
+
+
 def cmd_check(args) -> int:
     import mlops_lab as ml
 
@@ -425,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", parents=[common], help=f"evaluate the alert rules now; exit {EXIT_ALERT} if one fires")
     p.add_argument("deployment")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("card", parents=[common], help="the model card of a version (Markdown, or -o card.html)")
+    p.add_argument("ref")
+    p.add_argument("--output", "-o", metavar="FILE", help="write it to FILE (.html or .md)")
+    p.add_argument("--since", default="7d", help="the deployments' traffic of how long: 1h, 7d")
+    p.set_defaults(func=cmd_card)
     return ap
 
 

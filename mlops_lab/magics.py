@@ -197,6 +197,22 @@ class MlopsLabMagics(Magics):
 
     @line_magic
     @magic_arguments()
+    @argument("ref", help="model reference (name, name:VERSION, name@ALIAS)")
+    @argument("--since", default="7d", help="the deployments' traffic of how long: 1h, 7d")
+    @argument("--output", "-o", metavar="FILE", help="also write it to FILE (.html or .md)")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
+    def model_card(self, args):
+        """The model card of a version: what the registry and its deployments' data know."""
+        from .cards import model_card
+
+        card = model_card(args.ref, since=args.since)
+        if args.output:
+            card.save(args.output)
+        return card
+
+    @line_magic
+    @magic_arguments()
     @argument("deployment")
     @argument("--metric", default="accuracy", help="accuracy (from feedback labels), mae or rmse")
     @argument("--level", type=float, default=0.05, help="significance level")
@@ -214,7 +230,7 @@ class MlopsLabMagics(Magics):
 # What each magic's positional arguments name, in order.
 _POSITIONALS = {
     "deploy": ["ref"], "update": ["deployment", "ref"], "rollback": ["deployment"], "restart": ["deployment"], "undeploy": ["deployment"],
-    "monitor": ["deployment"], "compare": ["deployment"], "models": ["model"], "register_model": ["variable"],
+    "monitor": ["deployment"], "compare": ["deployment"], "model_card": ["ref"], "models": ["model"], "register_model": ["variable"],
 }
 
 

@@ -42,6 +42,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "mlops_lab.monitoring.api": ("collected_data", "metrics", "summary", "drift", "monitor", "record_feedback"),
     "mlops_lab.monitoring.readout": ("compare",),
     "mlops_lab.monitoring.alerts": ("set_alerts", "get_alerts", "check_alerts"),
+    "mlops_lab.cards": ("model_card",),
     "mlops_lab.batch": ("score_batch",),
     "mlops_lab.sql": ("sql_function", "run_sql"),
     "mlops_lab.packaging": ("package", "export_bundle"),
