@@ -197,7 +197,7 @@ def model_card(ref: Any, *, since: str = "7d") -> ModelCard:
     mv = reg.get_version(ref)
     aliases = f" · @{', @'.join(mv.aliases)}" if mv.aliases else ""
     size = f"{mv.size / 1e6:.2f} MB" if mv.size >= 1e6 else f"{mv.size / 1e3:.1f} kB"
-    subtitle = f"{mv.flavor} model, registered {_when(mv.created_at)}{aliases} · {size} in {len(mv.files)} files"
+    subtitle = f"{mv.flavor} model, registered {_when(mv.created_at)}{aliases} · {size} in {len(mv.files)} file{'' if len(mv.files) == 1 else 's'}"
     sections = [Section("Description", mv.description or "No description (set_description).")]
     text, rows = _signature_rows(mv.signature)
     sections.append(Section("Signature", text, rows))

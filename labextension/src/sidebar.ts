@@ -187,7 +187,17 @@ export class MlopsSidebar extends RefreshingWidget {
             Object.keys(v.tags).length
               ? h('div', { class: 'mlops-lab-dim' }, Object.entries(v.tags).map(([k, x]) => `${k}=${x}`).join(', '))
               : null,
-            v.deployments.length ? h('div', { class: 'mlops-lab-dim' }, 'deployed in ' + v.deployments.join(', ')) : null)
+            v.deployments.length ? h('div', { class: 'mlops-lab-dim' }, 'deployed in ' + v.deployments.join(', ')) : null,
+            h('div', { class: 'mlops-lab-actions' },
+              h('a', {
+                class: 'mlops-lab-action',
+                'data-test-id': 'mlops-card',
+                href: URLExt.join(PageConfig.getBaseUrl(), 'mlops-lab', 'api', 'models', encodeURIComponent(name),
+                  String(v.version), 'card'),
+                target: '_blank',
+                rel: 'noopener',
+                title: 'Open the model card of this version in a new tab'
+              }, 'Model card')))
         )
       );
     } catch (error) {

@@ -83,6 +83,24 @@ class ModelHandler(_Base):
         self.reply(await self.call(_model, name))
 
 
+class ModelCardHandler(_Base):
+    """The model card of a version, as the page itself (the sidebar opens it in a new tab)."""
+
+    @property
+    def content_security_policy(self) -> str:
+        # the card is self-contained: its own styles and inline SVG, nothing fetched, no script
+        return "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+
+    @tornado.web.authenticated
+    @domain_errors
+    async def get(self, name: str, version: str) -> None:
+        from ..cards import model_card
+
+        card = await self.call(model_card, f"{name}:{version}", since=self.get_argument("since", "7d"))
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        JupyterHandler.finish(self, card.html)  # APIHandler.finish would label it JSON
+
+
 def _model(name: str) -> dict[str, Any]:
     from ..registry.api import get_model, list_models, search_model_versions
 
@@ -274,6 +292,7 @@ def _target(endpoint: str, path: str, query: str) -> str:
 ROUTES = [
     (r"/mlops-lab/api/models/?", ModelsHandler),
     (rf"/mlops-lab/api/models/{NAME}/?", ModelHandler),
+    (rf"/mlops-lab/api/models/{NAME}/(?P<version>[0-9]+)/card/?", ModelCardHandler),
     (r"/mlops-lab/api/deployments/?", DeploymentsHandler),
     (rf"/mlops-lab/api/deployments/{NAME}/?", DeploymentHandler),
     (rf"/mlops-lab/api/deployments/{NAME}/(?P<action>rollback|promote|restart)/?", DeploymentActionHandler),

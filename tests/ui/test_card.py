@@ -63,3 +63,24 @@ def test_the_card_opens_offline_with_its_chart_drawn(browser, sqlite_registry, t
     OUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUT / "model-card.png"), full_page=True)
     context.close()
+
+
+def test_the_sidebar_opens_a_versions_card_in_a_new_tab(lab, browser, sqlite_registry):
+    from .conftest import TOKEN
+
+    base = pd.DataFrame({"a": [0.0, 1.0], "b": [1.0, 2.0]})
+    ml.register_model(Summer(), "m", sample_input=base, description="Sums a and b.")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{lab}/lab?token={TOKEN}")
+    page.locator("li[data-id='mlops-lab-sidebar']").click(timeout=60_000)
+    model = page.locator("#mlops-lab-sidebar [data-test-id='mlops-model-m']")
+    model.locator("summary").click()
+    link = model.locator("[data-test-id='mlops-version-m:1'] [data-test-id='mlops-card']")
+    with page.context.expect_page() as opened:
+        link.click()
+    card = opened.value
+    playwright.expect(card.locator("h1")).to_have_text("m:1", timeout=30_000)
+    playwright.expect(card.locator("section[data-section='Deployments']")).to_contain_text("Not deployed.")
+    # its own styles apply (the page's security policy lets them, and nothing else, in)
+    assert card.locator("table").first.evaluate("t => getComputedStyle(t).borderCollapse") == "collapse"
+    card.screenshot(path=str(OUT / "model-card-from-sidebar.png"))
