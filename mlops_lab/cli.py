@@ -307,6 +307,25 @@ def cmd_card(args) -> int:
     return 0
 
 
+def cmd_alerts(args) -> int:
+    import mlops_lab as ml
+
+    from ._args import options
+
+    if args.rule:
+        ml.set_alerts(args.deployment, options(args.rule), webhook=args.webhook, every=args.every)
+    elif args.clear:
+        ml.set_alerts(args.deployment, [])
+    found = ml.get_alerts(args.deployment)
+    lines = [f"{r['kind']} over {r['window']}: fires {'below' if r['kind'] == 'accuracy' else 'above'} {r['threshold']:g}"
+             for r in found["rules"]] or ["no alert rules"]
+    if found["webhook"]:
+        lines.append(f"webhook: {found['webhook']}")
+    lines += [f"fired {e['rule']['kind']} = {e['value']} ({e['delivery'].get('status', 'not sent')})" for e in found["events"][:5]]
+    _out(args, found, "\n".join(lines))
+    return 0
+
+
 def cmd_check(args) -> int:
     import mlops_lab as ml
 
@@ -434,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.05, help="significance level")
     p.add_argument("--since", help="how far back: 30min, 1h, 7d (default: everything collected)")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("alerts", parents=[common], help="set (--rule KIND=THRESHOLD ...) or show a deployment's alert rules")
+    p.add_argument("deployment")
+    p.add_argument("--rule", "-r", action="append", metavar="KIND=THRESHOLD",
+                   help="error_rate, latency_p99_ms, accuracy, drift or dropped_rows (replaces the rules)")
+    p.add_argument("--webhook", help="POST each firing here as JSON")
+    p.add_argument("--every", default="1min", help="how often the deployment evaluates them")
+    p.add_argument("--clear", action="store_true", help="remove the rules")
+    p.set_defaults(func=cmd_alerts)
     p = sub.add_parser("check", parents=[common], help=f"evaluate the alert rules now; exit {EXIT_ALERT} if one fires")
     p.add_argument("deployment")
     p.set_defaults(func=cmd_check)

@@ -28,7 +28,9 @@ def test_ci_workflow_steps_run_with_the_cli(sqlite_registry, tmp_path):
         assert proc.returncode == 0, (step["name"], proc.stdout, proc.stderr)
         ran.append((step["name"], proc.stdout))
     names = [n for n, _ in ran]
-    assert names == ["Train", "Register", "Deploy to staging", "Smoke test", "Promote", "Clean up staging"]
+    assert names == ["Train", "Register", "Deploy to staging", "Smoke test", "Gate on alerts", "Promote", "Clean up staging"]
+    gate = dict(ran)["Gate on alerts"]
+    assert "error_rate over 15min: fires above 0.01" in gate and gate.count("ok ") == 2, gate
     assert "smoke test passed: 5 rows" in dict(ran)["Smoke test"]
     promote = dict(ran)["Promote"]
     assert promote.startswith("breast-cancer@production -> breast-cancer:1")
