@@ -4,8 +4,8 @@ moves bound pods to Running/Ready (and leaves the pods of chosen versions unread
 rollouts, ReplicaSets and status are the real controllers'. No traffic goes to a pod IP.
 
 The registry is a team's: artifacts and collected data on the S3 server, so that the pods fetch
-any version and write what they collect there (tests/deployers/test_docker.py runs such a pod's
-container and sees both happen)."""
+any version and write what they collect there (the last test runs such a pod's container and
+sees both happen). The deployer works through a service account bound to ``deployer_role()``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,12 @@ def _register_two(iris, trained):
 
 @pytest.fixture
 def kubeconfig(kube_control_plane, tmp_path, monkeypatch):
-    path = kube_control_plane.kubeconfig(kube_control_plane.admin_token, tmp_path / "kubeconfig")
+    """The deployer's kubeconfig: the token of a service account of its own, bound to
+    ``deployer_role()`` and nothing else (the tests read objects back as the cluster's admin)."""
+    from mlops_lab.deployers.kubernetes import deployer_role
+
+    account = f"deployer-{uuid.uuid4().hex[:8]}"
+    path = _service_account(kube_control_plane, account, deployer_role("default")["rules"], tmp_path)
     monkeypatch.setenv("KUBECONFIG", str(path))
     return path
 
