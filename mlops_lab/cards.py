@@ -157,17 +157,13 @@ def _deployment_sections(reg, mv, name: str, since: str) -> list[Section]:
     if rows.empty:
         out[0].text += f" No traffic of {mv.ref} collected in the last {since}."
         return out
-    first = rows[rows["row"] == 0]
-    lat = first["latency_ms"]
-    live = {"requests": len(first), "rows": len(rows), "errors": int((first["status_code"] >= 400).sum()),
-            "latency p50 ms": float(lat.quantile(0.5)), "latency p99 ms": float(lat.quantile(0.99))}
-    fb = D.read_feedback(root)
-    if fb.num_rows:
-        joined = D.join_feedback(rows, fb.to_pandas())
-        joined = joined[joined["label"].notna() & (joined["status_code"] == 200)]
-        if len(joined):
-            live["labelled rows"] = len(joined)
-            live["accuracy"] = float(D.correct(joined).mean())
+    stats = D.request_stats(table)
+    live = {"requests": stats["requests"], "rows": len(rows), "errors": stats["errors"],
+            "latency p50 ms": stats["latency_p50_ms"], "latency p99 ms": stats["latency_p99_ms"]}
+    lab = D.labelled(root, rows)
+    if len(lab):
+        live["labelled rows"] = len(lab)
+        live["accuracy"] = float(D.correct(lab).mean())
     out.append(Section(f"Live numbers ({name}, last {since})", rows=[live]))
     try:
         table = drift(name, window=since, version=mv.ref)

@@ -153,27 +153,16 @@ def evaluate(reg, deployment: str, rule: dict[str, Any], now: float | None = Non
     since = until - dt.timedelta(seconds=seconds)
     kind, value, evidence = rule["kind"], None, {}
     if kind in ("error_rate", "latency_p99_ms"):
-        import numpy as np
-        import pyarrow.compute as pc
-
-        table = D.read_requests(root, since, until, columns=["row", "status_code", "latency_ms"])
-        first = table.filter(pc.equal(table["row"], 0)) if table.num_rows else table
-        status = first["status_code"].to_numpy() if first.num_rows else np.array([])
-        evidence = {"requests": int(len(status)), "errors": int((status >= 400).sum())}
-        if len(status):
-            if kind == "error_rate":
-                value = evidence["errors"] / len(status)
-            else:
-                value = float(np.percentile(first["latency_ms"].to_numpy(), 99))
+        stats = D.request_stats(D.read_requests(root, since, until, columns=["row", "status_code", "latency_ms"]))
+        evidence = {"requests": stats["requests"], "errors": stats["errors"]}
+        if stats["requests"]:
+            value = stats["errors"] / stats["requests"] if kind == "error_rate" else stats["latency_p99_ms"]
     elif kind == "accuracy":
-        fb = D.read_feedback(root)
-        if fb.num_rows:
-            rows = D.read_requests(root, since, until, columns=["request_id", "row", "model_version", "status_code", "prediction"])
-            joined = D.join_feedback(rows.to_pandas(), fb.to_pandas())
-            joined = joined[joined["label"].notna() & (joined["status_code"] == 200)]
-            evidence = {"labelled": len(joined)}
-            if len(joined):
-                value = float(D.correct(joined).mean())
+        rows = D.read_requests(root, since, until, columns=["request_id", "row", "model_version", "status_code", "prediction"])
+        lab = D.labelled(root, rows.to_pandas())
+        if len(lab):
+            evidence = {"labelled": len(lab)}
+            value = float(D.correct(lab).mean())
     elif kind == "drift":
         table, _, _ = _drift(deployment, rule["window"], until=until, registry=reg)
         if len(table):

@@ -70,22 +70,12 @@ def summary(deployment: str, window: str = "5min") -> dict[str, Any]:
     _, root = _root(deployment)
     seconds = D.parse_duration(window)
     table = D.read_requests(root, D.to_utc(window), None, columns=["row", "status_code", "latency_ms"])
-    out: dict[str, Any] = {"window": window, "requests": 0, "errors": 0, "requests_per_minute": 0.0,
-                           "latency_p50_ms": None, "latency_p99_ms": None}
-    if table.num_rows == 0:
-        return out
-    import numpy as np
-    import pyarrow.compute as pc
-
-    first = table.filter(pc.equal(table["row"], 0))
-    status = first["status_code"].to_numpy()
-    latency = first["latency_ms"].to_numpy()
-    p50, p99 = np.percentile(latency, [50, 99]) if len(latency) else (None, None)
-    out.update(requests=int(len(status)), errors=int((status >= 400).sum()),
-               requests_per_minute=round(len(status) * 60.0 / seconds, 2),
-               latency_p50_ms=None if p50 is None else round(float(p50), 2),
-               latency_p99_ms=None if p99 is None else round(float(p99), 2))
-    return out
+    stats = D.request_stats(table)
+    p50, p99 = stats["latency_p50_ms"], stats["latency_p99_ms"]
+    return {"window": window, "requests": stats["requests"], "errors": stats["errors"],
+            "requests_per_minute": round(stats["requests"] * 60.0 / seconds, 2),
+            "latency_p50_ms": None if p50 is None else round(p50, 2),
+            "latency_p99_ms": None if p99 is None else round(p99, 2)}
 
 
 @in_workspace

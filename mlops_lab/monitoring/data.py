@@ -236,6 +236,32 @@ def accuracy(root: CollectionStore, every: str = "1h", since=None, until=None):
     return out[cols]
 
 
+def request_stats(table) -> dict[str, Any]:
+    """Requests (first rows), errors (4xx/5xx) and latency p50/p99 (ms; None without requests)
+    of a table of collected rows with ``row``, ``status_code`` and ``latency_ms``."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    first = table.filter(pc.equal(table["row"], 0)) if table.num_rows else table
+    status = first["status_code"].to_numpy() if first.num_rows else np.array([])
+    out: dict[str, Any] = {"requests": int(len(status)), "errors": int((status >= 400).sum()),
+                           "latency_p50_ms": None, "latency_p99_ms": None}
+    if len(status):
+        p50, p99 = np.percentile(first["latency_ms"].to_numpy(), [50, 99])
+        out.update(latency_p50_ms=float(p50), latency_p99_ms=float(p99))
+    return out
+
+
+def labelled(root: CollectionStore, rows):
+    """The rows (a DataFrame of collected rows with ``request_id``, ``row`` and ``status_code``)
+    that were answered and have a feedback label, with it in ``label``."""
+    fb = read_feedback(root)
+    if fb.num_rows == 0:
+        return rows.iloc[0:0].assign(label=None)
+    joined = join_feedback(rows, fb.to_pandas())
+    return joined[joined["label"].notna() & (joined["status_code"] == 200)]
+
+
 def correct(joined):
     """Whether each labelled row's prediction equals its label: as numbers where both are
     numbers (``1`` and ``1.0`` alike), as text otherwise."""

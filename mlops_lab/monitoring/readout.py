@@ -114,9 +114,7 @@ def compare(deployment: str, *, metric: str | Callable[[np.ndarray, np.ndarray],
     if rows.empty:
         raise InvalidInput(f"deployment {deployment!r} has collected nothing" + (" in that window" if since else ""))
     a, b = _versions(reg, deployment, rows, versions)
-    fb = D.read_feedback(root)
-    joined = D.join_feedback(rows, fb.to_pandas()) if fb.num_rows else rows.assign(label=None)
-    labelled = joined[joined["label"].notna() & (joined["status_code"] == 200)]
+    labelled = D.labelled(root, rows)
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
     confidence = 1 - level
     out, samples = [], {}
