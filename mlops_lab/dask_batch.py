@@ -206,27 +206,47 @@ class _Output:
                 f.write(b"discarded")
         except OSError:
             pass  # the store does not answer: the removals below will say so
-        _remove_prefix(self.fs, self.staging_path)
+        # a part written just before the lease changed may be missing from a lagging listing:
+        # the check waits longer than such a lag (rclone's folder cache); only a failed run waits
+        _remove_prefix(self.fs, self.staging_path, settle=0.5)
         if self.published:
             _remove_prefix(self.fs, self.path)
 
 
-def _remove_prefix(fs, prefix: str) -> None:
+def _remove_prefix(fs, prefix: str, attempts: int = 5, settle: float = 0.0) -> None:
     """Every object under ``prefix``, in batches (``delete_dir_contents``; one ``delete_file`` at a
     time makes pyarrow write a folder marker, which some servers, rclone's, refuse and then list
-    the folder wrongly), then the folder's own marker if the store keeps one. A failure is logged:
-    what stays is a hidden prefix beside the output, never the output."""
-    try:
-        fs.delete_dir_contents(prefix, missing_dir_ok=True)
-    except OSError as exc:
-        import logging
+    the folder wrongly), then the folder's own marker if the store keeps one. Two removers may
+    meet here (the driver discarding a run, a task that finished after it), and a store's listing
+    may lag a write just made (rclone's folder cache), so the removal is repeated until a listing
+    shows nothing, a few times; ``settle`` seconds pass before the first listing that checks. A
+    failure is logged: what stays is a hidden prefix beside the output, never the output."""
+    from pyarrow import fs as pafs
 
-        logging.getLogger(__name__).warning("could not remove %s: %s", prefix, exc)
-        return
-    try:
-        fs.delete_dir(prefix)
-    except OSError:
-        pass  # no marker, or a server that lists an emptied folder by itself
+    error: OSError | None = None
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(0.3 * attempt)
+        try:
+            fs.delete_dir_contents(prefix, missing_dir_ok=True)
+        except OSError as exc:
+            error = exc  # e.g. the folder marker refused while the other remover emptied the folder
+        if settle and not attempt:
+            time.sleep(settle)
+        try:
+            left = [f for f in fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+                    if f.type == pafs.FileType.File]
+        except OSError as exc:
+            error, left = exc, [None]
+        if not left:
+            try:
+                fs.delete_dir(prefix)
+            except OSError:
+                pass  # no marker, or a server that lists an emptied folder by itself
+            return
+    import logging
+
+    logging.getLogger(__name__).warning("could not remove %s: %s", prefix, error or "objects stay after removal")
 
 
 def score_on_dask(mv, settings, data: Any, output: Any, *, address: str | None, client: Any,
