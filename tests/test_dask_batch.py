@@ -266,3 +266,63 @@ def test_a_dataset_scored_from_s3_to_s3_is_published_whole_or_not_at_all(cluster
     while staged_parts() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert staged_parts() == []
+
+
+def test_a_removal_that_fails_midway_is_repeated_until_the_prefix_is_empty(s3_server, monkeypatch, caplog):
+    """On the S3 server, the first removal of a staging prefix fails with an OSError and removes
+    nothing, as rclone's refused folder marker made it fail in CI when the driver's and a late
+    task's removals met: ``_remove_prefix`` tries again and nothing is left. A store that
+    refuses every try leaves the prefix and a warning naming it, and raises nothing (a hidden
+    prefix beside the output, never the output)."""
+    import logging
+    import uuid
+
+    from pyarrow import fs as pafs
+
+    from mlops_lab.dask_batch import _remove_prefix
+    from mlops_lab.object_storage import s3_filesystem
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    fs = s3_filesystem(s3_server.endpoint)
+    prefix = f"{s3_server.bucket}/.out.staging-{uuid.uuid4().hex[:8]}"
+    for i in range(3):
+        with fs.open_output_stream(f"{prefix}/part-{i:05d}.parquet") as f:
+            f.write(b"x" * 100)
+
+    def files() -> list[str]:
+        found = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+        return sorted(f.path for f in found if f.type == pafs.FileType.File)
+
+    class FailsFirst:
+        """The store, except that its first ``failures`` emptyings remove nothing and raise."""
+
+        def __init__(self, inner, failures: int) -> None:
+            self.inner, self.failures, self.calls = inner, failures, 0
+
+        def delete_dir_contents(self, path, missing_dir_ok=False):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise OSError("AWS Error INTERNAL_FAILURE during PutObject operation")
+            return self.inner.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    flaky = FailsFirst(fs, failures=1)
+    assert len(files()) == 3
+    _remove_prefix(flaky, prefix)
+    assert files() == [] and flaky.calls == 2
+    # every try refused: the objects stay, one warning names the prefix, nothing is raised
+    # (a new prefix: rclone refuses a write into a folder it has just removed for a moment)
+    prefix += "-2"
+    for i in range(2):
+        with fs.open_output_stream(f"{prefix}/part-{i:05d}.parquet") as f:
+            f.write(b"y")
+    refusing = FailsFirst(fs, failures=99)
+    with caplog.at_level(logging.WARNING, logger="mlops_lab.dask_batch"):
+        _remove_prefix(refusing, prefix, attempts=2)
+    assert refusing.calls == 2 and len(files()) == 2
+    assert any(prefix in r.getMessage() and "INTERNAL_FAILURE" in r.getMessage() for r in caplog.records)
+    _remove_prefix(fs, prefix)
+    assert files() == []
