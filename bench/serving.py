@@ -22,7 +22,9 @@ send (``bench/peers/``):
   ``{"instances": rows}``;
 * ``bare``: uvicorn + Starlette + orjson calling the model on an array (a DataFrame for the
   pipeline), nothing else: the ceiling of the stack (``bench/_bare_server.py``);
-* ``noop``: the same stack answering a constant (``bench/peers/noop_server.py``).
+* ``noop``: the same stack answering a constant (``bench/peers/noop_server.py``);
+* ``shadow``: ``mlops_lab`` with the same model registered again and run as its shadow on every
+  request (``update(..., shadow=True)``): what a shadow costs the serving version.
 
 Every server's answer is checked against the model's own ``predict`` before it is measured. The
 peers' environments are made on first run (``bench/.venv-<peer>``). Load: ``wrk`` at 1, 8 and 64
@@ -341,7 +343,7 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
-SERVERS = ("mlops_lab", "mlflow", "bentoml", "mlserver", "kserve", "bare", "noop")
+SERVERS = ("mlops_lab", "mlflow", "bentoml", "mlserver", "kserve", "bare", "noop", "shadow")
 PATHS = {"bentoml": "/predict", "mlserver": "/v2/models/model/infer", "kserve": "/v1/models/model:predict"}
 
 
@@ -395,10 +397,13 @@ def main(argv: list[str] | None = None) -> int:
             procs, servers = [], []
             try:
                 for sname in names:
-                    if sname == "mlops_lab":
+                    if sname in ("mlops_lab", "shadow"):
                         t0 = time.perf_counter()
-                        dep = ml.deploy(shape_name, name=shape_name, workers=args.workers, progress=False)
+                        dep = ml.deploy(f"{shape_name}:1", name=f"{shape_name}-{sname}", workers=args.workers, progress=False)
                         ready[sname].append(time.perf_counter() - t0)
+                        if sname == "shadow":  # the same model as version 2, in the shadow of version 1
+                            ml.register_model(shape.model, shape_name, sample_input=shape.sample())
+                            dep.update(f"{shape_name}:2", shadow=True, progress=False)
                         # deploy() returns with the first server; the others join within seconds
                         wait_until(lambda dep=dep: len(dep.status().details["servers"]) == args.workers, timeout=60)
                         servers.append((sname, dep.url + "/invocations", {"Authorization": f"Bearer {dep.keys['primary']}"}))
@@ -463,6 +468,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {shape_name} | {rows} | {c} | " + " | ".join(cells)
               + f" | {ratio(best)} ({best_name}) | {ratio(by.get('noop'))} | {ratio(by.get('mlflow'))} | "
               + (f"{ours['p50']:.2f} / {best['p50']:.2f} | {ours['p99']:.2f} / {best['p99']:.2f} |" if ours and best else "- | - |"))
+    if "shadow" in names and "mlops_lab" in names:
+        print()
+        print("shadow cost: the same deployment with the same model in the shadow on every request, against none")
+        print("| shape | rows | conns | req/s: none / shadow | p50 ms: none / shadow | p99 ms: none / shadow | p50 cost |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for (shape_name, rows, c), by in table.items():
+            a, b = by["mlops_lab"], by["shadow"]
+            print(f"| {shape_name} | {rows} | {c} | {a['rps']:.0f} / {b['rps']:.0f} | {a['p50']:.2f} / {b['p50']:.2f} | "
+                  f"{a['p99']:.2f} / {b['p99']:.2f} | {b['p50'] / a['p50'] - 1:+.1%} |")
     print()
     print("start-up, spawn to ready (median over shapes): " + ", ".join(
         f"{n} {statistics.median(ts):.2f} s" for n, ts in ready.items() if ts))

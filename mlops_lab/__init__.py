@@ -95,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .cards import model_card  # noqa: F401
     from .deployers.api import (  # noqa: F401
         delete_deployment,
+        delete_shadow,
         deploy,
         get_deployment,
         list_deployments,

@@ -118,7 +118,7 @@ def cmd_update(args) -> int:
     import mlops_lab as ml
 
     ref = Path(args.ref) if Path(args.ref).exists() else args.ref  # a model file: registered first
-    d = ml.update(args.deployment, ref, traffic=args.traffic, progress=not args.json)
+    d = ml.update(args.deployment, ref, traffic=args.traffic, shadow=args.shadow or False, progress=not args.json)
     data = {**d.to_dict(), "registered": d.registered.ref if d.registered else None}
     _out(args, data, (f"registered {d.registered.ref}\n" if d.registered else "") + f"{d.name}: revision {d.revision}")
     return 0
@@ -137,6 +137,14 @@ def cmd_restart(args) -> int:
 
     d = ml.restart(args.deployment, progress=not args.json)
     _out(args, d.to_dict(), f"{d.name}: revision {d.revision} at {d.url}")
+    return 0
+
+
+def cmd_delete_shadow(args) -> int:
+    import mlops_lab as ml
+
+    d = ml.delete_shadow(args.deployment, progress=not args.json)
+    _out(args, d.to_dict(), f"{d.name}: revision {d.revision}, no shadow")
     return 0
 
 
@@ -398,10 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("deployment")
     p.add_argument("ref")
     p.add_argument("--traffic", type=float, help="canary share in percent")
+    p.add_argument("--shadow", type=float, nargs="?", const=1.0, metavar="SHARE",
+                   help="run it beside the serving version on a copy of the requests (all, or SHARE of them, "
+                        "0-1), its answers collected, never returned")
     p.set_defaults(func=cmd_update)
 
     for name, func, text in (("rollback", cmd_rollback, "serve the previous revision"),
-                             ("promote", cmd_promote, "complete a canary"),
+                             ("promote", cmd_promote, "complete a canary (or a shadow)"),
+                             ("delete-shadow", cmd_delete_shadow, "stop a deployment's shadow"),
                              ("restart", cmd_restart, "start the current revision again at the same address"),
                              ("status", cmd_status, "reconciled state; exit 10 unless healthy"),
                              ("undeploy", cmd_undeploy, "stop and forget a deployment")):

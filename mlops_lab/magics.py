@@ -100,16 +100,20 @@ class MlopsLabMagics(Magics):
     @argument("deployment")
     @argument("ref", help="the version to serve, or a variable holding a model to register first")
     @argument("--traffic", type=float, help="canary share in percent (then %%promote or %%rollback)")
+    @argument("--shadow", type=float, nargs="?", const=1.0, metavar="SHARE",
+              help="run it beside the serving version on a copy of the requests (all, or SHARE of them), "
+                   "answers collected, never returned (then %%compare, %%promote or %%undeploy --shadow)")
     @argument("--sample", metavar="VAR", help="with a model variable: a sample input (gives the signature)")
     @argument("--baseline", metavar="VAR", help="with a model variable: training data (reference for drift)")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
     def update(self, args):
-        """Serve another version with no downtime (a canary with --traffic). Given a variable
-        holding a model, register it as the next version of the served model first."""
+        """Serve another version with no downtime (a canary with --traffic, a shadow with
+        --shadow). Given a variable holding a model, register it as the next version of the
+        served model first."""
         from .deployers.api import update
 
-        return update(args.deployment, self._model_or_ref(args.ref), traffic=args.traffic,
+        return update(args.deployment, self._model_or_ref(args.ref), traffic=args.traffic, shadow=args.shadow or False,
                       sample_input=self._var(args.sample), baseline=self._var(args.baseline))
 
     @line_magic
@@ -128,6 +132,17 @@ class MlopsLabMagics(Magics):
     @argument("deployment")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
+    def promote(self, args):
+        """Complete a canary (or a shadow): its version takes all the traffic of its route."""
+        from .deployers.api import promote
+
+        return promote(args.deployment)
+
+    @line_magic
+    @magic_arguments()
+    @argument("deployment")
+    @argument("--debug", action="store_true", help="show the traceback of an error")
+    @_friendly
     def restart(self, args):
         """Start a deployment's current revision again at the same address (e.g. after a crash)."""
         from .deployers.api import restart
@@ -137,12 +152,15 @@ class MlopsLabMagics(Magics):
     @line_magic
     @magic_arguments()
     @argument("deployment")
+    @argument("--shadow", action="store_true", help="stop only its shadow; what serves stays")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
     def undeploy(self, args):
-        """Stop and forget a deployment."""
-        from .deployers.api import delete_deployment
+        """Stop and forget a deployment (with --shadow: stop its shadow)."""
+        from .deployers.api import delete_deployment, delete_shadow
 
+        if args.shadow:
+            return delete_shadow(args.deployment)
         return delete_deployment(args.deployment)
 
     @line_magic
@@ -217,19 +235,27 @@ class MlopsLabMagics(Magics):
     @argument("--metric", default="accuracy", help="accuracy (from feedback labels), mae or rmse")
     @argument("--level", type=float, default=0.05, help="significance level")
     @argument("--since", help="how far back: 30min, 1h, 7d (default: everything collected)")
+    @argument("--chart", action="store_true", help="a shadow's readout: show its chart too")
     @argument("--debug", action="store_true", help="show the traceback of an error")
     @_friendly
     def compare(self, args):
-        """The A/B readout of a canary: each version's live metric, the test, the verdict."""
+        """The A/B readout of a canary (each version's live metric, the test, the verdict), or
+        of a shadow (agreement or differences, prediction shift, latency) on the same requests."""
         from .monitoring.readout import compare
 
-        return compare(args.deployment, metric=args.metric, level=args.level, since=args.since)
+        result = compare(args.deployment, metric=args.metric, level=args.level, since=args.since)
+        if args.chart and hasattr(result, "chart"):
+            from IPython.display import display
+
+            display(result)
+            return result.chart()
+        return result
 
 
 # -- tab completion ---------------------------------------------------------------------------
 # What each magic's positional arguments name, in order.
 _POSITIONALS = {
-    "deploy": ["ref"], "update": ["deployment", "ref"], "rollback": ["deployment"], "restart": ["deployment"], "undeploy": ["deployment"],
+    "deploy": ["ref"], "update": ["deployment", "ref"], "rollback": ["deployment"], "promote": ["deployment"], "restart": ["deployment"], "undeploy": ["deployment"],
     "monitor": ["deployment"], "compare": ["deployment"], "model_card": ["ref"], "models": ["model"], "register_model": ["variable"],
 }
 

@@ -36,7 +36,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
         "delete_model_version", "delete_model", "gc",
     ),
     "mlops_lab.deployers.api": (
-        "deploy", "get_deployment", "list_deployments", "update", "promote", "rollback", "restart",
+        "deploy", "get_deployment", "list_deployments", "update", "promote", "delete_shadow", "rollback", "restart",
         "delete_deployment", "regenerate_key",
     ),
     "mlops_lab.monitoring.api": ("collected_data", "metrics", "summary", "drift", "monitor", "record_feedback"),

@@ -95,3 +95,37 @@ def test_dry_run_prints_valid_kubernetes_manifests_and_export_makes_a_bundle(sql
     out = run("export", "iris:1", str(tmp_path / "edge"), "--json")
     doc = json.loads(out.stdout)
     assert (tmp_path / "edge" / "run.sh").is_file() and set(doc["keys"]) == {"primary", "secondary"}
+
+
+def test_a_shadow_from_the_cli_update_compare_delete_shadow(sqlite_registry, tmp_path, iris, trained):
+    import time
+
+    from sklearn.linear_model import LogisticRegression
+
+    import mlops_lab as ml
+
+    X, y = iris
+    other = LogisticRegression(C=0.01, max_iter=500).fit(X, y)  # agrees with `trained` on most rows, not all
+    for i, model in enumerate((trained, other)):
+        (tmp_path / f"clf{i}.pkl").write_bytes(pickle.dumps(model))
+        run("register", str(tmp_path / f"clf{i}.pkl"), "--name", "iris")
+    run("deploy", "iris:1", "--name", "svc")
+    proc = run("update", "svc", "iris:2", "--shadow", "2", check_code=4)
+    assert "shadow must be True or the share of requests to copy" in proc.stderr
+    upd = json.loads(run("update", "svc", "iris:2", "--shadow", "--json").stdout)
+    assert [(m["version"], m.get("shadow")) for m in upd["models"]] == [(1, None), (2, 1.0)]
+    rows = X.to_numpy().tolist()
+    scored = json.loads(run("score", "svc", "--data", json.dumps({"data": rows})).stdout)
+    assert scored == trained.predict(X.to_numpy()).tolist()  # the serving version's answers only
+    deadline = time.monotonic() + 30
+    while len(ml.collected_data("svc", shadow=True)) < len(X) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    readout = json.loads(run("compare", "svc", "--json").stdout)
+    want = float((trained.predict(X.to_numpy()) == other.predict(X.to_numpy())).mean())
+    assert (readout["kind"], readout["pairs"], readout["shadow"]) == ("classification", len(X), "iris:2")
+    assert readout["agreement"] == pytest.approx(want) and want < 1
+    assert run("compare", "svc").stdout.startswith(f"iris:2 agrees with iris:1 on {want:.1%} of 150 rows")
+    assert json.loads(run("delete-shadow", "svc", "--json").stdout)["models"] == [
+        {"name": "iris", "version": 1, "traffic": 100, "route": "iris"}]
+    assert "has no shadow" in run("delete-shadow", "svc", check_code=4).stderr
+    run("undeploy", "svc")

@@ -174,3 +174,36 @@ def test_deploy_shows_progress_and_monitor_refresh_returns_a_live_panel(shell, i
         shell.run_line_magic("monitor", "nope --refresh 5")
     with pytest.raises(UsageError, match="at least 1"):
         shell.run_line_magic("monitor", "svc --refresh 0.1")
+
+
+def test_a_shadow_from_magics_update_compare_chart_undeploy_shadow(shell, iris, trained):
+    import time
+
+    import mlops_lab as ml
+
+    X, _ = iris
+    shell.user_ns.update(clf=trained, X=X)
+    shell.run_line_magic("register_model", "clf --name iris --sample X")
+    shell.run_line_magic("register_model", "clf --name iris --sample X")
+    shell.run_line_magic("deploy", "iris:1 --name svc")
+    d = shell.run_line_magic("update", "svc iris:2 --shadow 0.5")
+    assert d.shadows == [{"name": "iris", "version": 2, "traffic": 0, "route": "iris", "shadow": 0.5}]
+    assert "iris:2 (shadow of 50%)" in d._repr_html_()
+    for _ in range(20):
+        d.predict(X.iloc[:5])
+    deadline = time.monotonic() + 30
+    while ml.collected_data("svc", shadow=True).empty and time.monotonic() < deadline:
+        time.sleep(0.3)
+    chart = shell.run_line_magic("compare", "svc --chart")
+    assert "image/png" in chart._repr_mimebundle_() and "hconcat" in chart.vegalite()
+    readout = shell.run_line_magic("compare", "svc")
+    assert readout.agreement == 1.0 and "iris:2 agrees with iris:1 on 100.0%" in readout._repr_html_()
+    d = shell.run_line_magic("undeploy", "svc --shadow")
+    assert d.shadows == [] and [m["version"] for m in d.models] == [1]
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="deployment 'svc' has no shadow"):
+        shell.run_line_magic("undeploy", "svc --shadow")
+    shell.run_line_magic("update", "svc iris:2 --shadow")
+    d = shell.run_line_magic("promote", "svc")
+    assert [(m["version"], m["traffic"]) for m in d.models] == [(2, 100)] and d.shadows == []

@@ -73,12 +73,25 @@ CHECKS: dict[str, dict[str, list[str]]] = {
         "8b77dca2": ["assert json.loads(out.n) == [0, 0, 0]"],
         "7400424f": ["output:exit code: 3"],
     },
+    "06_decide": {
+        "3f9b2d64": ['assert d.shadows == [{"name": "tumour", "version": 2, "traffic": 0, "route": "tumour", "shadow": 1.0}]'],
+        "d41e7a93": ['assert set(ml.collected_data("tumour-svc").model_version) == {"tumour:1"}'],
+        "b7c4e158": [
+            'assert (shadow_readout.kind, shadow_readout.pairs) == ("classification", len(X_live))',
+            "assert shadow_readout.agreement == (stump.predict(X_live) == logreg.predict(X_live)).mean() < 1",
+        ],
+        "e90f3a2c": ["output:MonitorChart"],
+        "c3e85b07": ['assert ab.significant and ab.winner == "tumour:2", ab.verdict'],
+        "4b96d7a2": ['assert not check.ok and [f["rule"]["kind"] for f in check.firings] == ["accuracy"]'],
+        "91c0f4ad": ['assert [(m["version"], m["traffic"]) for m in d.models] == [(2, 100)]'],
+        "a26f9e31": ['assert "tumour-svc" in card._repr_html_() and "Logistic regression" in card._repr_html_()'],
+    },
 }
 
 
 def test_the_tutorials_tell_the_whole_story():
     names = [p.stem for p in NOTEBOOKS]
-    assert names == ["01_register", "02_deploy", "03_monitor", "04_update", "05_cicd"]
+    assert names == ["01_register", "02_deploy", "03_monitor", "04_update", "05_cicd", "06_decide"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

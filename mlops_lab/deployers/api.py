@@ -24,6 +24,7 @@ __all__ = [
     "list_deployments",
     "update",
     "promote",
+    "delete_shadow",
     "rollback",
     "delete_deployment",
     "regenerate_key",
@@ -222,25 +223,33 @@ def list_deployments() -> list[Deployment]:
 
 
 @in_workspace
-def update(name: str, ref: Any, *, traffic: float | None = None, route: str | None = None, progress: bool = True,
-           sample_input: Any = None, baseline: Any = None, tags: Any = None, properties: Any = None,
-           description: str | None = None, allow_missing: Any = None) -> Deployment:
+def update(name: str, ref: Any, *, traffic: float | None = None, shadow: bool | float = False, route: str | None = None,
+           progress: bool = True, sample_input: Any = None, baseline: Any = None, tags: Any = None,
+           properties: Any = None, description: str | None = None, allow_missing: Any = None) -> Deployment:
     """Serve ``ref`` in deployment ``name`` with no downtime; ``traffic=10`` makes it a canary
-    taking 10 % of the requests of its route until :func:`promote`.
+    taking 10 % of the requests of its route until :func:`promote`; ``shadow=True`` (or a share,
+    ``shadow=0.25``) runs it beside the serving version on a copy of the requests, its answers
+    collected and never returned, until :func:`promote` or :func:`delete_shadow`.
 
     ``ref`` may also be a model object (or a file or folder path): it is registered first, as the
     next version of the model the route serves (``sample_input``, ``baseline``, ``tags``, ...
     go to :func:`~mlops_lab.register_model`), and the returned deployment's ``registered`` says
     which version that is."""
-    return get_deployment(name).update(ref, traffic, route=route, progress=progress, sample_input=sample_input,
+    return get_deployment(name).update(ref, traffic, shadow=shadow, route=route, progress=progress, sample_input=sample_input,
                                        baseline=baseline, tags=tags, properties=properties,
                                        description=description, allow_missing=allow_missing)
 
 
 @in_workspace
 def promote(name: str, *, progress: bool = True) -> Deployment:
-    """Finish a canary: its version takes all the traffic of its route."""
+    """Finish a canary (or, with none, a shadow): its version takes all the traffic of its route."""
     return get_deployment(name).promote(progress=progress)
+
+
+@in_workspace
+def delete_shadow(name: str, *, progress: bool = True) -> Deployment:
+    """Stop deployment ``name``'s shadows; what serves is unchanged, their collected answers stay."""
+    return get_deployment(name).delete_shadow(progress=progress)
 
 
 @in_workspace

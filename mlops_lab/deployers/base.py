@@ -144,15 +144,12 @@ class Deployment:
         return self
 
     def __repr__(self) -> str:
-        models = ", ".join(f"{m['name']}:{m['version']}" + (f" ({m['traffic']:g}%)" if "traffic" in m and len(self.models) > 1 else "") for m in self.models)
+        models = ", ".join(f"{m['name']}:{m['version']}" + _share(m, len(self.models)) for m in self.models)
         return f"<Deployment {self.name} {self.target} {self.url} revision={self.revision} models=[{models}]>"
 
     def _models_html(self) -> str:
         e = html.escape
-        return "<br>".join(
-            e(f"{m['name']}:{m['version']}") + (e(f" ({m['traffic']:g}%)") if "traffic" in m and len(self.models) > 1 else "")
-            for m in self.models
-        )
+        return "<br>".join(e(f"{m['name']}:{m['version']}" + _share(m, len(self.models))) for m in self.models)
 
     def _repr_html_(self) -> str:
         e = html.escape
@@ -200,12 +197,16 @@ class Deployment:
     def logs(self, tail: int = 100) -> str:
         return self._deployer().logs(self._record, tail)
 
-    def update(self, ref: Any, traffic: float | None = None, *, route: str | None = None, progress: bool = True,
-               sample_input: Any = None, baseline: Any = None, tags: Any = None, properties: Any = None,
-               description: str | None = None, allow_missing: Any = None) -> Deployment:
+    def update(self, ref: Any, traffic: float | None = None, *, shadow: bool | float = False, route: str | None = None,
+               progress: bool = True, sample_input: Any = None, baseline: Any = None, tags: Any = None,
+               properties: Any = None, description: str | None = None, allow_missing: Any = None) -> Deployment:
         """Serve ``ref`` instead of the current version, with no downtime; with ``traffic=10``,
         send it 10 % of the requests of its route (a canary) and keep the rest on the current
-        version until :meth:`promote`. ``ref`` may be a model object: it is registered first, as
+        version until :meth:`promote`. With ``shadow=True`` (or ``shadow=0.25``, a share of the
+        requests), ``ref`` runs beside the serving version and gets a copy of its requests: its
+        answers are collected (:func:`~mlops_lab.compare` reads them against the served ones),
+        never returned, and callers never wait for it; :meth:`promote` makes it serve,
+        :meth:`delete_shadow` stops it. ``ref`` may be a model object: it is registered first, as
         the next version of the model the route serves (``sample_input``, ``baseline``, ``tags``,
         ... go to :func:`~mlops_lab.register_model`), and ``registered`` then names it."""
         from ..refs import parse_ref
@@ -224,6 +225,10 @@ class Deployment:
             ref = registered.ref
         else:
             _no_register_args(register, ref)
+        share = _shadow_share(shadow)
+        if share and traffic is not None:
+            raise InvalidInput("give traffic= (a canary, which answers callers) or shadow= (a copy of the requests, "
+                               "which does not), not both")
         new = parse_ref(reg.resolve(ref))
         if traffic is not None and not (0 < traffic < 100):
             raise InvalidInput(f"traffic must be between 0 and 100 (exclusive), got {traffic}",
@@ -237,17 +242,29 @@ class Deployment:
                                   hint="routes: " + ", ".join(dict.fromkeys(routes)))
         others = [m for m in record.models if (m.get("route") or m["name"]) != route]
         current = [m for m in record.models if (m.get("route") or m["name"]) == route]
-        if traffic is None:
-            mine = [{"name": new.name, "version": new.version, "traffic": 100, "route": route}]
+        serving = [m for m in current if not m.get("shadow")]
+        # the route's shadows stay through an update, but for the version it now serves or shadows
+        shadows = [m for m in current if m.get("shadow") and (m["name"], m["version"]) != (new.name, new.version)]
+        if share:
+            if any((m["name"], m["version"]) == (new.name, new.version) for m in serving):
+                raise InvalidInput(f"{new} serves route {route!r} of {self.name!r} already: a shadow is another version")
+            mine = serving + [{"name": new.name, "version": new.version, "traffic": 0, "route": route, "shadow": share}]
+            note = f"shadow {new} on {share:.0%} of the requests"
+            doing = f" (a shadow on {share:.0%} of the requests)"
+        elif traffic is None:
+            mine = [{"name": new.name, "version": new.version, "traffic": 100, "route": route}, *shadows]
             note = f"update to {new}"
+            doing = ""
         else:
-            stable = next((m for m in current if not m.get("canary")), current[0])
+            stable = next((m for m in serving if not m.get("canary")), serving[0])
             mine = [
                 {"name": stable["name"], "version": stable["version"], "traffic": 100 - traffic, "route": route},
                 {"name": new.name, "version": new.version, "traffic": traffic, "route": route, "canary": True},
+                *shadows,
             ]
             note = f"canary {new} at {traffic:g}%"
-        prog = Progress(f"updating {self.name!r} to {new}" + (f" ({traffic:g}% canary)" if traffic else ""), progress)
+            doing = f" ({traffic:g}% canary)"
+        prog = Progress(f"updating {self.name!r} to {new}{doing}", progress)
         try:
             record = self._deployer().update(record, others + mine, note, prog)
         except DeploymentFailed as exc:
@@ -260,20 +277,40 @@ class Deployment:
         return self._done(record)
 
     def promote(self, *, progress: bool = True) -> Deployment:
-        """Complete a canary: the new version takes all the traffic of its route."""
+        """Complete a canary (or, with none, a shadow): its version takes all the traffic of its
+        route. The route's other shadows stay."""
         record = self.refresh()._record
-        canaries = [m for m in record.models if m.get("canary")]
-        if not canaries:
-            raise InvalidInput(f"deployment {self.name!r} has no canary to promote",
-                               hint="start one with update(ref, traffic=10)")
-        c = canaries[0]
+        candidates = [m for m in record.models if m.get("canary")] or [m for m in record.models if m.get("shadow")]
+        if not candidates:
+            raise InvalidInput(f"deployment {self.name!r} has no canary or shadow to promote",
+                               hint="start one with update(ref, traffic=10) or update(ref, shadow=True)")
+        c = candidates[0]
         route = c.get("route") or c["name"]
-        models = [m for m in record.models if (m.get("route") or m["name"]) != route]
+        models = [m for m in record.models if (m.get("route") or m["name"]) != route or (m.get("shadow") and m is not c)]
         models.append({"name": c["name"], "version": c["version"], "traffic": 100, "route": route})
         prog = Progress(f"promoting {c['name']}:{c['version']} in {self.name!r}", progress)
         record = self._deployer().update(record, models, f"promote {c['name']}:{c['version']}", prog)
         prog.done(f"revision {record.revision} serving")
         return self._done(record)
+
+    def delete_shadow(self, *, progress: bool = True) -> Deployment:
+        """Stop the deployment's shadows (a new revision without them; what serves is unchanged).
+        Their collected answers stay."""
+        record = self.refresh()._record
+        shadows = [m for m in record.models if m.get("shadow")]
+        if not shadows:
+            raise InvalidInput(f"deployment {self.name!r} has no shadow", hint="start one with update(ref, shadow=True)")
+        refs = ", ".join(f"{m['name']}:{m['version']}" for m in shadows)
+        prog = Progress(f"stopping the shadow {refs} of {self.name!r}", progress)
+        record = self._deployer().update(record, [m for m in record.models if not m.get("shadow")],
+                                         f"delete shadow {refs}", prog)
+        prog.done(f"revision {record.revision} serving")
+        return self._done(record)
+
+    @property
+    def shadows(self) -> list[dict[str, Any]]:
+        """The versions that get a copy of the requests (``update(ref, shadow=...)``)."""
+        return [m for m in self.models if m.get("shadow")]
 
     def rollback(self, *, progress: bool = True) -> Deployment:
         """Return to the previous revision (recorded as a new revision)."""
@@ -346,22 +383,26 @@ class Deployment:
 
     # -- calling it ------------------------------------------------------------------------
 
-    def predict(self, data: Any, *, path: str = "score", timeout: float = 60.0) -> Any:
+    def predict(self, data: Any, *, path: str = "score", timeout: float = 60.0, request_id: str | None = None) -> Any:
         """Send ``data`` (rows, records, a DataFrame or an array) to ``/score`` and return the
-        predictions. Errors come back as the matching :class:`~mlops_lab.MlopsLabError`."""
+        predictions. ``request_id`` is sent as ``X-Request-Id``: the id the collected rows have,
+        for :func:`~mlops_lab.record_feedback` once the true label is known. Errors come back as
+        the matching :class:`~mlops_lab.MlopsLabError`."""
         from ..registry.signature import _is_dataframe, _is_ndarray
 
         if _is_dataframe(data):
             data = data.to_dict("records")
         elif _is_ndarray(data):
             data = data.tolist()
-        return self.call(path, {"data": data}, timeout=timeout)
+        return self.call(path, {"data": data}, timeout=timeout,
+                         headers={"X-Request-Id": request_id} if request_id is not None else None)
 
-    def call(self, path: str, body: Any = None, *, method: str = "POST", timeout: float = 60.0, raw: bytes | None = None, content_type: str = "application/json") -> Any:
+    def call(self, path: str, body: Any = None, *, method: str = "POST", timeout: float = 60.0, raw: bytes | None = None,
+             content_type: str = "application/json", headers: dict[str, str] | None = None) -> Any:
         """Call any route of the deployment with its key; returns the decoded JSON answer."""
         url = self.url.rstrip("/") + "/" + path.lstrip("/")
         data = raw if raw is not None else (orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) if body is not None else None)
-        req = urllib.request.Request(url, data=data, method=method)
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         req.add_header("Content-Type", content_type)
         if self.keys:
             req.add_header("Authorization", f"Bearer {self.keys['primary']}")
@@ -373,6 +414,25 @@ class Deployment:
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise DeploymentFailed(f"deployment {self.name!r} does not answer at {url}: {getattr(exc, 'reason', exc)}",
                                    hint="see .status() and .logs()") from None
+
+
+def _share(m: dict[str, Any], count: int) -> str:
+    """How a version of a deployment takes its requests, as its listing says it."""
+    if m.get("shadow"):
+        return f" (shadow of {m['shadow']:.0%})"
+    return f" ({m['traffic']:g}%)" if "traffic" in m and count > 1 else ""
+
+
+def _shadow_share(shadow: Any) -> float:
+    """``shadow=`` as the share of requests copied (0: no shadow)."""
+    if shadow is False or shadow is None:
+        return 0.0
+    if shadow is True:
+        return 1.0
+    if isinstance(shadow, (int, float)) and not isinstance(shadow, bool) and 0 < shadow <= 1:
+        return float(shadow)
+    raise InvalidInput(f"shadow must be True or the share of requests to copy, in (0, 1], got {shadow!r}",
+                       hint="shadow=0.25 copies a quarter of the requests")
 
 
 def is_reference(obj: Any) -> bool:

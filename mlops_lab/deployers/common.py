@@ -44,7 +44,8 @@ def runtime_spec(name: str, models: list[dict[str, Any]], config: dict[str, Any]
     return {
         "deployment": name, "revision": revision,
         "models": [{"name": m["name"], "version": m["version"], "traffic": m.get("traffic", 100), **model_folder(m),
-                    **({"route": m["route"]} if m.get("route") else {})} for m in models],
+                    **({"route": m["route"]} if m.get("route") else {}),
+                    **({"shadow": m["shadow"]} if m.get("shadow") else {})} for m in models],
         "entry_script": None,
         "keys_file": keys_file if config.get("auth", True) else None,
         "body_limit": config.get("body_limit"), "batching": config.get("batching", {}),

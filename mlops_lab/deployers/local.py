@@ -39,6 +39,8 @@ def prepare_revision(registry, name: str, models: list[dict[str, Any]], config: 
         entry = {"name": m["name"], "version": m["version"], "traffic": m.get("traffic", 100), "folder": str(dest)}
         if m.get("route"):
             entry["route"] = m["route"]
+        if m.get("shadow"):
+            entry["shadow"] = m["shadow"]
         entries.append(entry)
     entry_script = None
     script = config.get("entry_script")

@@ -29,8 +29,10 @@ def _root(deployment: str, registry=None, must_exist: bool = True):
 
 @in_workspace
 def collected_data(deployment: str, since: Any = None, until: Any = None, version: str | None = None,
-                   columns: list[str] | None = None, with_feedback: bool = False):
+                   columns: list[str] | None = None, with_feedback: bool = False, shadow: bool = False):
     """Everything deployment ``deployment`` collected, one row per input row, as a DataFrame.
+    ``shadow=True``: what its shadows answered instead (``update(ref, shadow=True)``), with
+    the request ids of the requests they were copies of.
 
     ``since``/``until`` take a datetime, an ISO string or a duration before now (``"1h"``);
     ``version`` a ``"name:version"``; ``columns`` a subset. Filters are pushed down to the files.
@@ -45,7 +47,7 @@ def collected_data(deployment: str, since: Any = None, until: Any = None, versio
     _, root = _root(deployment)
     if with_feedback and columns is not None:
         columns = list(dict.fromkeys([*columns, "request_id", "row"]))
-    table = D.read_requests(root, D.to_utc(since), D.to_utc(until), version, columns)
+    table = D.read_requests(D.shadow_root(root) if shadow else root, D.to_utc(since), D.to_utc(until), version, columns)
     df = table.to_pandas()
     if with_feedback:
         fb = D.read_feedback(root)
@@ -97,8 +99,9 @@ def record_feedback(deployment: str, request_id: str | list[str], label: Any, ro
 def _served_version(reg, deployment: str, requests) -> str | None:
     try:
         rec = reg.get_deployment(deployment)
-        if rec.models:
-            m = rec.models[-1] if any(x.get("canary") for x in rec.models) else rec.models[0]
+        serving = [x for x in rec.models if not x.get("shadow")]
+        if serving:
+            m = next((x for x in serving if x.get("canary")), serving[0])
             return f"{m['name']}:{m['version']}"
     except NotFound:
         pass

@@ -58,6 +58,13 @@ def collection_root(settings, deployment: str) -> CollectionStore:
     return CollectionStore.of(settings).deployment(deployment)
 
 
+def shadow_root(root: CollectionStore) -> CollectionStore:
+    """The part of a deployment's collected data its shadows' answers are in."""
+    from .records import SHADOW_PART
+
+    return _store(root).deployment(SHADOW_PART)
+
+
 def _store(root: CollectionStore | str | os.PathLike) -> CollectionStore:
     """A deployment's part of a collection store, or its folder."""
     return root if isinstance(root, CollectionStore) else CollectionStore(os.fspath(root))

@@ -22,6 +22,7 @@ from ..errors import InvalidInput, NotFound
 from ..workspace import in_workspace
 from . import ab
 from . import data as D
+from .shadow import ShadowComparison, compare_shadow, shadow_of
 
 __all__ = ["compare", "Comparison"]
 
@@ -70,7 +71,7 @@ def _versions(reg, deployment: str, rows, given) -> list[str]:
         return [str(v) for v in given]
     try:
         record = reg.get_deployment(deployment)
-        served = [m for m in record.models if m.get("traffic", 100) < 100]
+        served = [m for m in record.models if m.get("traffic", 100) < 100 and not m.get("shadow")]
         if len(served) >= 2:
             served.sort(key=lambda m: bool(m.get("canary")))
             return [f"{m['name']}:{m['version']}" for m in served[:2]]
@@ -86,11 +87,17 @@ def _versions(reg, deployment: str, rows, given) -> list[str]:
 @in_workspace
 def compare(deployment: str, *, metric: str | Callable[[np.ndarray, np.ndarray], float] = "accuracy",
             level: float = 0.05, since: Any = None, versions: tuple[str, str] | None = None,
-            higher_is_better: bool | None = None) -> Comparison:
+            higher_is_better: bool | None = None, shadow: bool | str | None = None) -> Comparison | ShadowComparison:
     """Each version's live ``metric`` (from feedback labels) with a ``1 - level`` interval, the
     test of B (the canary) against A (the stable version), and a verdict only when their
     difference is significant at ``level``; otherwise how many more labelled rows would likely
     tell (at 80 % power). ``higher_is_better`` is for a ``metric`` function (default True).
+
+    A deployment with a shadow (``update(ref, shadow=True)``) gets the shadow's readout instead,
+    a :class:`~mlops_lab.monitoring.shadow.ShadowComparison`: on the requests both answered, the
+    agreement rate or the differences, the shift between their predictions, each one's
+    latency, and ``.chart()``. ``shadow=True`` (or a version) asks for it after the shadow was
+    stopped, ``shadow=False`` for the A/B readout.
 
     Examples
     --------
@@ -108,6 +115,10 @@ def compare(deployment: str, *, metric: str | Callable[[np.ndarray, np.ndarray],
         raise InvalidInput(f"unknown metric {metric!r}", hint="use 'accuracy', " + ", ".join(repr(m) for m in ab.METRICS)
                            + " or a function metric(y_true, y_pred)")
     reg, root = _root(deployment)
+    if shadow is None:
+        shadow = versions is None and shadow_of(reg, deployment) is not None
+    if shadow:
+        return compare_shadow(reg, root, deployment, since=since, shadow=shadow if isinstance(shadow, str) else None)
     table = D.read_requests(root, D.to_utc(since), None, columns=[
         "request_time", "request_id", "row", "model_version", "status_code", "latency_ms", "prediction"])
     rows = table.to_pandas()

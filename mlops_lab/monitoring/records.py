@@ -19,6 +19,10 @@ CHUNK_RECORDS = 4096
 CHUNK_ROWS = 16_384
 
 
+#: Where a deployment's shadows' answers are collected: ``<store>/<deployment>/shadow/``, a part
+#: of its own, so no reader of the served rows (metrics, alerts, drift) ever counts them.
+SHADOW_PART = "shadow"
+
 META_COLUMNS = ("request_time", "request_id", "row", "model_version", "status_code", "latency_ms", "error_id")
 
 

@@ -9,7 +9,9 @@ which asks the protocol how its clients expect an error to look.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import time
 from typing import Any
 
@@ -31,6 +33,8 @@ DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 _JSON = "application/json"
 _DUMP_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 REQUEST_ID = "mlops_lab.request_id"  # the scope key a failed request's id is kept under
+#: Rows of copies a server holds for its shadows at most; beyond, a copy is dropped and counted.
+SHADOW_QUEUE_ROWS = 50_000
 
 
 def speaks(protocol: Protocol):
@@ -111,6 +115,8 @@ class DataPlane:
         body_limit: int = DEFAULT_BODY_LIMIT,
         collector: Any = None,
         metrics_dir: str | None = None,
+        shadow_collector: Any = None,
+        shadow_queue_rows: int = SHADOW_QUEUE_ROWS,
     ) -> None:
         if not routes:
             raise ValueError("a scoring server needs at least one model")
@@ -128,6 +134,10 @@ class DataPlane:
         for r in routes:
             for m in r.models:
                 m.counters = self.counters
+        self.shadow_collector = shadow_collector
+        self.shadow_queue_rows = shadow_queue_rows
+        self.shadow_rows = 0  # rows copied to shadows and not answered yet
+        self._shadow_tasks: set[asyncio.Task] = set()
 
     # -- the request path ------------------------------------------------------------------
 
@@ -135,8 +145,7 @@ class DataPlane:
         """Score one request in ``protocol``; a domain error is counted, collected and raised
         for the app's handler to answer."""
         request_id = request_id_of(request)
-        model = None
-        chunk = None
+        model = route = chunk = None
         t0 = time.perf_counter()
         try:
             self.keys.check(request.headers.get("authorization"))
@@ -158,6 +167,8 @@ class DataPlane:
             model.stats.latency_s += elapsed
             self.counters.request(model.ref, protocol.name, 200, elapsed, chunk.n if chunk is not None else 0)
             self.collect(model, request_id, t0, 200, chunk, out)
+            if route.shadows and chunk is not None:
+                self.mirror(route, chunk, request_id)
             return response
         except MlopsLabError as exc:
             if model is not None:
@@ -165,6 +176,8 @@ class DataPlane:
                 model.stats.errors += 1
             self.counters.request(model.ref if model is not None else "", protocol.name, exc.http_status, time.perf_counter() - t0)
             self.collect(model, request_id, t0, exc.http_status, None, None, getattr(exc, "error_id", None))
+            if chunk is not None and route is not None and route.shadows:
+                self.mirror(route, chunk, request_id)  # the serving model failed on valid rows
             request.scope[REQUEST_ID] = request_id
             raise
 
@@ -197,9 +210,48 @@ class DataPlane:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def collect(self, model: ServedModel | None, request_id: str, t0: float, status: int, chunk=None, out=None, error_id: str | None = None) -> None:
+    # -- shadows ---------------------------------------------------------------------------
+
+    def mirror(self, route: Route, chunk: Chunk, request_id: str) -> None:
+        """Give each shadow of ``route`` (its share of requests) a copy of a request's rows
+        once the caller has been answered. The shadow scores them in a task of its own, in its
+        own thread (copies that queue while it runs are scored in one call); a copy the bounded
+        queue has no room for is dropped and counted."""
+        for s in route.shadows:
+            if s.shadow < 1.0 and random.random() >= s.shadow:
+                continue
+            if self.shadow_rows + chunk.n > self.shadow_queue_rows:
+                self.counters.shadow(s.ref, "dropped")
+                continue
+            self.shadow_rows += chunk.n
+            task = asyncio.get_running_loop().create_task(self._shadow(s, chunk, request_id))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, s: ServedModel, chunk: Chunk, request_id: str) -> None:
+        t0 = time.perf_counter()
+        out, status, error_id = None, 200, None
+        try:
+            out = await s.predict(chunk)
+        except MlopsLabError as exc:  # the shadow's model failed: recorded, never the caller's
+            status, error_id = exc.http_status, getattr(exc, "error_id", None)
+        finally:
+            self.shadow_rows -= chunk.n
+        self.counters.shadow(s.ref, str(status), time.perf_counter() - t0)
+        if self.shadow_collector is not None:
+            self.collect(s, request_id, t0, status, chunk, out, error_id, collector=self.shadow_collector)
+
+    async def settle_shadows(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for the shadows to answer the copies they hold."""
+        if self._shadow_tasks:
+            await asyncio.wait(list(self._shadow_tasks), timeout=timeout)
+
+    # -- collection --------------------------------------------------------------------------
+
+    def collect(self, model: ServedModel | None, request_id: str, t0: float, status: int, chunk=None, out=None,
+                error_id: str | None = None, collector: Any = None) -> None:
         """Hand the request's record to the collector (sampled); never blocks."""
-        collector = self.collector
+        collector = collector or self.collector
         if collector is None or model is None or not collector.sampled():
             return
         inputs = None
@@ -278,14 +330,18 @@ class DataPlane:
                     "signature": m.meta.get("signature"),
                     "input_example": m.meta.get("input_example"),
                     "batching": m.can_batch,
+                    **({"shadow": m.shadow} if m.shadow else {}),
                 }
                 for r in routes
-                for m in r.models
+                for m in (*r.models, *r.shadows)
             ],
         }
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        return self.counters.snapshot(None if self.collector is None else self.collector.stats())
+        snap = self.counters.snapshot(None if self.collector is None else self.collector.stats())
+        if self.shadow_collector is not None:
+            snap["collection"]["shadow_dropped_rows"] = self.shadow_collector.stats()["dropped_rows"]
+        return snap
 
     def write_metrics(self) -> None:
         """This server's counters, for the deployment's other servers to sum (once a second)."""

@@ -17,6 +17,9 @@ http_response_code}``, ``..._request_duration_seconds``, ``..._adaptive_batch_si
 * ``mlops_lab_adaptive_batch_size`` (histogram): rows per call of the model;
 * ``mlops_lab_rows_total`` (counter): rows scored;
 * ``mlops_lab_collection_written_rows_total``, ``mlops_lab_collection_dropped_rows_total``;
+* ``mlops_lab_shadow_request_total`` (counter): copies of requests a shadow answered, by status,
+  or ``dropped`` (no room); ``mlops_lab_shadow_request_duration_seconds`` (histogram): from
+  the copy to the shadow's answer. A shadow is in no other series: they count what callers got;
 * ``mlops_lab_servers`` (gauge): the servers whose counters are in the sums, live or stopped.
 """
 
@@ -44,6 +47,8 @@ class Counters:
         self.latency: dict[tuple[str, str], list[float]] = {}  # (ref, endpoint)
         self.batches: dict[str, list[float]] = {}  # ref
         self.rows: dict[str, int] = {}
+        self.shadows: dict[tuple[str, str], int] = {}  # (ref, status or "dropped")
+        self.shadow_latency: dict[str, list[float]] = {}  # ref
 
     def request(self, ref: str, endpoint: str, status: int, seconds: float, rows: int = 0) -> None:
         key = (ref, endpoint, str(status))
@@ -63,13 +68,25 @@ class Counters:
         hist[bisect.bisect_left(BATCH_BUCKETS, rows)] += 1
         hist[-1] += rows
 
+    def shadow(self, ref: str, outcome: str, seconds: float | None = None) -> None:
+        key = (ref, outcome)
+        self.shadows[key] = self.shadows.get(key, 0) + 1
+        if seconds is not None:
+            hist = self.shadow_latency.get(ref)
+            if hist is None:
+                hist = self.shadow_latency[ref] = [0] * (len(LATENCY_BUCKETS) + 2)
+            hist[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            hist[-1] += seconds
+
     def snapshot(self, collection: dict[str, int] | None) -> dict[str, Any]:
         return {
             "requests": [[*k, v] for k, v in self.requests.items()],
             "latency": [[*k, v] for k, v in self.latency.items()],
             "batches": [[k, v] for k, v in self.batches.items()],
             "rows": [[k, v] for k, v in self.rows.items()],
-            "collection": collection or {},
+            "shadows": [[*k, v] for k, v in self.shadows.items()],
+            "shadow_latency": [[k, v] for k, v in self.shadow_latency.items()],
+            "collection": dict(collection or {}),
         }
 
 
@@ -114,7 +131,13 @@ def aggregate(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     bat: dict[str, list[float]] = {}
     rows: dict[str, int] = {}
     coll: dict[str, int] = {}
+    shadows: dict[tuple, int] = {}
+    shadow_lat: dict[str, list[float]] = {}
     for snap in snapshots:
+        for *k, v in snap.get("shadows", []):
+            shadows[tuple(k)] = shadows.get(tuple(k), 0) + v
+        for k, hist in snap.get("shadow_latency", []):
+            _add(shadow_lat, k, hist)
         for *k, v in snap.get("requests", []):
             req[tuple(k)] = req.get(tuple(k), 0) + v
         for *k, hist in snap.get("latency", []):
@@ -126,7 +149,8 @@ def aggregate(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         for k, v in (snap.get("collection") or {}).items():
             if isinstance(v, (int, float)):
                 coll[k] = coll.get(k, 0) + v
-    return {"requests": req, "latency": lat, "batches": bat, "rows": rows, "collection": coll, "servers": len(snapshots)}
+    return {"requests": req, "latency": lat, "batches": bat, "rows": rows, "collection": coll, "servers": len(snapshots),
+            "shadows": shadows, "shadow_latency": shadow_lat}
 
 
 def _add(into: dict, key: Any, hist: list[float]) -> None:
@@ -196,6 +220,15 @@ def render(deployment: str, totals: dict[str, Any]) -> str:
                        ("dropped_rows", "Collected rows dropped (queue full or no room to write).")):
         name = f"mlops_lab_collection_{key}_total"
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name}{_labels(**dep)} {int(coll.get(key, 0))}"]
+    if totals.get("shadows"):
+        lines += ["# HELP mlops_lab_shadow_request_total Copies of requests a shadow answered, by status (or dropped).",
+                  "# TYPE mlops_lab_shadow_request_total counter"]
+        for (ref, outcome), v in sorted(totals["shadows"].items()):
+            lines.append(f"mlops_lab_shadow_request_total{_labels(**dep, **_model(ref), outcome=outcome)} {v}")
+        lines += ["# HELP mlops_lab_shadow_request_duration_seconds From a request's copy to its shadow's answer.",
+                  "# TYPE mlops_lab_shadow_request_duration_seconds histogram"]
+        _histogram(lines, "mlops_lab_shadow_request_duration_seconds", LATENCY_BUCKETS, totals.get("shadow_latency", {}),
+                   lambda k: {**dep, **_model(k)})
     lines += [
         "# HELP mlops_lab_servers Server processes whose counters are in these sums (live or stopped).",
         "# TYPE mlops_lab_servers gauge",

@@ -71,6 +71,9 @@ class ServedModel:
     batching: BatchConfig = field(default_factory=BatchConfig)
     stats: ModelStats = field(default_factory=ModelStats)
     counters: Any = None  # the server's metrics.Counters, set by the app
+    #: A shadow's share of its route's requests that it gets a copy of (0: it serves): it
+    #: answers them off the request path and its answers are only collected.
+    shadow: float = 0.0
 
     def __post_init__(self) -> None:
         self.ref = f"{self.name}:{self.version}"
@@ -321,10 +324,15 @@ def _settle(fut: asyncio.Future, result: Any = None, exc: BaseException | None =
 
 
 class Route:
-    """The models behind one path: one model, or several sharing traffic (a canary)."""
+    """The models behind one path: one model, or several sharing traffic (a canary); and the
+    shadows that get a copy of its requests (:meth:`DataPlane.mirror`)."""
 
     def __init__(self, name: str, models: list[ServedModel]) -> None:
         self.name = name
+        self.shadows = [m for m in models if m.shadow]
+        models = [m for m in models if not m.shadow]
+        if not models:
+            raise ValueError(f"route {name!r} has shadows but no model that serves")
         self.models = models
         total = sum(m.traffic for m in models)
         acc, self._cum = 0.0, []

@@ -27,11 +27,13 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..monitoring.records import SHADOW_PART
 from .app import DEFAULT_BODY_LIMIT, ScoringApp
 from .runtime import BatchConfig, Route, ServedModel
 
@@ -67,16 +69,24 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
         for m in models:
             loaded, meta = load_folder(m["folder"])
             meta = {**meta, "_folder": m["folder"]}
-            served = ServedModel(meta["name"], meta["version"], loaded, meta, float(m.get("traffic", 100)), batching)
+            served = ServedModel(meta["name"], meta["version"], loaded, meta, float(m.get("traffic", 100)), batching,
+                                 shadow=float(m.get("shadow") or 0))
             routes.setdefault(m.get("route") or meta["name"], []).append(served)
     for served_models in routes.values():
         for s in served_models:
             s.warm_up()
+            if s.shadow:
+                s.inline = False  # in its own thread: never on the event loop that answers callers
     share_choices(spec.get("choices_file"), [s for ms in routes.values() for s in ms])
     from ..monitoring.collector import CollectConfig, Collector
 
     collect = CollectConfig.from_spec(spec.get("collect"))
-    collector = Collector(spec.get("deployment", "default"), collect) if collect.enabled and collect.folder else None
+    collecting = collect.enabled and bool(collect.folder)
+    collector = Collector(spec.get("deployment", "default"), collect) if collecting else None
+    shadow_collector = None
+    if collecting and any(s.shadow for ms in routes.values() for s in ms):
+        # every answer of a shadow, apart from the served rows (see monitoring.shadow)
+        shadow_collector = Collector(f"{spec.get('deployment', 'default')}/{SHADOW_PART}", replace(collect, rate=1.0))
     return ScoringApp(
         [Route(name, ms) for name, ms in routes.items()],
         deployment=spec.get("deployment", ""),
@@ -85,6 +95,7 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
         metrics_dir=spec.get("metrics_dir"),
         body_limit=int(spec.get("body_limit") or DEFAULT_BODY_LIMIT),
         collector=collector,
+        shadow_collector=shadow_collector,
     )
 
 
@@ -254,7 +265,11 @@ def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, grac
                 acceptor.stop()
                 await acceptor.settle()
             await super().shutdown(sockets)
-            # After the last request has been answered: write out everything collected.
+            # After the last request has been answered, and the shadows' copies of them:
+            # write out everything collected.
+            await app.settle_shadows(graceful_s)
+            if app.shadow_collector is not None:
+                app.shadow_collector.close()
             if app.collector is not None:
                 app.collector.close()
                 log.info("collection flushed: %d rows written", app.collector.written_rows)
@@ -391,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(20_000, 10, 10)
     gc.enable()
     log.info("serving %s revision %s: %s", spec.get("deployment"), spec.get("revision"),
-             ", ".join(f"{m.ref} ({m.traffic:g}%)" for r in app.routes.values() for m in r.models))
+             ", ".join([f"{m.ref} ({m.traffic:g}%)" for r in app.routes.values() for m in r.models]
+                       + [f"{m.ref} (shadow of {m.shadow:.0%})" for r in app.routes.values() for m in r.shadows]))
     serve(app, shared, peers=args.peers)
     return 0
 

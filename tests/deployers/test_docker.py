@@ -215,3 +215,32 @@ def test_a_killed_forwarder_is_reported_restarted_and_delete_cleans_up(models):
     assert len(_containers(engine, "fwd")) == 1  # the old container is retired
     d.delete()
     assert _containers(engine, "fwd") == [] and ml.list_deployments() == []
+
+
+def test_a_shadow_in_the_container_is_collected_apart_then_promoted(models):
+    """The same shadow as on the local target, in the deployment's container: m:2 beside m:1 on a
+    copy of every request, its answers in the collected data's shadow part (on the host), the
+    callers' answers m:1's; then promoted."""
+    d = ml.deploy("m:1", name="dock-shadow", target="docker", base_image=BASE, progress=False, drain_seconds=0.3,
+                  collect={"flush_seconds": 0.3})
+    try:
+        d.update("m:2", shadow=True, progress=False)
+        assert [m.get("shadow") for m in d.models] == [None, 1.0]
+        ids = []
+        with httpx.Client(timeout=30) as client:
+            for _ in range(20):
+                r = score(d, client, rows=2)
+                assert r.status_code == 200 and r.json() == [1.0, 1.0] and r.headers["x-model-version"] == "m:1"
+                ids.append(r.headers["x-request-id"])
+        deadline = time.monotonic() + 30
+        while len(ml.collected_data("dock-shadow", shadow=True)) < 40 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        shadow = ml.collected_data("dock-shadow", shadow=True)
+        assert sorted(set(shadow.request_id)) == sorted(ids) and (shadow.prediction == 2.0).all()
+        assert set(ml.collected_data("dock-shadow").model_version) == {"m:1"}
+        readout = ml.compare("dock-shadow")
+        assert (readout.kind, readout.pairs, readout.agreement) == ("classification", 40, 0.0)
+        d.promote(progress=False)
+        assert d.predict([[0, 0]]) == [2.0] and d.shadows == []
+    finally:
+        d.delete()
