@@ -146,11 +146,15 @@ def _deployment_sections(reg, mv, name: str, since: str) -> list[Section]:
     from .monitoring.api import _root, drift, monitor
 
     record = reg.get_deployment(name)
-    share = next((m.get("traffic", 100) for m in record.models if (m["name"], m["version"]) == (mv.name, mv.version)), None)
+    entry = next((m for m in record.models if (m["name"], m["version"]) == (mv.name, mv.version)), None)
+    role = None if entry is None else (f"in the shadow of its route (a copy of {entry['shadow']:.0%} of the requests)"
+                                       if entry.get("shadow") else f"{entry.get('traffic', 100):g}% of its route's traffic")
     out = [Section(f"Deployment {name}", f"{record.target} at {record.endpoint or 'no address'}, revision "
-                   f"{record.revision}, {share:g}% of its route's traffic, status {record.status}." if share is not None
+                   f"{record.revision}, {role}, status {record.status}." if role is not None
                    else f"{record.target}, revision {record.revision}.")]
-    _, root = _root(name, reg, must_exist=False)
+    _, deployment_root = _root(name, reg, must_exist=False)
+    # a shadow's answers are collected apart; the labels are the deployment's
+    root = D.shadow_root(deployment_root) if entry is not None and entry.get("shadow") else deployment_root
     start = D.to_utc(since)
     table = D.read_requests(root, start, None, mv.ref, columns=["request_id", "row", "status_code", "latency_ms", "prediction"])
     rows = table.to_pandas()
@@ -160,7 +164,7 @@ def _deployment_sections(reg, mv, name: str, since: str) -> list[Section]:
     stats = D.request_stats(table)
     live = {"requests": stats["requests"], "rows": len(rows), "errors": stats["errors"],
             "latency p50 ms": stats["latency_p50_ms"], "latency p99 ms": stats["latency_p99_ms"]}
-    lab = D.labelled(root, rows)
+    lab = D.labelled(deployment_root, rows)
     if len(lab):
         live["labelled rows"] = len(lab)
         live["accuracy"] = float(D.correct(lab).mean())

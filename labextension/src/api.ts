@@ -29,6 +29,8 @@ export interface IServedModel {
   name: string;
   version: number;
   traffic?: number;
+  /** A shadow's share of the requests it gets a copy of (it answers none of them). */
+  shadow?: number;
 }
 
 export interface ISummary {

@@ -216,8 +216,10 @@ export class MlopsSidebar extends RefreshingWidget {
       return;
     }
     for (const d of deployments) {
+      const serving = d.models.filter(m => !m.shadow).length;
       const served = d.models
-        .map(m => `${m.name}:${m.version}` + (d.models.length > 1 && m.traffic !== undefined ? ` (${m.traffic}%)` : ''))
+        .map(m => `${m.name}:${m.version}` + (m.shadow ? ` (shadow of ${Math.round(m.shadow * 100)}%)`
+          : serving > 1 && m.traffic !== undefined ? ` (${m.traffic}%)` : ''))
         .join(', ');
       const s = d.summary;
       const rate = s

@@ -144,12 +144,12 @@ class Deployment:
         return self
 
     def __repr__(self) -> str:
-        models = ", ".join(f"{m['name']}:{m['version']}" + _share(m, len(self.models)) for m in self.models)
+        models = ", ".join(f"{m['name']}:{m['version']}" + _share(m, self.models) for m in self.models)
         return f"<Deployment {self.name} {self.target} {self.url} revision={self.revision} models=[{models}]>"
 
     def _models_html(self) -> str:
         e = html.escape
-        return "<br>".join(e(f"{m['name']}:{m['version']}" + _share(m, len(self.models))) for m in self.models)
+        return "<br>".join(e(f"{m['name']}:{m['version']}" + _share(m, self.models)) for m in self.models)
 
     def _repr_html_(self) -> str:
         e = html.escape
@@ -416,11 +416,13 @@ class Deployment:
                                    hint="see .status() and .logs()") from None
 
 
-def _share(m: dict[str, Any], count: int) -> str:
-    """How a version of a deployment takes its requests, as its listing says it."""
+def _share(m: dict[str, Any], models: list[dict[str, Any]]) -> str:
+    """How a version of a deployment takes its requests, as its listing says it: a share when
+    several versions serve, and a shadow's share of copies."""
     if m.get("shadow"):
         return f" (shadow of {m['shadow']:.0%})"
-    return f" ({m['traffic']:g}%)" if "traffic" in m and count > 1 else ""
+    serving = sum(not x.get("shadow") for x in models)
+    return f" ({m['traffic']:g}%)" if "traffic" in m and serving > 1 else ""
 
 
 def _shadow_share(shadow: Any) -> float:

@@ -28,6 +28,8 @@ __all__ = ["ShadowComparison", "compare_shadow"]
 _COLUMNS = ["request_time", "request_id", "row", "model_version", "status_code", "latency_ms", "prediction"]
 PERCENTILES = (50, 90, 99)
 MAX_BARS = 12
+SERVING_COLOURS = ("#4c78a8", "#54a24b")  # Tableau blue, green
+SHADOW_COLOUR = "#f58518"  # Tableau orange
 
 
 @dataclass
@@ -77,9 +79,10 @@ class ShadowComparison:
 
         pairs = self.rows
         order = [*self.serving, self.shadow]
-        colours = alt.Scale(domain=order, range=["#4c78a8", "#54a24b", "#f58518"][-len(order):]
-                            if len(order) <= 2 else None)
+        # the serving versions in blue (and green), the shadow in orange, in every panel
+        colours = alt.Scale(domain=order, range=[*SERVING_COLOURS[:len(self.serving)], SHADOW_COLOUR])
         served_label = " + ".join(self.serving)
+        pair_colours = alt.Scale(domain=[served_label, self.shadow], range=[SERVING_COLOURS[0], SHADOW_COLOUR])
         if self.kind == "classification":
             served = pairs["served"].astype(str).value_counts(normalize=True)
             shadow = pairs["shadow"].astype(str).value_counts(normalize=True)
@@ -87,11 +90,10 @@ class ShadowComparison:
             dist = pd.DataFrame([{"prediction": c, "version": v, "share": float(s.get(c, 0.0))}
                                  for c in classes for v, s in ((served_label, served), (self.shadow, shadow))])
             preds = alt.Chart(dist).mark_bar().encode(
-                x=alt.X("prediction:N", sort=classes, title="prediction"),
+                x=alt.X("prediction:N", sort=classes, title="prediction", axis=alt.Axis(labelAngle=0)),
                 xOffset=alt.XOffset("version:N", sort=[served_label, self.shadow]),
                 y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of rows"),
-                color=alt.Color("version:N", scale=alt.Scale(domain=[served_label, self.shadow],
-                                                              range=["#4c78a8", "#f58518"]), title="version"),
+                color=alt.Color("version:N", scale=pair_colours, title="version"),
                 tooltip=["version", "prediction", alt.Tooltip("share:Q", format=".1%")],
             ).properties(width=width, height=200, title=alt.TitleParams(
                 "Predictions on the same requests", subtitle=f"agreement {self.agreement:.1%} on {self.pairs:,} rows"))
@@ -108,8 +110,7 @@ class ShadowComparison:
             preds = alt.Chart(dist).mark_bar(opacity=0.55, binSpacing=0).encode(
                 x=alt.X("bin_start:Q", bin="binned", title="prediction"), x2="bin_end:Q",
                 y=alt.Y("share:Q", stack=None, axis=alt.Axis(format="%"), title="share of rows"),
-                color=alt.Color("version:N", scale=alt.Scale(domain=[served_label, self.shadow],
-                                                              range=["#4c78a8", "#f58518"]), title="version"),
+                color=alt.Color("version:N", scale=pair_colours, title="version"),
                 tooltip=["version", alt.Tooltip("bin_start:Q", format=".4g"), alt.Tooltip("share:Q", format=".1%")],
             ).properties(width=width, height=200, title=alt.TitleParams(
                 "Predictions on the same requests", subtitle=f"{self.pairs:,} rows answered by both"))
@@ -118,7 +119,7 @@ class ShadowComparison:
             dhi = dhi if dhi > dlo else dlo + 1
             dedges = np.linspace(dlo, dhi, 21)
             dframe = pd.DataFrame({"bin_start": dedges[:-1], "bin_end": dedges[1:], "share": _shares(diff, dedges)})
-            diffs = alt.Chart(dframe).mark_bar(color="#f58518", binSpacing=0).encode(
+            diffs = alt.Chart(dframe).mark_bar(color=SHADOW_COLOUR, binSpacing=0).encode(
                 x=alt.X("bin_start:Q", bin="binned", title=f"{self.shadow} minus served"), x2="bin_end:Q",
                 y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of rows"),
                 tooltip=[alt.Tooltip("bin_start:Q", format=".4g"), alt.Tooltip("share:Q", format=".1%")],
@@ -129,11 +130,10 @@ class ShadowComparison:
         lat = pd.DataFrame([{"version": r["version"], "percentile": f"p{p}", "ms": r[f"latency_p{p}_ms"]}
                             for r in self.versions.to_dict("records") for p in PERCENTILES
                             if not _nan(r[f"latency_p{p}_ms"])])
-        latency = alt.Chart(lat).mark_bar().encode(
-            x=alt.X("percentile:N", sort=[f"p{p}" for p in PERCENTILES], title=None),
-            xOffset=alt.XOffset("version:N", sort=order),
+        latency = alt.Chart(lat).mark_line(point=alt.OverlayMarkDef(size=60)).encode(
+            x=alt.X("percentile:N", sort=[f"p{p}" for p in PERCENTILES], title=None, axis=alt.Axis(labelAngle=0)),
             y=alt.Y("ms:Q", title="latency (ms)"),
-            color=alt.Color("version:N", scale=colours, title="version"),
+            color=alt.Color("version:N", scale=colours, sort=order, title="version"),
             tooltip=["version", "percentile", alt.Tooltip("ms:Q", format=".3g")],
         ).properties(width=max(160, width // 2), height=200, title=alt.TitleParams(
             "Latency", subtitle="the shadow's: from the copy to its answer"))

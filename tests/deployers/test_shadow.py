@@ -107,6 +107,10 @@ def test_a_shadow_answers_copies_that_are_collected_apart_and_compared(scaled):
     assert "m:2 differs from m:1 by +0.0" in r.verdict
     spec = r.chart().to_dict()
     assert len(spec["hconcat"]) == 3 and "in the shadow of m:1" in spec["title"]["text"]
+    # the shadow's model card: its role, and its own live numbers (from its collected answers)
+    card = ml.model_card("m:2").markdown
+    assert "in the shadow of its route (a copy of 100% of the requests)" in card
+    assert "| 40 | 120 | 0 |" in card  # requests, rows, errors
     # promote: the shadow serves, and no shadow is left
     d.promote(progress=False)
     assert [(m["version"], m["traffic"], m.get("shadow")) for m in d.models] == [(2, 100, None)]

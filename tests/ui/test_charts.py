@@ -87,20 +87,27 @@ def _ran_to_the_end(page) -> None:
     playwright.expect(last.locator(".jp-InputPrompt")).not_to_contain_text("*", timeout=120_000)
 
 
+def _run_tutorial(page, lab: str, tmp_path, name: str):
+    """Open tutorial ``name`` in JupyterLab, run every cell from the menu, and return its first
+    chart once JupyterLab's own Vega renderer has drawn its marks, after the notebook ran to
+    its end with no error."""
+    shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks" / name)
+    _open(page, lab, name)
+    _run_all(page)
+    chart = _drawn_chart(page)
+    _ran_to_the_end(page)
+    _wait_idle_kernel(page)
+    _assert_no_error_output(page)
+    return chart
+
+
 def test_tutorial_3_draws_its_chart_in_jupyterlab_with_no_network(lab, offline, tmp_path):
     # Given tutorial 3 in a JupyterLab whose browser reaches nothing but the Jupyter server
-    shutil.copy(ROOT / "notebooks" / "03_monitor.ipynb", tmp_path / "notebooks" / "03_monitor.ipynb")
     page = offline.new_page()
     try:
-        _open(page, lab, "03_monitor.ipynb")
-        # When the user runs every cell from the menu
-        _run_all(page)
-        # Then the chart of %monitor is drawn by JupyterLab's own Vega renderer, marks and all
-        chart = _drawn_chart(page)
-        # The notebook ran to its end without an error, and nothing was fetched from elsewhere
-        _ran_to_the_end(page)
-        _wait_idle_kernel(page)
-        _assert_no_error_output(page)
+        # When the user runs every cell from the menu, then the chart of %monitor is drawn
+        chart = _run_tutorial(page, lab, tmp_path, "03_monitor.ipynb")
+        # and nothing was fetched from elsewhere
         assert offline.refused == []
         OUT.mkdir(exist_ok=True)
         chart.scroll_into_view_if_needed()
@@ -216,3 +223,28 @@ def test_sidebar_monitor_panel_draws_chart_and_drift_with_no_kernel_and_no_netwo
         page.screenshot(path=str(OUT / "sidebar-monitor-panel.png"))
     finally:
         d.delete()
+
+
+def test_tutorial_6_draws_the_shadow_readout_and_renders_every_step_with_no_network(lab, offline, tmp_path):
+    # Given tutorial 6 in a JupyterLab whose browser reaches nothing but the Jupyter server
+    page = offline.new_page()
+    try:
+        # When the user runs every cell from the menu, then the shadow's chart is drawn
+        chart = _run_tutorial(page, lab, tmp_path, "06_decide.ipynb")
+        # and each step's answer is on the page: the shadow's readout, the canary's verdict, the
+        # alert firing, the model card
+        outputs = page.locator(".jp-OutputArea-output")
+        playwright.expect(outputs.filter(has_text="tumour:2 agrees with tumour:1 on")).to_have_count(1)
+        playwright.expect(outputs.filter(has_text="tumour:2 is better than tumour:1 at level 0.05")).to_have_count(1)
+        playwright.expect(outputs.filter(has_text="FIRING accuracy")).to_have_count(1)
+        card = outputs.filter(has_text="Logistic regression on the 30 standardised features.")
+        playwright.expect(card).to_have_count(1)
+        assert offline.refused == []
+        OUT.mkdir(exist_ok=True)
+        chart.scroll_into_view_if_needed()
+        chart.screenshot(path=str(OUT / "shadow-chart-jupyterlab.png"))
+        card.scroll_into_view_if_needed()
+        page.screenshot(path=str(OUT / "tutorial-6-card-jupyterlab.png"), full_page=False)
+    finally:
+        for d in ml.list_deployments():
+            d.delete()

@@ -25,6 +25,8 @@ def test_sidebar_shows_models_and_a_healthy_deployment_and_its_actions_work(lab,
     ml.set_alias("iris", "production", 1)
     ml.deploy("iris:1", name="svc", collect={"flush_seconds": 0.5})
     ml.update("svc", "iris:2", traffic=20)
+    ml.deploy("iris:1", name="shadowed", collect=False)
+    ml.update("shadowed", "iris:2", shadow=0.5)
     try:
         OUT.mkdir(exist_ok=True)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -36,12 +38,14 @@ def test_sidebar_shows_models_and_a_healthy_deployment_and_its_actions_work(lab,
         # Then the deployment shows as healthy, with its versions and traffic split
         playwright.expect(svc.locator("[data-test-id='mlops-status']")).to_have_text("healthy", timeout=30_000)
         playwright.expect(svc.locator("[data-test-id='mlops-served']")).to_contain_text("iris:1 (80%), iris:2 (20%)")
+        shadowed = sidebar.locator("[data-test-id='mlops-deployment-shadowed'] [data-test-id='mlops-served']")
+        playwright.expect(shadowed).to_contain_text("iris:1, iris:2 (shadow of 50%)")
         # and the model expands to its versions, tags and aliases
         model = sidebar.locator("[data-test-id='mlops-model-iris']")
         playwright.expect(model).to_contain_text("@production→1")
         model.locator("summary").click()
         playwright.expect(model.locator("[data-test-id='mlops-version-iris:1']")).to_contain_text("team=growth")
-        playwright.expect(model.locator("[data-test-id='mlops-version-iris:1']")).to_contain_text("deployed in svc")
+        playwright.expect(model.locator("[data-test-id='mlops-version-iris:1']")).to_contain_text("deployed in shadowed, svc")
 
         # Copy URL gives the proxied endpoint, and that address scores from the browser
         svc.locator("[data-test-id='mlops-copy-url']").click()
@@ -61,6 +65,7 @@ def test_sidebar_shows_models_and_a_healthy_deployment_and_its_actions_work(lab,
         sidebar.locator("[data-test-id='mlops-refresh']").click()
         playwright.expect(svc.locator("[data-test-id='mlops-rate']")).to_contain_text("p50")
         page.screenshot(path=str(OUT / "sidebar.png"))
+        ml.delete_deployment("shadowed")
 
         # Docs opens the endpoint's API page through the Jupyter server
         with page.expect_popup() as popup:
