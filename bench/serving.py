@@ -368,14 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         sys.exit(f"unknown servers: {', '.join(sorted(unknown))}")
 
-    import mlflow
-
     mf_python = args.mlflow_python or mlflow_venv() if "mlflow" in names else None
     for peer in PEERS:
         if peer in names:
             peer_venv(peer)
     print(f"machine: {machine()}")
-    print(f"MLflow {mlflow.__version__}; {args.workers} workers per server; wrk {args.duration:g} s per run, "
+    if "mlflow" in names:
+        import mlflow
+
+        print(f"MLflow {mlflow.__version__}")
+    print(f"{args.workers} workers per server; wrk {args.duration:g} s per run, "
           f"{args.rounds} run(s) per cell with the servers taking turns (medians)")
     # As a wheel install leaves it: mlops_lab's modules byte-compiled (an editable install under
     # PYTHONDONTWRITEBYTECODE=1 would otherwise compile them in every server process it starts).
@@ -440,6 +442,18 @@ def main(argv: list[str] | None = None) -> int:
                             results.append((shape_name, rows, c, sname, {
                                 key: statistics.median(r[key] for r in rs) for key in ("rps", "p50", "p99")
                             }))
+                if "shadow" in names:  # how much of the copies the shadow's idle-priority worker kept up with
+                    time.sleep(1.5)  # its counters are written once a second
+                    sd = ml.get_deployment(f"{shape_name}-shadow")
+                    req = urllib.request.Request(f"{sd.url}/metrics", headers={
+                        "Authorization": f"Bearer {sd.keys['primary']}", "Accept": "text/plain"})
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        text = resp.read().decode()
+                    outcomes = {m.group(1): int(m.group(2)) for m in re.finditer(
+                        r'^mlops_lab_shadow_request_total\{[^}]*outcome="([^"]+)"\} (\d+)$', text, re.M)}
+                    total = sum(outcomes.values()) or 1
+                    print(f"{shape_name}: the shadow answered {outcomes.get('200', 0):,} copies and dropped "
+                          f"{outcomes.get('dropped', 0):,} ({outcomes.get('dropped', 0) / total:.0%}) over all its cells", flush=True)
             finally:
                 for d in ml.list_deployments():
                     d.delete()

@@ -547,7 +547,9 @@ def compact(root: Path) -> int:
     return sum(compact_file(p, root) for p in staged_files(root))
 
 
-def _idle_priority() -> None:
+def idle_priority() -> None:
+    """Run this process only on CPU time nothing else wants (SCHED_IDLE; nice 19 where that is
+    refused)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -631,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s pid=%(process)d %(levelname)s %(name)s: %(message)s")
-    _idle_priority()
+    idle_priority()
     root = Path(args.root)
     if not args.parent:
         compact(root)

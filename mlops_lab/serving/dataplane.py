@@ -9,7 +9,6 @@ which asks the protocol how its clients expect an error to look.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -23,18 +22,15 @@ from starlette.routing import BaseRoute
 from starlette.routing import Route as StarletteRoute
 
 from ..errors import InvalidRequest, MalformedRequest, MlopsLabError, NotFound, PayloadTooLarge
-from ..monitoring.records import Record
 from ..registry.inputs import Chunk, to_jsonable
 from .auth import KeyCheck
 from .metrics import Counters, Snapshots, aggregate, render
-from .runtime import Route, ServedModel
+from .runtime import Route, ServedModel, make_record
 
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 _JSON = "application/json"
 _DUMP_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 REQUEST_ID = "mlops_lab.request_id"  # the scope key a failed request's id is kept under
-#: Rows of copies a server holds for its shadows at most; beyond, a copy is dropped and counted.
-SHADOW_QUEUE_ROWS = 50_000
 
 
 def speaks(protocol: Protocol):
@@ -115,8 +111,6 @@ class DataPlane:
         body_limit: int = DEFAULT_BODY_LIMIT,
         collector: Any = None,
         metrics_dir: str | None = None,
-        shadow_collector: Any = None,
-        shadow_queue_rows: int = SHADOW_QUEUE_ROWS,
     ) -> None:
         if not routes:
             raise ValueError("a scoring server needs at least one model")
@@ -134,10 +128,6 @@ class DataPlane:
         for r in routes:
             for m in r.models:
                 m.counters = self.counters
-        self.shadow_collector = shadow_collector
-        self.shadow_queue_rows = shadow_queue_rows
-        self.shadow_rows = 0  # rows copied to shadows and not answered yet
-        self._shadow_tasks: set[asyncio.Task] = set()
 
     # -- the request path ------------------------------------------------------------------
 
@@ -213,66 +203,29 @@ class DataPlane:
     # -- shadows ---------------------------------------------------------------------------
 
     def mirror(self, route: Route, chunk: Chunk, request_id: str) -> None:
-        """Give each shadow of ``route`` (its share of requests) a copy of a request's rows
-        once the caller has been answered. The shadow scores them in a task of its own, in its
-        own thread (copies that queue while it runs are scored in one call); a copy the bounded
-        queue has no room for is dropped and counted."""
-        for s in route.shadows:
-            if s.shadow < 1.0 and random.random() >= s.shadow:
-                continue
-            if self.shadow_rows + chunk.n > self.shadow_queue_rows:
-                self.counters.shadow(s.ref, "dropped")
-                continue
-            self.shadow_rows += chunk.n
-            task = asyncio.get_running_loop().create_task(self._shadow(s, chunk, request_id))
-            self._shadow_tasks.add(task)
-            task.add_done_callback(self._shadow_tasks.discard)
+        """Give each shadow of ``route`` (its share of requests) a copy of a request's rows,
+        once the caller has been answered: to its worker process at idle priority
+        (:mod:`.shadow`), never scored here."""
+        for link in route.shadows:
+            if link.shadow >= 1.0 or random.random() < link.shadow:
+                link.copy(request_id, chunk)
 
-    async def _shadow(self, s: ServedModel, chunk: Chunk, request_id: str) -> None:
-        t0 = time.perf_counter()
-        out, status, error_id = None, 200, None
-        try:
-            out = await s.predict(chunk)
-        except MlopsLabError as exc:  # the shadow's model failed: recorded, never the caller's
-            status, error_id = exc.http_status, getattr(exc, "error_id", None)
-        finally:
-            self.shadow_rows -= chunk.n
-        self.counters.shadow(s.ref, str(status), time.perf_counter() - t0)
-        if self.shadow_collector is not None:
-            self.collect(s, request_id, t0, status, chunk, out, error_id, collector=self.shadow_collector)
-
-    async def settle_shadows(self, timeout: float) -> None:
-        """Wait (at most ``timeout`` s) for the shadows to answer the copies they hold."""
-        if self._shadow_tasks:
-            await asyncio.wait(list(self._shadow_tasks), timeout=timeout)
+    def close_shadows(self, timeout: float) -> None:
+        """Hand the shadows' workers what is left and wait for them to write out their answers."""
+        for route in self.routes.values():
+            for link in route.shadows:
+                link.close(timeout)
 
     # -- collection --------------------------------------------------------------------------
 
     def collect(self, model: ServedModel | None, request_id: str, t0: float, status: int, chunk=None, out=None,
-                error_id: str | None = None, collector: Any = None) -> None:
+                error_id: str | None = None) -> None:
         """Hand the request's record to the collector (sampled); never blocks."""
-        collector = collector or self.collector
+        collector = self.collector
         if collector is None or model is None or not collector.sampled():
             return
-        inputs = None
-        n = 0
-        columns, types = model.collect_columns, model.collect_types
-        if chunk is not None:
-            n = chunk.n
-            if chunk.form in ("array", "rows"):
-                inputs = chunk.data
-            elif chunk.form == "records" and chunk.data:
-                columns, types = list(chunk.data[0]), None
-                inputs = [[r.get(c) for c in columns] for r in chunk.data]
-            if columns is None and isinstance(inputs, np.ndarray) and inputs.ndim == 2:
-                columns = [f"f{i}" for i in range(inputs.shape[1])]
-                types = ["float"] * inputs.shape[1]
-        if n and out is not None and (not hasattr(out, "__len__") or len(out) != n):
-            out = None  # not one result per row: keep the inputs, leave the prediction out
-        collector.add(Record(
-            time.time(), request_id, model.ref, status, (time.perf_counter() - t0) * 1000.0, error_id,
-            inputs, columns, types, out, n,
-        ))
+        collector.add(make_record(model, request_id, time.time(), (time.perf_counter() - t0) * 1000.0, status,
+                                  chunk, out, error_id))
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -330,18 +283,15 @@ class DataPlane:
                     "signature": m.meta.get("signature"),
                     "input_example": m.meta.get("input_example"),
                     "batching": m.can_batch,
-                    **({"shadow": m.shadow} if m.shadow else {}),
                 }
                 for r in routes
-                for m in (*r.models, *r.shadows)
-            ],
+                for m in r.models
+            ] + [{"route": r.name, "ref": s.ref, "name": s.ref.rpartition(":")[0],
+                  "version": int(s.ref.rpartition(":")[2]), "shadow": s.shadow} for r in routes for s in r.shadows],
         }
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        snap = self.counters.snapshot(None if self.collector is None else self.collector.stats())
-        if self.shadow_collector is not None:
-            snap["collection"]["shadow_dropped_rows"] = self.shadow_collector.stats()["dropped_rows"]
-        return snap
+        return self.counters.snapshot(None if self.collector is None else self.collector.stats())
 
     def write_metrics(self) -> None:
         """This server's counters, for the deployment's other servers to sum (once a second)."""

@@ -149,7 +149,8 @@ def aggregate(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         for k, v in (snap.get("collection") or {}).items():
             if isinstance(v, (int, float)):
                 coll[k] = coll.get(k, 0) + v
-    return {"requests": req, "latency": lat, "batches": bat, "rows": rows, "collection": coll, "servers": len(snapshots),
+    servers = sum(1 for snap in snapshots if snap.get("kind") != "shadow")  # a shadow's worker is no server
+    return {"requests": req, "latency": lat, "batches": bat, "rows": rows, "collection": coll, "servers": servers,
             "shadows": shadows, "shadow_latency": shadow_lat}
 
 

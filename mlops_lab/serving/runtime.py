@@ -71,8 +71,7 @@ class ServedModel:
     batching: BatchConfig = field(default_factory=BatchConfig)
     stats: ModelStats = field(default_factory=ModelStats)
     counters: Any = None  # the server's metrics.Counters, set by the app
-    #: A shadow's share of its route's requests that it gets a copy of (0: it serves): it
-    #: answers them off the request path and its answers are only collected.
+    #: Set in a shadow's worker (:mod:`.shadow`): its answers are only collected.
     shadow: float = 0.0
 
     def __post_init__(self) -> None:
@@ -323,17 +322,39 @@ def _settle(fut: asyncio.Future, result: Any = None, exc: BaseException | None =
         fut.set_result(result)
 
 
+def make_record(model: ServedModel, request_id: str, when: float, latency_ms: float, status: int, chunk: Chunk | None = None,
+                out: Any = None, error_id: str | None = None) -> Any:
+    """The collected record of one request ``model`` answered (references to its arrays, no copies)."""
+    import numpy as np
+
+    from ..monitoring.records import Record
+
+    inputs = None
+    n = 0
+    columns, types = model.collect_columns, model.collect_types
+    if chunk is not None:
+        n = chunk.n
+        if chunk.form in ("array", "rows"):
+            inputs = chunk.data
+        elif chunk.form == "records" and chunk.data:
+            columns, types = list(chunk.data[0]), None
+            inputs = [[r.get(c) for c in columns] for r in chunk.data]
+        if columns is None and isinstance(inputs, np.ndarray) and inputs.ndim == 2:
+            columns = [f"f{i}" for i in range(inputs.shape[1])]
+            types = ["float"] * inputs.shape[1]
+    if n and out is not None and (not hasattr(out, "__len__") or len(out) != n):
+        out = None  # not one result per row: keep the inputs, leave the prediction out
+    return Record(when, request_id, model.ref, status, latency_ms, error_id, inputs, columns, types, out, n)
+
+
 class Route:
     """The models behind one path: one model, or several sharing traffic (a canary); and the
     shadows that get a copy of its requests (:meth:`DataPlane.mirror`)."""
 
     def __init__(self, name: str, models: list[ServedModel]) -> None:
         self.name = name
-        self.shadows = [m for m in models if m.shadow]
-        models = [m for m in models if not m.shadow]
-        if not models:
-            raise ValueError(f"route {name!r} has shadows but no model that serves")
         self.models = models
+        self.shadows: list[Any] = []  # serving.shadow.ShadowLink, one per shadow version
         total = sum(m.traffic for m in models)
         acc, self._cum = 0.0, []
         for m in models:

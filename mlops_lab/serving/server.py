@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import functools
 import gc
 import logging
@@ -27,13 +26,14 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..monitoring.records import SHADOW_PART
+from . import shadow
+from ._process import die_with_parent as _die_with_parent
+from ._process import libc as _libc
 from .app import DEFAULT_BODY_LIMIT, ScoringApp
 from .runtime import BatchConfig, Route, ServedModel
 
@@ -51,6 +51,7 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
     models: list[dict[str, Any]] = spec["models"]
     entry = spec.get("entry_script")
     routes: dict[str, list[ServedModel]] = {}
+    workers: list[tuple[str, float, Any]] = []
     if entry:
         paths = {}
         for m in models:
@@ -66,28 +67,27 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
         served = ServedModel(name, spec.get("revision", 0), LoadedModel(script, "run", name, folder), meta, 100.0, batching)
         routes[name] = [served]
     else:
+        # A shadow's worker loads its version in a process of its own meanwhile (serving.shadow)
+        workers = [(m.get("route") or m["name"], float(m["shadow"]),
+                    shadow.spawn(m["folder"], spec.get("deployment", "default"), spec.get("collect"),
+                                 spec.get("metrics_dir"), spec.get("batching", {})))
+                   for m in models if m.get("shadow")]
         for m in models:
+            if m.get("shadow"):
+                continue
             loaded, meta = load_folder(m["folder"])
             meta = {**meta, "_folder": m["folder"]}
-            served = ServedModel(meta["name"], meta["version"], loaded, meta, float(m.get("traffic", 100)), batching,
-                                 shadow=float(m.get("shadow") or 0))
+            served = ServedModel(meta["name"], meta["version"], loaded, meta, float(m.get("traffic", 100)), batching)
             routes.setdefault(m.get("route") or meta["name"], []).append(served)
     for served_models in routes.values():
         for s in served_models:
             s.warm_up()
-            if s.shadow:
-                s.inline = False  # in its own thread: never on the event loop that answers callers
     share_choices(spec.get("choices_file"), [s for ms in routes.values() for s in ms])
     from ..monitoring.collector import CollectConfig, Collector
 
     collect = CollectConfig.from_spec(spec.get("collect"))
-    collecting = collect.enabled and bool(collect.folder)
-    collector = Collector(spec.get("deployment", "default"), collect) if collecting else None
-    shadow_collector = None
-    if collecting and any(s.shadow for ms in routes.values() for s in ms):
-        # every answer of a shadow, apart from the served rows (see monitoring.shadow)
-        shadow_collector = Collector(f"{spec.get('deployment', 'default')}/{SHADOW_PART}", replace(collect, rate=1.0))
-    return ScoringApp(
+    collector = Collector(spec.get("deployment", "default"), collect) if collect.enabled and collect.folder else None
+    app = ScoringApp(
         [Route(name, ms) for name, ms in routes.items()],
         deployment=spec.get("deployment", ""),
         revision=spec.get("revision", 0),
@@ -95,8 +95,15 @@ def build_app(spec: dict[str, Any]) -> ScoringApp:
         metrics_dir=spec.get("metrics_dir"),
         body_limit=int(spec.get("body_limit") or DEFAULT_BODY_LIMIT),
         collector=collector,
-        shadow_collector=shadow_collector,
     )
+    try:
+        for route, share, proc in workers:
+            app.routes[route].shadows.append(shadow.connect(proc, share, app.counters))
+    except BaseException:
+        for _, _, proc in workers:
+            proc.kill()
+        raise
+    return app
 
 
 def share_choices(path: str | None, models: list[ServedModel]) -> None:
@@ -135,23 +142,6 @@ def share_choices(path: str | None, models: list[ServedModel]) -> None:
                      m.ref, "inline" if choice["inline"] else "threaded", choice.get("call_ms") or 0,
                      (m.warm_call_s or 0) * 1000)
             m.inline = bool(choice["inline"])
-
-
-def _libc():
-    """glibc through ctypes on Linux, else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the supervisor dies, so no server outlives its supervision."""
-    libc = _libc()
-    if libc is not None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _keep_freed_memory() -> None:
@@ -267,9 +257,7 @@ def serve(app: ScoringApp, shared: socket.socket, *, announce: bool = True, grac
             await super().shutdown(sockets)
             # After the last request has been answered, and the shadows' copies of them:
             # write out everything collected.
-            await app.settle_shadows(graceful_s)
-            if app.shadow_collector is not None:
-                app.shadow_collector.close()
+            app.close_shadows(graceful_s)
             if app.collector is not None:
                 app.collector.close()
                 log.info("collection flushed: %d rows written", app.collector.written_rows)
@@ -407,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.enable()
     log.info("serving %s revision %s: %s", spec.get("deployment"), spec.get("revision"),
              ", ".join([f"{m.ref} ({m.traffic:g}%)" for r in app.routes.values() for m in r.models]
-                       + [f"{m.ref} (shadow of {m.shadow:.0%})" for r in app.routes.values() for m in r.shadows]))
+                       + [f"{s.ref} (shadow of {s.shadow:.0%})" for r in app.routes.values() for s in r.shadows]))
     serve(app, shared, peers=args.peers)
     return 0
 

@@ -15,6 +15,8 @@ import pytest
 import mlops_lab as ml
 from mlops_lab.deployers.base import wait_until
 
+from .test_local import BrokenAtStart
+
 
 class Scaled:
     """Answers ``factor`` times the first column: which version answered shows in the value."""
@@ -162,7 +164,13 @@ def test_shadow_settings_are_checked_before_anything_changes(scaled):
         d.update("m:1", shadow=True, progress=False)
     with pytest.raises(ml.InvalidInput, match="no canary or shadow to promote"):
         d.promote(progress=False)
-    assert d.refresh().revision == 1
+    # a shadow version that cannot start fails the update, and the current revision serves on
+    ml.register_model(BrokenAtStart(), "m", sample_input=np.zeros((3, 2)))
+    with pytest.raises(ml.DeploymentFailed, match="the shadow version did not start: .*this version is broken"):
+        d.update("m:4", shadow=True, progress=False)
+    assert d.refresh().revision == 1 and d.shadows == []
+    with httpx.Client(timeout=30) as client:
+        assert _post(d, client, [[0.5, 0.0]]).json() == [pytest.approx(0.5)]
     # without collection a shadow still runs (and is counted), with nothing to compare
     d.update("m:2", shadow=True, progress=False)
     with httpx.Client(timeout=30) as client:
@@ -197,33 +205,47 @@ def test_a_classifier_shadow_gets_its_agreement_rate(sqlite_registry):
         d.delete()
 
 
-def test_copies_beyond_the_bounded_queue_are_dropped_and_counted(sqlite_registry, tmp_path):
-    """In process (httpx's ASGI transport): a server whose shadow takes 0.3 s a call, with room
-    for 4 rows of copies; 12 requests sent together are all answered at once, the shadow gets
-    the copies that fit and the rest are counted as dropped."""
+def test_copies_a_busy_worker_has_no_room_for_are_dropped_and_counted(sqlite_registry, tmp_path):
+    """In process (httpx's ASGI transport), with the shadow's real worker process: it takes 0.3 s
+    a call, and its pipe is cut to one page with no buffer behind it. Five waves of four 100-row
+    requests are all answered at once; the worker answers the copies that fit, the rest are
+    dropped and counted, and the two add up to the requests sent."""
+    import fcntl
+
     from mlops_lab.serving.server import build_app
+    from mlops_lab.serving.shadow import _F_SETPIPE_SZ
 
     sample = np.zeros((3, 2))
     ml.register_model(Scaled(1.0), "m", sample_input=sample)
     ml.register_model(SlowAndFailing(), "m", sample_input=sample)
     folders = [ml.download_model(f"m:{v}", tmp_path / f"m{v}") for v in (1, 2)]
-    app = build_app({"deployment": "inproc", "revision": 1,
+    app = build_app({"deployment": "inproc", "revision": 1, "metrics_dir": str(tmp_path / "metrics"),
                      "models": [{"folder": str(folders[0])}, {"folder": str(folders[1]), "route": "m", "shadow": 1.0}]})
-    app.shadow_queue_rows = 4
+    (link,) = app.routes["m"].shadows
+    link.buffer_bytes = 0
+    fcntl.fcntl(link.fd, _F_SETPIPE_SZ, 4096)
+    rows = np.full((100, 2), 0.1).tolist()
 
     async def go():
         transport = httpx.ASGITransport(app=app.asgi)
         async with httpx.AsyncClient(transport=transport, base_url="http://inproc") as client:
-            t0 = time.perf_counter()
-            answers = await asyncio.gather(*(client.post("/score", json={"data": [[0.1, 0.0]]}) for _ in range(12)))
-            took = time.perf_counter() - t0
-            await app.settle_shadows(5.0)
-            return answers, took
+            answers, took = [], []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                answers += await asyncio.gather(*(client.post("/score", json={"data": rows}) for _ in range(4)))
+                took.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.05)
+        app.close_shadows(10.0)  # what the worker holds is answered and written out
+        return answers, took
 
     answers, took = asyncio.run(go())
-    assert [a.status_code for a in answers] == [200] * 12 and took < 0.25
-    shadows = app.counters.shadows
-    assert shadows[("m:2", "dropped")] == 8 and shadows[("m:2", "200")] == 4
-    assert app.shadow_rows == 0
+    assert [a.status_code for a in answers] == [200] * 20 and max(took) < 0.25, took
+    assert link.proc.returncode == 0
     text = app.prometheus_text()
-    assert 'mlops_lab_shadow_request_total{deployment="inproc",model_name="m",model_version="2",outcome="dropped"} 8' in text
+
+    def count(outcome):
+        line = [x for x in text.splitlines() if f'outcome="{outcome}"' in x and x.startswith("mlops_lab_shadow_request_total")]
+        return int(line[0].rsplit(" ", 1)[1]) if line else 0
+
+    assert count("dropped") >= 4 and count("200") >= 4, text
+    assert count("dropped") + count("200") == 20
