@@ -148,6 +148,32 @@ def cmd_delete_shadow(args) -> int:
     return 0
 
 
+def cmd_watch(args) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from .monitoring.watch import watch_home
+    from .workspace import current
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    registry = current().registry
+    names = args.deployments or None
+    if names:
+        for name in names:
+            registry.get_deployment(name)  # a wrong name: one line and exit 3, before the loop
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await watch_home(lambda: registry, stop, names, poll_s=args.poll)
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_promote(args) -> int:
     import mlops_lab as ml
 
@@ -420,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("deployment")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("watch", parents=[common], help="evaluate alert rules until stopped: of the deployments nothing "
+                       "runs beside (Kubernetes), or of those named")
+    p.add_argument("deployments", nargs="*")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between readings of the rules and deployments")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("config", parents=[common], help="the settings in force and where each comes from")
     p.set_defaults(func=cmd_config)

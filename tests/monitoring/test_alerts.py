@@ -201,3 +201,47 @@ def test_a_webhook_that_is_down_then_up_gets_the_firing_after_retries(sqlite_reg
         if hook is not None:
             hook.close()
         d.delete()
+
+
+def test_one_watcher_per_home_evaluates_the_rules_of_deployments_nothing_runs_beside(sqlite_registry, rng):
+    """``mlops-lab watch`` in a process of its own: a Kubernetes deployment's pods evaluate no
+    rules, so the home's watcher does and sends the drifted one's firing to a real receiver; a
+    local deployment's rules are its supervisor's (this record has none running), so the watcher
+    leaves them alone; a deployment recorded later is watched too. SIGTERM stops it with exit 0.
+    (The Kubernetes deployments are records only: what the watcher reads is the registry and the
+    collected data, never the cluster.)"""
+    from mlops_lab.monitoring.store import CollectionStore
+    from mlops_lab.settings import Settings
+
+    base = _frame(rng, 2000)
+    ml.register_model(Summer(), "m", sample_input=base.head(), baseline=base)
+    store = CollectionStore.of(Settings.load())
+    for name, target in (("k8s-drifted", "kubernetes"), ("local-drifted", "local")):
+        sqlite_registry.create_deployment(name, target, [{"name": "m", "version": 1, "traffic": 100}], status="healthy")
+        _traffic(store, rng, shift=1.5, name=name)
+    hook = Receiver()
+    for name in ("k8s-drifted", "local-drifted"):
+        ml.set_alerts(name, {"drift": 0}, webhook=hook.url, every="1s")
+    watcher = subprocess.Popen([sys.executable, "-m", "mlops_lab.cli", "watch", "--poll", "0.2"],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: [h["deployment"] for h in hook.got] == ["k8s-drifted"], timeout=60), hook.got
+        assert hook.got[0]["rule"]["kind"] == "drift" and "a" in hook.got[0]["evidence"]["drifted"]
+        # recorded later, and watched
+        sqlite_registry.create_deployment("k8s-later", "kubernetes", [{"name": "m", "version": 1, "traffic": 100}],
+                                          status="healthy")
+        _traffic(store, rng, shift=1.5, name="k8s-later")
+        ml.set_alerts("k8s-later", {"drift": 0}, webhook=hook.url, every="1s")
+        assert wait_for(lambda: len(hook.got) == 2, timeout=60), hook.got
+        assert hook.got[1]["deployment"] == "k8s-later"
+        time.sleep(1.5)  # a rule that keeps firing is sent once
+        assert len(hook.got) == 2 and ml.get_alerts("local-drifted")["events"] == []
+    finally:
+        watcher.terminate()
+        _, err = watcher.communicate(timeout=30)
+        hook.close()
+    assert watcher.returncode == 0, err
+    assert "watching the alert rules of k8s-drifted" in err and "local-drifted" not in err
+    proc = subprocess.run([sys.executable, "-m", "mlops_lab.cli", "watch", "k8s-drifed"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 3 and "did you mean 'k8s-drifted'" in proc.stderr
