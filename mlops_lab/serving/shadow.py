@@ -160,7 +160,9 @@ def connect(proc: subprocess.Popen, share: float, counters: Any, timeout: float 
     line = read_line(proc.stdout.fileno(), timeout)
     if not line.startswith("READY "):
         proc.kill()
-        raise RuntimeError(f"the shadow version did not start: {line.removeprefix('FAILED ')}")
+        reason = line.removeprefix("FAILED ") if line.startswith("FAILED ") and "no answer" not in line \
+            else f"not ready within {timeout:g} s"
+        raise RuntimeError(f"the shadow version did not start: {reason}")
     return ShadowLink(line.split(" ", 1)[1], share, proc, counters)
 
 
@@ -237,6 +239,11 @@ def work(config: dict[str, Any], stdin, stdout) -> int:
 
     stdout.write(f"READY {model.ref}\n".encode())
     stdout.flush()
+    # Loaded at the server's priority (an update under load must not wait for idle time to start
+    # its shadow); from here on, only on the CPU time the servers leave.
+    from ..monitoring.staging import idle_priority
+
+    idle_priority()
     reader = _Reader(stdin.fileno(), write_counters)
     written = time.monotonic()
     max_rows = model.batching.max_batch_rows
@@ -272,8 +279,6 @@ def work(config: dict[str, Any], stdin, stdout) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import gc
-
     import orjson
 
     ap = argparse.ArgumentParser(prog="mlops_lab.serving.shadow", description=__doc__.splitlines()[0])
@@ -281,12 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s pid=%(process)d %(levelname)s %(name)s: %(message)s")
-    from ..monitoring.staging import idle_priority
     from ._process import die_with_parent
 
     die_with_parent()
-    idle_priority()
-    gc.freeze()
     return work(orjson.loads(args.config), sys.stdin.buffer, sys.stdout.buffer)
 
 
