@@ -192,6 +192,8 @@ class DeploymentPanel(_Panel):
         self.response = w.HTML()
         self.update_ref = w.Text(placeholder="model:VERSION", description="Update to")
         self.traffic = w.BoundedFloatText(value=100, min=0, max=100, step=5, description="Traffic %")
+        self.shadow = w.Checkbox(value=False, description="Shadow", indent=False, layout=w.Layout(width="auto"),
+                                 tooltip="beside the serving version on a copy of the requests: answers collected, never returned")
         self.update_button = w.Button(description="Update", icon="arrow-up")
         self.promote_button = w.Button(description="Promote", icon="check")
         self.rollback_button = w.Button(description="Roll back", icon="undo")
@@ -209,7 +211,7 @@ class DeploymentPanel(_Panel):
         self.confirm_button.on_click(lambda _: self.delete())
         super().__init__([
             self.table, self.selected, w.HBox([self.request, self.send_button]), self.response,
-            w.HBox([self.update_ref, self.traffic, self.update_button]),
+            w.HBox([self.update_ref, self.traffic, self.shadow, self.update_button]),
             w.HBox([self.promote_button, self.rollback_button, self.restart_button, self.delete_button, self.confirm_button,
                     self.cancel_button]),
         ], refresh)
@@ -258,18 +260,22 @@ class DeploymentPanel(_Panel):
         return answer
 
     def update(self):
-        """Serve the version in the Update box (as a canary when Traffic % is below 100)."""
+        """Serve the version in the Update box (as a canary when Traffic % is below 100, as a
+        shadow on a copy of every request when Shadow is ticked)."""
         from .deployers.api import update
+        from .deployers.base import _share
 
         name, ref = self._name(), self.update_ref.value.strip()
         if not name or not ref:
             self.say("Select a deployment and type the version to serve.", error=True) if name else None
             return None
-        traffic = self.traffic.value if self.traffic.value < 100 else None
-        self.say(f"Updating {name} to {ref} ...")
-        d = self._run(lambda: update(name, ref, traffic=traffic))
+        shadow = bool(self.shadow.value)
+        traffic = self.traffic.value if self.traffic.value < 100 and not shadow else None
+        self.say(f"Updating {name} to {ref}{' as a shadow' if shadow else ''} ...")
+        d = self._run(lambda: update(name, ref, traffic=traffic, shadow=shadow))
         if d is not None:
-            self.say(f"{name} serves {', '.join(str(m['name']) + ':' + str(m['version']) for m in d.models)} (revision {d.revision})")
+            served = ", ".join(f"{m['name']}:{m['version']}{_share(m, d.models)}" for m in d.models)
+            self.say(f"{name} serves {served} (revision {d.revision})")
             self.reload()
         return d
 

@@ -93,11 +93,21 @@ def test_deployment_panel_status_request_update_rollback_delete(two_models):
     p.request.value = json.dumps({"data": [{"sepal length (cm)": 1.0}]})
     p.send_button.click()
     assert "sepal width (cm)" in p.message.value
+    # A shadow: ticked, the version runs beside the serving ones on a copy of the requests
+    p.update_ref.value = "iris:2"
+    p.shadow.value = True
+    p.update_button.click()
+    assert "iris:2 (shadow of 100%)" in p.message.value and "(shadow of 100%)" in p.table.value, p.message.value
+    p.update_ref.value = "iris:1"
+    p.update_button.click()  # a version that serves cannot be its own shadow: one line
+    assert "iris:1 serves route &#x27;iris&#x27; of &#x27;svc&#x27; already" in p.message.value  # (HTML-escaped)
+    p.shadow.value = False
+    ml.delete_shadow("svc", progress=False)
     # Update as a canary, then promote
     p.update_ref.value = "iris:2"
     p.traffic.value = 20
     p.update_button.click()
-    assert "revision 2" in p.message.value, p.message.value
+    assert "revision 4" in p.message.value, p.message.value  # after the shadow's two
     assert [(m["version"], m["traffic"]) for m in ml.get_deployment("svc").models] == [(1, 80), (2, 20)]
     assert "(20%)" in p.table.value
     p.promote_button.click()
