@@ -94,10 +94,15 @@ def test_a_shadow_answers_copies_that_are_collected_apart_and_compared(scaled):
     np.testing.assert_allclose(shadow.sort_values(["request_id", "row"])["prediction"], want)
     served = _rows_when(lambda: ml.collected_data("svc"), 120)
     assert set(served["model_version"]) == {"m:1"} and len(served) == 120  # the shadow's rows are not in the served ones
-    # Prometheus: the shadow in its own series, never in the callers' requests
-    text = httpx.get(f"{d.url}/metrics", headers={"Authorization": f"Bearer {d.keys['primary']}",
-                                                   "Accept": "text/plain"}).text
-    assert 'mlops_lab_shadow_request_total{deployment="svc",model_name="m",model_version="2",outcome="200"} 40' in text
+    # Prometheus: the shadow in its own series (its workers write their counters once a second),
+    # never in the callers' requests
+    def scrape():
+        return httpx.get(f"{d.url}/metrics", headers={"Authorization": f"Bearer {d.keys['primary']}",
+                                                       "Accept": "text/plain"}).text
+
+    answered = 'mlops_lab_shadow_request_total{deployment="svc",model_name="m",model_version="2",outcome="200"} 40'
+    assert wait_until(lambda: answered in scrape(), timeout=20, every=0.3)
+    text = scrape()
     assert not [line for line in text.splitlines() if line.startswith("mlops_lab_request_total") and 'model_version="2"' in line]
     # the readout: regression (values are not whole), on the same 120 rows
     r = ml.compare("svc")
