@@ -118,8 +118,8 @@ def test_a_shadow_from_the_cli_update_compare_delete_shadow(sqlite_registry, tmp
     scored = json.loads(run("score", "svc", "--data", json.dumps({"data": rows})).stdout)
     assert scored == trained.predict(X.to_numpy()).tolist()  # the serving version's answers only
     deadline = time.monotonic() + 30
-    while len(ml.collected_data("svc", shadow=True)) < len(X) and time.monotonic() < deadline:
-        time.sleep(0.3)
+    while min(len(ml.collected_data("svc")), len(ml.collected_data("svc", shadow=True))) < len(X) and time.monotonic() < deadline:
+        time.sleep(0.3)  # the serving and the shadow's answers are written apart, each in its own time
     readout = json.loads(run("compare", "svc", "--json").stdout)
     want = float((trained.predict(X.to_numpy()) == other.predict(X.to_numpy())).mean())
     assert (readout["kind"], readout["pairs"], readout["shadow"]) == ("classification", len(X), "iris:2")

@@ -192,7 +192,7 @@ def test_a_shadow_from_magics_update_compare_chart_undeploy_shadow(shell, iris, 
     for _ in range(20):
         d.predict(X.iloc[:5])
     deadline = time.monotonic() + 30
-    while ml.collected_data("svc", shadow=True).empty and time.monotonic() < deadline:
+    while (ml.collected_data("svc").empty or ml.collected_data("svc", shadow=True).empty) and time.monotonic() < deadline:
         time.sleep(0.3)
     chart = shell.run_line_magic("compare", "svc --chart")
     assert "image/png" in chart._repr_mimebundle_() and "hconcat" in chart.vegalite()

@@ -233,7 +233,8 @@ def test_a_shadow_in_the_container_is_collected_apart_then_promoted(models):
                 assert r.status_code == 200 and r.json() == [1.0, 1.0] and r.headers["x-model-version"] == "m:1"
                 ids.append(r.headers["x-request-id"])
         deadline = time.monotonic() + 30
-        while len(ml.collected_data("dock-shadow", shadow=True)) < 40 and time.monotonic() < deadline:
+        while min(len(ml.collected_data("dock-shadow")), len(ml.collected_data("dock-shadow", shadow=True))) < 40 \
+                and time.monotonic() < deadline:
             time.sleep(0.3)
         shadow = ml.collected_data("dock-shadow", shadow=True)
         assert sorted(set(shadow.request_id)) == sorted(ids) and (shadow.prediction == 2.0).all()
