@@ -1,12 +1,13 @@
 """A/B of mlops_lab's scoring server: two versions of the source, the same model, the same load.
 
 Each side is a git revision (unpacked into a temporary folder) or a source folder; both are
-deployed at once, each in its own home, on the same pickled model (LogisticRegression or the
-100-tree forest of ``serving.py``, 20 features, registered with an array sample), with key auth
+deployed at once, each in its own home, on the same pickled model (one of ``serving.py``'s shapes,
+registered with that shape's sample, sent its ``/invocations`` body), with key auth
 and collection on, and driven in turn by ``wrk`` on ``/invocations``; rounds alternate which side
 runs first. Prints every run, then per cell the medians and B/A.
 
-Run: ``python bench/ab.py --a 2adb68a [--b .] [--rounds 5] [--cells lr:1:1,lr:1:8,lr:100:8]``
+Run: ``python bench/ab.py --a 2adb68a [--b .] [--rounds 5] [--cells lr:1:1,lr:1:8,pipe:1:1]`` (a cell's model is
+one of ``serving.py``'s shapes, or ``lr``/``rf`` for the array-fitted ones)
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from registry import machine  # noqa: E402
-from serving import Shape, wrk  # noqa: E402
+from serving import SHAPES, Shape, wrk  # noqa: E402
 
 # The helper each side runs: deploy, print the address and key, wait for stdin to close, delete.
 SIDE = """
 import json, pickle, sys
 import mlops_lab as ml
 model, X = pickle.load(open(sys.argv[1], "rb"))
-ml.register_model(model, "m", sample_input=X[:5])
+ml.register_model(model, "m", sample_input=X[:5] if hasattr(X, "shape") and not hasattr(X, "columns") else X.head(5))
 dep = ml.deploy("m", name="ab", workers=int(sys.argv[2]), progress=False)
 from mlops_lab.deployers.base import wait_until
 wait_until(lambda: len(dep.status().details["servers"]) == int(sys.argv[2]), timeout=60)
@@ -83,15 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         srcs = {"A": source(args.a, tmp, "A"), "B": source(args.b, tmp, "B")}
         for kind in dict.fromkeys(m for m, _, _ in cells):
-            shape = Shape(f"{kind}-arr")
+            shape = Shape(kind if kind in SHAPES else f"{kind}-arr")  # "lr" is the array-fitted lr
             model, X = shape.model, shape.data
             model_file = tmp / f"{kind}.pkl"
             model_file.write_bytes(pickle.dumps((model, X)))
             sides = {s: start(src, model_file, tmp / f"home-{kind}-{s}", args.workers) for s, src in srcs.items()}
             try:
                 for _, rows, conns in (c for c in cells if c[0] == kind):
-                    body = '{"inputs": ' + str(X[:rows].round(6).tolist()) + "}"
+                    body = json.dumps(shape.body("mlops_lab", rows))
                     runs: dict[str, list[float]] = {"A": [], "B": []}
+                    p50s: dict[str, list[float]] = {"A": [], "B": []}
                     for k in range(args.rounds):
                         for s in ("A", "B") if k % 2 == 0 else ("B", "A"):
                             info = sides[s][1]
@@ -102,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                             if r["non2xx"] or r["errors"]:
                                 raise RuntimeError(f"side {s} answered errors: {r}")
                             runs[s].append(r["rps"])
-                            print(f"  {kind} rows={rows:<3} conns={conns:<3} {s} {r['rps']:>9.1f} req/s  p99 {r['p99']:.2f} ms", flush=True)
+                            p50s[s].append(r["p50"])
+                            print(f"  {kind} rows={rows:<3} conns={conns:<3} {s} {r['rps']:>9.1f} req/s  p50 {r['p50']:.2f} ms  "
+                                  f"p99 {r['p99']:.2f} ms", flush=True)
                     a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
-                    medians.append((kind, rows, conns, a, b, runs))
+                    medians.append((kind, rows, conns, a, b, runs, statistics.median(p50s["A"]), statistics.median(p50s["B"])))
             finally:
                 for proc, _ in sides.values():
                     proc.stdin.close()
@@ -113,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("| model | rows | conns | A median req/s | B median req/s | B/A | A range | B range |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
-    for kind, rows, conns, a, b, runs in medians:
+    print("| model | rows | conns | A median req/s | B median req/s | B/A | A range | B range | p50 ms A / B |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |")
+    for kind, rows, conns, a, b, runs, pa, pb in medians:
         print(f"| {kind} | {rows} | {conns} | {a:.0f} | {b:.0f} | {b / a:.3f} | "
-              f"{min(runs['A']):.0f}-{max(runs['A']):.0f} | {min(runs['B']):.0f}-{max(runs['B']):.0f} |")
+              f"{min(runs['A']):.0f}-{max(runs['A']):.0f} | {min(runs['B']):.0f}-{max(runs['B']):.0f} | {pa:.2f} / {pb:.2f} |")
     return 0
 
 

@@ -31,6 +31,13 @@ from ..registry.inputs import Chunk, InputSpec, split_output
 log = logging.getLogger("mlops_lab.serving")
 
 INLINE_BELOW_S = 0.001  # models faster than this run on the event loop, skipping a thread hop
+#: Models slower than INLINE_BELOW_S but faster than this run on the event loop too when their
+#: request is the server's only one (one caller at a time): the hop to the predict thread and
+#: back, and the thread's cold caches on the other core, cost a lone caller 0.3-2 ms a call here
+#: (bench/README.md, issue 18); with other requests in flight the thread lets them be read and
+#: gathered into the next batch meanwhile. Above it, a call would hold up the server's other
+#: routes (health, metrics) too long.
+LONE_INLINE_BELOW_S = 0.01
 
 
 def new_error_id() -> str:
@@ -82,6 +89,7 @@ class ServedModel:
             getattr(self.model, "method", ""), "output"
         )
         self.inline = False
+        self.lone_inline = False  # run on the event loop when its request is the only one in flight
         self.warm_call_s: float | None = None  # one predict call on the example, at warm-up
         self.can_batch = self.spec.batchable and not self.raw_body and self.batching.enabled
         # Names of the input columns in collected data.
@@ -104,6 +112,7 @@ class ServedModel:
         self._want = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{self.name}")
         self._lock = threading.Lock()
+        self._inflight = 0  # requests in predict() now
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -131,9 +140,20 @@ class ServedModel:
             self.model.predict(self.spec.model_input([chunk]))
             elapsed = min(elapsed, time.perf_counter() - t0)
         self.inline = elapsed < INLINE_BELOW_S
+        self.lone_inline = elapsed < LONE_INLINE_BELOW_S
         self.warm_call_s = elapsed
         log.info("%s warmed up: %.3f ms per call on %d rows, batching %s, %s", self.ref, elapsed * 1000,
-                 chunk.n, "on" if self.can_batch else "off", "inline" if self.inline else "threaded")
+                 chunk.n, "on" if self.can_batch else "off", self.mode)
+
+    @property
+    def mode(self) -> str:
+        """Where calls run: ``inline`` (on the event loop), ``threaded`` (in the predict
+        thread), or ``threaded unless alone`` (inline for a request that is the only one)."""
+        return "inline" if self.inline else "threaded unless alone" if self.lone_inline else "threaded"
+
+    def _here(self, batch: int) -> bool:
+        """Whether a call for ``batch`` requests runs on the event loop."""
+        return self.inline or (self.lone_inline and batch == 1 and self._inflight == 1)
 
     def _as_array(self, chunk: Chunk, frame: Any, out: Any) -> Any:
         """Give the model its rows as an array instead of a DataFrame (:mod:`.accel`) if it
@@ -236,24 +256,28 @@ class ServedModel:
 
     async def predict(self, chunk: Chunk) -> Any:
         """The model's answer for one request's rows (possibly scored with others)."""
-        if not self.can_batch:
-            return await self._single(chunk)
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._pending.append((chunk, fut))
-        if self._filled is not None and len(self._pending) >= self._want:
-            _settle(self._filled)
-        if not self._busy:
-            self._busy = True
-            # Keep a reference: the loop holds tasks only weakly.
-            self._drainer = loop.create_task(self._drain())
-        return await fut
+        self._inflight += 1
+        try:
+            if not self.can_batch:
+                return await self._single(chunk)
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            self._pending.append((chunk, fut))
+            if self._filled is not None and len(self._pending) >= self._want:
+                _settle(self._filled)
+            if not self._busy:
+                self._busy = True
+                # Keep a reference: the loop holds tasks only weakly.
+                self._drainer = loop.create_task(self._drain())
+            return await fut
+        finally:
+            self._inflight -= 1
 
     async def _single(self, chunk: Chunk) -> Any:
         if self.counters is not None:
             self.counters.batch(self.ref, chunk.n)
         try:
-            if self.inline:
+            if self._here(1):
                 return self.model.predict(self.spec.model_input([chunk]))
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._call, [chunk])
@@ -287,7 +311,7 @@ class ServedModel:
                 if self.counters is not None:
                     self.counters.batch(self.ref, rows)
                 try:
-                    if self.inline:
+                    if self._here(len(batch)):
                         outs = self._run(chunks)
                     else:
                         outs = await loop.run_in_executor(self._executor, self._run, chunks)

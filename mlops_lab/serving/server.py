@@ -114,8 +114,8 @@ def share_choices(path: str | None, models: list[ServedModel]) -> None:
     it differently."""
     if not path:
         return
-    mine = {m.ref: {"inline": m.inline, "call_ms": None if m.warm_call_s is None else round(m.warm_call_s * 1000, 4)}
-            for m in models}
+    mine = {m.ref: {"inline": m.inline, "lone_inline": m.lone_inline,
+                    "call_ms": None if m.warm_call_s is None else round(m.warm_call_s * 1000, 4)} for m in models}
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
@@ -137,11 +137,13 @@ def share_choices(path: str | None, models: list[ServedModel]) -> None:
         return
     for m in models:
         choice = theirs.get(m.ref)
-        if choice is not None and choice.get("inline") is not None and choice["inline"] != m.inline:
+        if choice is None or choice.get("inline") is None:
+            continue
+        chosen = (bool(choice["inline"]), bool(choice.get("lone_inline", choice["inline"])))
+        if chosen != (m.inline, m.lone_inline):
+            m.inline, m.lone_inline = chosen
             log.info("%s: %s, as the revision's first server chose (%.3f ms a call there, %.3f ms here)",
-                     m.ref, "inline" if choice["inline"] else "threaded", choice.get("call_ms") or 0,
-                     (m.warm_call_s or 0) * 1000)
-            m.inline = bool(choice["inline"])
+                     m.ref, m.mode, choice.get("call_ms") or 0, (m.warm_call_s or 0) * 1000)
 
 
 def _keep_freed_memory() -> None:

@@ -470,6 +470,56 @@ def test_the_adaptive_wait_ends_when_the_callers_of_the_last_batch_are_back():
     asyncio.run(scenario())
 
 
+def test_a_lone_caller_is_scored_on_the_event_loop_and_concurrent_callers_in_the_predict_thread():
+    """Unit test of where ``ServedModel`` calls a model of a few milliseconds a call (no server).
+    Given such a model (threaded unless alone), when its requests come one at a time, then each
+    is scored on the event loop's own thread (no hop to the predict thread and back); when
+    several are in flight together, then they are gathered and scored in the predict thread,
+    the event loop free meanwhile. A model of over 10 ms a call always runs in the thread."""
+    import asyncio
+    import threading
+    import time
+
+    from mlops_lab.serving.runtime import ServedModel
+
+    class Model:
+        method = "predict"
+
+        def __init__(self, seconds):
+            self.seconds, self.calls = seconds, []
+
+        def predict(self, X):
+            time.sleep(self.seconds)
+            self.calls.append((threading.current_thread().name, len(X)))
+            return np.zeros(len(X))
+
+    signature = {"kind": "tensor", "dtype": "float64", "shape": [-1, 2]}
+
+    async def scenario(seconds):
+        model = Model(seconds)
+        m = ServedModel("m", 1, model, {"signature": signature, "input_example": [[0.0, 0.0]]})
+        m.warm_up()
+        model.calls.clear()
+        loop_thread = threading.current_thread().name
+        for _ in range(3):
+            assert (await m.predict(m.spec.from_rows([[1.0, 2.0]]))).tolist() == [0.0]
+        alone = list(model.calls)
+        model.calls.clear()
+        outs = await asyncio.gather(*(m.predict(m.spec.from_rows([[1.0, 2.0]])) for _ in range(6)))
+        assert [o.tolist() for o in outs] == [[0.0]] * 6
+        together = list(model.calls)
+        m.close()
+        return m.mode, loop_thread, alone, together
+
+    mode, loop_thread, alone, together = asyncio.run(scenario(0.003))
+    assert mode == "threaded unless alone"
+    assert alone == [(loop_thread, 1)] * 3
+    assert together and all(name.startswith("predict-m") for name, _ in together)
+    assert sum(n for _, n in together) == 6 and len(together) < 6  # gathered into shared calls
+    mode, loop_thread, alone, _ = asyncio.run(scenario(0.012))
+    assert mode == "threaded" and all(name.startswith("predict-m") for name, _ in alone)
+
+
 # KServe's sklearn v2 example (its docs' iris-input-v2.json): one FP32 tensor of shape [N, 4]
 KSERVE_IRIS_V2 = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32",
                               "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}
