@@ -18,6 +18,11 @@ CHUNK_RECORDS = 4096
 #: millisecond, not the 20 ms that 4096 of them would (seen in the servers' p99 latency).
 CHUNK_ROWS = 16_384
 
+#: ... or this many, for rows that are not arrays of numbers (strings, booleans, objects): they
+#: are converted value by value, some 1-2 us a row, so a slice of them holds the GIL for a few
+#: milliseconds (the servers' p99 halved again against 16,384-row slices; bench/README.md).
+CHUNK_ROWS_MIXED = 2048
+
 
 #: Where a deployment's shadows' answers are collected: ``<store>/<deployment>/shadow/``, a part
 #: of its own, so no reader of the served rows (metrics, alerts, drift) ever counts them.
@@ -94,9 +99,11 @@ def assemble(pa, counts: np.ndarray, *, times: np.ndarray, request_ids, versions
 
 def _slices(records: list[Record]):
     start, rows = 0, 0
+    first = records[0].inputs if records else None
+    bound = CHUNK_ROWS if first is None or isinstance(first, np.ndarray) and first.dtype.kind in "biuf" else CHUNK_ROWS_MIXED
     for i, r in enumerate(records):
         rows += max(r.n, 1)
-        if rows >= CHUNK_ROWS or i - start + 1 >= CHUNK_RECORDS:
+        if rows >= bound or i - start + 1 >= CHUNK_RECORDS:
             yield records[start : i + 1]
             start, rows = i + 1, 0
     if start < len(records):

@@ -92,3 +92,36 @@ def test_required_columns_and_files_with_nulls_read_as_one_dataset(collector, tm
     df = table.to_pandas()
     assert len(df) == 9 and df[df.request_id == "err"][COLS + ["prediction"]].isna().all(axis=None)
     assert (df[df.request_id == "a"][COLS] == 1.0).all(axis=None)
+
+
+def test_mixed_rows_read_back_as_the_signature_types_them(collector, tmp_path):
+    """Rows with a string column (a pipeline with a OneHotEncoder), as JSON gives them: lists of
+    Python values. Columns whose values all fit their type are converted by Arrow at once; a
+    column holding a value of another type is converted value by value, as before: a string in
+    a float column is missing, integers in a boolean column are booleans, numbers in a string
+    column are their text. Short rows are missing their last values."""
+    cols, types = ["a", "b", "flag", "colour"], ["float", "float", "bool", "string"]
+    clean = [[1.5, 2, True, "red"], [0.25, None, False, None]]  # ints, None: the fast path takes them
+    odd = [[1.0, "x", 1, 7], [2.0, 3.0, 0, "blue"]]  # a str among floats, ints as booleans, a number as text
+    short = [[3.0, 4.0]]
+    t0 = dt.datetime(2026, 11, 25, 12, tzinfo=dt.timezone.utc).timestamp()
+    for i, rows in enumerate((clean, odd, short)):
+        collector.add(_rec(t0 + i, f"r{i}", rows, np.zeros(len(rows), dtype=np.int64), columns=cols, types=types))
+    collector.flush()
+    df = read_requests(tmp_path / "d").to_pandas().sort_values(["request_time", "row"])
+    got = [[None if v is None or v != v else v for v in row] for row in df[cols].astype(object).to_numpy().tolist()]
+    assert got == [[1.5, 2.0, True, "red"], [0.25, None, False, None],
+                   [1.0, None, True, "7"], [2.0, 3.0, False, "blue"],
+                   [3.0, 4.0, None, None]]
+
+
+def test_slices_of_rows_that_are_not_number_arrays_are_smaller():
+    """Rows of Python values are converted one by one: a slice of them is bounded lower, so the
+    writer hands the GIL back to the event loop every few milliseconds."""
+    from mlops_lab.monitoring.records import CHUNK_ROWS, CHUNK_ROWS_MIXED, _slices
+
+    lists = [_rec(0.0, f"r{i}", [[1.0] * 5] * 100, None) for i in range(400)]
+    arrays = [_rec(0.0, f"r{i}", np.ones((100, 5)), None) for i in range(400)]
+    assert max(sum(r.n for r in p) for p in _slices(lists)) == CHUNK_ROWS_MIXED + 100 - CHUNK_ROWS_MIXED % 100
+    assert max(sum(r.n for r in p) for p in _slices(arrays)) == CHUNK_ROWS + 100 - CHUNK_ROWS % 100
+    assert [r for p in _slices(lists) for r in p] == lists
