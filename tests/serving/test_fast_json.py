@@ -103,3 +103,37 @@ def test_large_bad_bodies_still_name_the_row_at_fault(served, http, tweak, fragm
     r = http.post(f"{d.url}/score", content=raw, headers={**auth(d), "Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert fragment in r.json()["message"] and r.json()["row"] == row
+
+
+MIXED = {"kind": "columns", "columns": [
+    {"name": "x", "type": "float", "missing": False}, {"name": "n", "type": "integer", "missing": False},
+    {"name": "flag", "type": "boolean", "missing": False}, {"name": "colour", "type": "string", "missing": True},
+    {"name": "y", "type": "float", "missing": True}]}
+
+
+@pytest.mark.parametrize("rows, error", [
+    ([[1.5, 2, True, "red", None], [0, 3, False, None, float("nan")]], None),  # ints as floats, allowed gaps
+    ([[True, 2, True, "red", 1.0]], None),  # a JSON boolean is 1 in a number column
+    ([[1.5, 2.0, True, "red", 1.0]], None),  # a whole float in an integer column
+    ([[1.5, 2.5, True, "red", 1.0]], "row 0: column 'n' expects integer, got float 2.5"),
+    ([[1.5, 2, True, "red", 1.0], [None, 2, True, "red", 1.0]], "row 1: column 'x' has no value"),
+    ([[1.5, 2, True, "red", 1.0], [float("nan"), 2, True, "red", 1.0]], "row 1: column 'x' has no value"),
+    ([[1.5, 2, 1, "red", 1.0]], "row 0: column 'flag' expects boolean, got integer 1"),
+    ([[1.5, 2, True, 7, 1.0]], "row 0: column 'colour' expects string, got integer 7"),
+    ([[1.5, 2, True, "red"]], "row 0 has 4 values, expected 5"),
+    ([[1.5, 2, True, "red", 1.0], "row"], "row 1 is string, expected a list of 5 values"),
+])
+def test_mixed_rows_are_accepted_or_refused_naming_the_cell(rows, error):
+    """Rows with strings beside numbers are checked a column at a time (the common, valid case)
+    and value by value when something is off: the outcome and the message are the same either
+    way, naming the row and the column at fault."""
+    from mlops_lab.errors import InvalidRequest
+
+    spec = InputSpec(MIXED)
+    if error is None:
+        chunk = spec.from_rows(rows)
+        assert (chunk.form, chunk.n, chunk.data) == ("rows", len(rows), rows)
+    else:
+        with pytest.raises(InvalidRequest) as info:
+            spec.from_rows(rows)
+        assert str(info.value).startswith(error), str(info.value)
