@@ -8,8 +8,9 @@ demo:  ## install and run the main job end to end on the embedded defaults
 test:  ## install, start PostgreSQL, run the whole test suite
 	bash .ci/test.sh
 
-bench:  ## the benchmarks against MLflow (see bench/README.md)
+bench:  ## the benchmarks against MLflow and the other peers (see bench/README.md)
 	bash .ci/setup.sh bench
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	.venv/bin/python bench/registry.py
 	.venv/bin/python bench/serving.py
 	.venv/bin/python bench/monitoring.py
