@@ -31,8 +31,8 @@ from ..registry.inputs import Chunk, InputSpec, split_output
 log = logging.getLogger("mlops_lab.serving")
 
 INLINE_BELOW_S = 0.001  # models faster than this run on the event loop, skipping a thread hop
-#: Models slower than INLINE_BELOW_S but faster than this run on the event loop too when their
-#: request is the server's only one (one caller at a time): the hop to the predict thread and
+#: Models that batch, slower than INLINE_BELOW_S but faster than this, run on the event loop too
+#: when their request is the server's only one (one caller at a time): the hop to the predict thread and
 #: back, and the thread's cold caches on the other core, cost a lone caller 0.3-2 ms a call here
 #: (bench/README.md, issue 18); with other requests in flight the thread lets them be read and
 #: gathered into the next batch meanwhile. Above it, a call would hold up the server's other
@@ -152,7 +152,8 @@ class ServedModel:
         return "inline" if self.inline else "threaded unless alone" if self.lone_inline else "threaded"
 
     def _here(self, batch: int) -> bool:
-        """Whether a call for ``batch`` requests runs on the event loop."""
+        """Whether the drainer's call for ``batch`` requests runs on the event loop (its calls
+        run one at a time, wherever they run)."""
         return self.inline or (self.lone_inline and batch == 1 and self._inflight == 1)
 
     def _as_array(self, chunk: Chunk, frame: Any, out: Any) -> Any:
@@ -277,7 +278,10 @@ class ServedModel:
         if self.counters is not None:
             self.counters.batch(self.ref, chunk.n)
         try:
-            if self._here(1):
+            # (inline only for a fast model: the drainer's one-call-at-a-time, which makes a
+            # lone call on the event loop safe, is not here; a call left running in the thread
+            # by a caller who went away could otherwise meet one on the loop)
+            if self.inline:
                 return self.model.predict(self.spec.model_input([chunk]))
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._call, [chunk])

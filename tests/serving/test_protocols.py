@@ -475,7 +475,8 @@ def test_a_lone_caller_is_scored_on_the_event_loop_and_concurrent_callers_in_the
     Given such a model (threaded unless alone), when its requests come one at a time, then each
     is scored on the event loop's own thread (no hop to the predict thread and back); when
     several are in flight together, then they are gathered and scored in the predict thread,
-    the event loop free meanwhile. A model of over 10 ms a call always runs in the thread."""
+    the event loop free meanwhile. A model of over 10 ms a call, or one that does not batch,
+    always runs in the thread."""
     import asyncio
     import threading
     import time
@@ -495,7 +496,7 @@ def test_a_lone_caller_is_scored_on_the_event_loop_and_concurrent_callers_in_the
 
     signature = {"kind": "tensor", "dtype": "float64", "shape": [-1, 2]}
 
-    async def scenario(seconds):
+    async def scenario(seconds, signature=signature):
         model = Model(seconds)
         m = ServedModel("m", 1, model, {"signature": signature, "input_example": [[0.0, 0.0]]})
         m.warm_up()
@@ -518,6 +519,10 @@ def test_a_lone_caller_is_scored_on_the_event_loop_and_concurrent_callers_in_the
     assert sum(n for _, n in together) == 6 and len(together) < 6  # gathered into shared calls
     mode, loop_thread, alone, _ = asyncio.run(scenario(0.012))
     assert mode == "threaded" and all(name.startswith("predict-m") for name, _ in alone)
+    # a model that does not batch (no signature) is not called one at a time by the batcher:
+    # its lone callers stay in the thread, so no two calls can ever meet
+    mode, loop_thread, alone, _ = asyncio.run(scenario(0.003, signature=None))
+    assert all(name.startswith("predict-m") for name, _ in alone) and len(alone) == 3
 
 
 # KServe's sklearn v2 example (its docs' iris-input-v2.json): one FP32 tensor of shape [N, 4]
