@@ -401,9 +401,12 @@ class InputSpec:
         )
 
     def _check_present(self, arr: np.ndarray) -> None:
-        sub = arr[:, self.required]
-        if np.isnan(sub).any():
-            r, c = np.argwhere(np.isnan(sub))[0]
+        missing = np.isnan(arr)
+        if not missing.any():  # the common case, seen on the whole array: no copy of columns
+            return
+        sub = missing[:, self.required]
+        if sub.any():
+            r, c = np.argwhere(sub)[0]
             raise self._missing(int(r), self.required[int(c)])
 
     # -- from chunks to the model's input and back ---------------------------------------------
