@@ -19,8 +19,9 @@ CHUNK_RECORDS = 4096
 CHUNK_ROWS = 16_384
 
 #: ... or this many, for rows that are not arrays of numbers (strings, booleans, objects): they
-#: are converted value by value, some 1-2 us a row, so a slice of them holds the GIL for a few
-#: milliseconds (the servers' p99 halved again against 16,384-row slices; bench/README.md).
+#: are Python values, transposed and converted at some 0.5 us a row (more when a column needs
+#: converting value by value), so a slice of them holds the GIL for a millisecond or two (the
+#: servers' p99 halved against 16,384-row slices; bench/README.md).
 CHUNK_ROWS_MIXED = 2048
 
 
