@@ -32,8 +32,8 @@ from serving import SHAPES, Shape, wrk  # noqa: E402
 SIDE = """
 import json, pickle, sys
 import mlops_lab as ml
-model, X = pickle.load(open(sys.argv[1], "rb"))
-ml.register_model(model, "m", sample_input=X[:5] if hasattr(X, "shape") and not hasattr(X, "columns") else X.head(5))
+model, sample = pickle.load(open(sys.argv[1], "rb"))
+ml.register_model(model, "m", sample_input=sample)
 dep = ml.deploy("m", name="ab", workers=int(sys.argv[2]), progress=False)
 from mlops_lab.deployers.base import wait_until
 wait_until(lambda: len(dep.status().details["servers"]) == int(sys.argv[2]), timeout=60)
@@ -85,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         srcs = {"A": source(args.a, tmp, "A"), "B": source(args.b, tmp, "B")}
         for kind in dict.fromkeys(m for m, _, _ in cells):
             shape = Shape(kind if kind in SHAPES else f"{kind}-arr")  # "lr" is the array-fitted lr
-            model, X = shape.model, shape.data
             model_file = tmp / f"{kind}.pkl"
-            model_file.write_bytes(pickle.dumps((model, X)))
+            model_file.write_bytes(pickle.dumps((shape.model, shape.sample())))
             sides = {s: start(src, model_file, tmp / f"home-{kind}-{s}", args.workers) for s, src in srcs.items()}
             try:
                 for _, rows, conns in (c for c in cells if c[0] == kind):

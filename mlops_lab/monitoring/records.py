@@ -100,7 +100,7 @@ def assemble(pa, counts: np.ndarray, *, times: np.ndarray, request_ids, versions
 
 def _slices(records: list[Record]):
     start, rows = 0, 0
-    first = records[0].inputs if records else None
+    first = next((r.inputs for r in records if r.inputs is not None), None)  # (a failed request has none)
     bound = CHUNK_ROWS if first is None or isinstance(first, np.ndarray) and first.dtype.kind in "biuf" else CHUNK_ROWS_MIXED
     for i, r in enumerate(records):
         rows += max(r.n, 1)
