@@ -106,6 +106,9 @@ class InputSpec:
         # Set at start-up when the model computes the same on a request's rows as an array as
         # on a DataFrame (ServedModel.warm_up checks it): batches of arrays then skip the frame.
         self.array_input = False
+        # Set at start-up when the model computes the same on rows as one array of objects in the
+        # signature's column order (a pipeline selecting columns by name: serving.accel).
+        self.rows_input = False
         self._array_dtypes: dict[np.dtype, np.dtype] = {}
 
     def from_json(self, body: bytes, keys: tuple[str, ...], accept: tuple[str, ...], exclusive: bool = False) -> Chunk | None:
@@ -432,13 +435,17 @@ class InputSpec:
 
         if all(c.form == "array" for c in chunks):
             arr = chunks[0].data if len(chunks) == 1 else np.concatenate([c.data for c in chunks])
-            if self.array_input:
+            if self.array_input or self.rows_input:
                 return arr.astype(self._frame_dtype(arr.dtype), copy=False)
             df = pd.DataFrame(arr, columns=self.columns)
         else:
             rows = []
             for c in chunks:
                 rows.extend(c.data.tolist() if c.form == "array" else c.data)
+            if self.rows_input:
+                out = np.empty((len(rows), len(self.columns)), dtype=object)
+                out[:] = rows  # each value as it came (np.array of such rows may nest a list)
+                return out
             # (the same frame as DataFrame.from_records, dtypes and all, in under half the time:
             # 0.24 against 0.57 ms for a row of 20 columns here)
             df = pd.DataFrame(rows, columns=self.columns)

@@ -26,6 +26,22 @@ start-up (:meth:`.ServedModel.warm_up`) and keeps the model's own call if they d
 
 Only exact classes (a subclass may score differently), one output, and ``n_jobs`` of None or 1
 (with more jobs, the forest sums in the order threads finish).
+
+**Pipelines that select columns by name.** A ``Pipeline`` whose first step is a
+``ColumnTransformer`` (numbers scaled, a category one-hot encoded) needs a DataFrame for its
+column names, and selecting each transformer's columns from it by name, with scikit-learn's
+checks of names and dtypes on every step, costs most of its call: 2.8 ms for one row of 20
+columns here, against 0.5 ms for the same transformers' own work. :func:`columns_call` gives
+the pipeline's call as the pipeline computes it, on the request's rows as one array (numbers, or
+objects where a column holds strings) in the signature's column order: each fitted transformer
+of the ``ColumnTransformer`` given its columns, as an array of the dtype the DataFrame's
+columns would give it, stacked as the ``ColumnTransformer`` stacks them (sparse when it was
+fitted to), then the pipeline's other steps and its final estimator (tree by tree for a
+forest). Only scikit-learn's own estimators, the ``ColumnTransformer`` without
+``transformer_weights``, ``passthrough`` columns or DataFrame output, and columns of one kind
+per transformer (numbers, or strings with no missing value: pandas reads a missing string as
+``NaN`` or ``None`` depending on its version). The server checks it on the input example at
+start-up like the others and keeps the DataFrame when it differs.
 """
 
 from __future__ import annotations
@@ -94,6 +110,84 @@ def faster_call(model: Any, method: str) -> Callable[[Any], Any] | None:
     return predict_class
 
 
+def columns_call(model: Any, method: str, columns: list[str], kinds: list[str], may_miss: list[bool],
+                 dtypes: dict[str, np.dtype]) -> Callable[[np.ndarray], Any] | None:
+    """``getattr(model, method)`` computed on rows as one array in the order of ``columns``
+    instead of a DataFrame, or None (see the module's docstring). ``kinds`` and ``may_miss``
+    are the signature's; ``dtypes`` the dtypes of the DataFrame's columns the server builds."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if type(model) is not Pipeline or not model.steps or not _sklearn_only(model, allow=_COLUMN_TRANSFORMER):
+        return None
+    ct = model.steps[0][1]
+    if type(ct) is not ColumnTransformer or ct.transformer_weights or _pandas_output(ct):
+        return None
+    names = list(getattr(ct, "feature_names_in_", ()))
+    where = getattr(ct, "_transformer_to_input_indices", None)
+    if not names or where is None or not set(names) <= set(columns):
+        return None
+    index = {c: i for i, c in enumerate(columns)}
+    parts: list[tuple[Any, list[int], np.dtype, bool]] = []
+    for name, trans, cols in ct.transformers_:
+        selected = [str(names[i]) for i in where.get(name, ())]
+        if isinstance(trans, str) and trans == "drop" or not selected:
+            continue
+        if isinstance(trans, str) or not hasattr(trans, "transform") or _pandas_output(trans) or not _sklearn_only(trans):
+            return None  # "passthrough" hands over the frame's columns as they are
+        idx = [index[c] for c in selected]
+        kind = {"string" if kinds[i] == "string" else "number" if kinds[i] in ("float", "integer") else "other" for i in idx}
+        if kind == {"string"} and not any(may_miss[i] for i in idx):
+            dtype = np.dtype(object)
+        elif kind == {"number"}:
+            dtype = np.result_type(*(dtypes[columns[i]] for i in idx))
+            if dtype.kind not in "biuf":
+                return None
+        else:
+            return None
+        parts.append((trans, idx, dtype, np.isscalar(cols)))
+    rest = []
+    for _, step in model.steps[1:-1]:
+        if step is None or isinstance(step, str) and step == "passthrough":
+            continue
+        if _pandas_output(step):
+            return None
+        rest.append(step.transform)
+    final = model.steps[-1][1]
+    if isinstance(final, str) or final is None or not hasattr(final, method):
+        return None
+    last = faster_call(final, method) or getattr(final, method)
+    sparse_out = bool(ct.sparse_output_)
+    n_out = None if parts else 0
+
+    def call(X: np.ndarray) -> Any:
+        outs = []
+        for trans, idx, dtype, one in parts:
+            sub = X[:, idx[0]] if one else X[:, idx]
+            # the layout of a DataFrame's block (columns stored one after another)
+            outs.append(trans.transform(np.asarray(sub, dtype=dtype, order="F")))
+        if n_out == 0:
+            Xt = np.zeros((X.shape[0], 0))
+        elif sparse_out:
+            from scipy import sparse
+            from sklearn.utils import check_array
+
+            Xt = sparse.hstack([check_array(o, accept_sparse=True, ensure_all_finite=False) for o in outs]).tocsr()
+        else:
+            Xt = np.hstack([o.toarray() if hasattr(o, "toarray") else o for o in outs])
+        for transform in rest:
+            Xt = transform(Xt)
+        return last(Xt)
+
+    return call
+
+
+def _pandas_output(est: Any) -> bool:
+    """Whether an estimator was set to give DataFrames (``set_output``)."""
+    config = getattr(est, "_sklearn_output_config", None) or {}
+    return config.get("transform", "default") != "default"
+
+
 def takes_array(model: Any, columns: list[str]) -> bool:
     """Whether ``model`` (fitted on a DataFrame of ``columns``) computes the same on the frame's
     values as an array: see the module's docstring."""
@@ -106,11 +200,16 @@ def takes_array(model: Any, columns: list[str]) -> bool:
     return fitted is None or [str(c) for c in fitted] == list(columns)
 
 
-def _sklearn_only(model: Any) -> bool:
+_COLUMN_TRANSFORMER = "sklearn.compose._column_transformer.ColumnTransformer"
+
+
+def _sklearn_only(model: Any, allow: str = "") -> bool:
+    """Whether the model and every estimator in it are scikit-learn's own, none of them one
+    that reads a DataFrame by column name (except ``allow``)."""
     def ok(est: Any) -> bool:
         cls = type(est)
         name = f"{cls.__module__}.{cls.__qualname__}"
-        return cls.__module__.startswith("sklearn.") and name not in _BY_NAME
+        return cls.__module__.startswith("sklearn.") and (name not in _BY_NAME or name == allow)
 
     if not ok(model) or not hasattr(model, "get_params"):
         return False

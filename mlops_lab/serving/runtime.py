@@ -131,6 +131,7 @@ class ServedModel:
         if n != chunk.n:
             self.can_batch = False
         x = self._as_array(chunk, x, out)
+        x = self._by_columns(chunk, x, out)
         self._faster(x, out)
         # Time the call as it will be made (array or frame, faster call or the model's own);
         # the best of three: the first calls pay for lazy imports and caches.
@@ -179,6 +180,41 @@ class ServedModel:
             log.info("%s: scored on a DataFrame (the model answers an array differently)", self.ref)
             return frame
         log.info("%s: scored on an array in the fitted column order, not a DataFrame (same results on the example)", self.ref)
+        return x
+
+    def _by_columns(self, chunk: Chunk, frame: Any, out: Any) -> Any:
+        """Score a pipeline that selects its columns by name on the request's rows as one array
+        (:func:`.accel.columns_call`) if it answers the example exactly as on the DataFrame;
+        returns the input to use."""
+        from .accel import NO_NAMES_WARNING, columns_call, same_output
+
+        spec, loaded = self.spec, self.model
+        if spec.kind != "columns" or spec.array_input or not hasattr(frame, "dtypes"):
+            return frame
+        try:
+            call = columns_call(getattr(loaded, "model", None), getattr(loaded, "method", ""), spec.columns, spec.types,
+                                spec.may_miss, dict(zip(map(str, frame.columns), frame.dtypes)))
+        except Exception as exc:  # noqa: BLE001 - an estimator of another version's layout
+            log.warning("%s: cannot score the pipeline's columns without the DataFrame (%s)", self.ref, exc)
+            call = None
+        if call is None:
+            return frame
+        # its transformers were fitted with the column names they now get as an array
+        warnings.filterwarnings("ignore", message=NO_NAMES_WARNING, category=UserWarning)
+        spec.rows_input = True
+        try:
+            x = spec.model_input([chunk])
+            same = same_output(call(x), out)
+        except Exception as exc:  # noqa: BLE001 - the DataFrame stays
+            log.warning("%s: the pipeline failed on its rows as an array (%s): kept the DataFrame", self.ref, exc)
+            same = False
+        if not same:
+            spec.rows_input = False
+            log.info("%s: scored on a DataFrame (the pipeline answers its rows as an array differently)", self.ref)
+            return frame
+        loaded.use_call(call)
+        log.info("%s: scored transformer by transformer on the rows as an array, not a DataFrame (same results on "
+                 "the example)", self.ref)
         return x
 
     def _faster(self, x: Any, out: Any) -> Any:

@@ -193,13 +193,7 @@ def test_an_all_integer_signature_gets_the_integer_array_the_frame_would_give(tm
 
 
 def test_models_that_need_the_dataframe_keep_it(tmp_path):
-    # columns picked by name, a string column, the user's code; columns fitted in another order
-    by_name = make_pipeline(ColumnTransformer([("s", StandardScaler(), ["x0", "x1"])]), LogisticRegression()).fit(FRAME, Y_BIN)
-    strings = FRAME.assign(colour=np.where(Y_BIN > 0, "red", "blue"))
-    onehot = make_pipeline(
-        ColumnTransformer([("num", StandardScaler(), list(FRAME.columns)), ("cat", OneHotEncoder(), ["colour"])]),
-        LogisticRegression(max_iter=500),
-    ).fit(strings, Y_BIN)
+    # the user's code reading columns by name; columns fitted in another order
     reordered = LogisticRegression().fit(FRAME[FRAME.columns[::-1]], Y_BIN)
     assert not accel.takes_array(reordered, list(FRAME.columns))  # (its warm-up fails on the frame anyway)
 
@@ -207,15 +201,118 @@ def test_models_that_need_the_dataframe_keep_it(tmp_path):
         def predict(self, X):
             return (X["x0"] > 0).astype(int).to_numpy()
 
-    cases = [("by-name", by_name, FRAME), ("onehot", onehot, strings), ("user", ByName(), FRAME)]
-    for name, model, frame in cases:
-        served = _served_frame(name, model, tmp_path, frame)
+    served = _served_frame("user", ByName(), tmp_path, FRAME)
+    served.warm_up()
+    assert not served.spec.array_input and not served.spec.rows_input
+    chunk = served.spec.from_rows(FRAME.head(20).to_dict("records"))
+    x = served.spec.model_input([chunk])
+    assert isinstance(x, pd.DataFrame)
+    assert np.array_equal(served.model.predict(x), ByName().predict(FRAME.head(20)))
+
+
+# -- pipelines that select their columns by name, scored on the rows as an array -------------
+
+STRINGS = FRAME.assign(
+    colour=np.array(["red", "green", "blue"])[RNG.integers(0, 3, size=len(X))],
+    size=np.array(["S", "M", "L", "XL"])[RNG.integers(0, 4, size=len(X))],
+)
+NUMS = [f"x{i}" for i in range(6)]
+
+
+def _pipelines():
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OrdinalEncoder
+
+    return {
+        "scaler+onehot+logistic": make_pipeline(
+            ColumnTransformer([("num", StandardScaler(), NUMS + ["count"]), ("cat", OneHotEncoder(handle_unknown="ignore"), ["colour"])]),
+            LogisticRegression(max_iter=500)),
+        "sparse, two encoders, columns dropped": make_pipeline(
+            ColumnTransformer([("num", StandardScaler(), ["x0", "x3"]),
+                               ("cat", OneHotEncoder(handle_unknown="ignore"), ["colour", "size"])], sparse_threshold=1.0),
+            LogisticRegression(max_iter=500)),
+        "nested pipeline, ordinal, forest": make_pipeline(
+            ColumnTransformer([("num", make_pipeline(SimpleImputer(), StandardScaler()), NUMS),
+                               ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), ["size", "colour"])]),
+            StandardScaler(), RandomForestClassifier(n_estimators=15, random_state=0)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_pipelines()))
+def test_a_pipeline_that_selects_columns_by_name_is_scored_on_its_rows_with_the_same_results(name, caplog, tmp_path):
+    model = _pipelines()[name].fit(STRINGS, Y_BIN)
+    served = _served_frame("piped", model, tmp_path, STRINGS)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with caplog.at_level(logging.INFO, logger="mlops_lab.serving"):
+            served.warm_up()
+        assert served.spec.rows_input and not served.spec.array_input
+        assert "scored transformer by transformer on the rows as an array" in caplog.text
+        spec = served.spec
+        rows = STRINGS.to_numpy().tolist()
+        unseen = [r[:-2] + ["purple", "S"] for r in rows[:3]]  # a category the encoders never saw
+        cases = [[spec.from_rows(rows[:1])], [spec.from_rows(rows[1:8])], [spec.from_rows(rows[8:108])],
+                 [spec.from_rows(STRINGS.iloc[200:230].to_dict("records"))], [spec.from_rows(unseen)],
+                 [spec.from_rows(rows[300:305]), spec.from_rows(rows[310:311]), spec.from_rows(rows[320:360])]]
+        for chunks in cases:
+            x = spec.model_input(chunks)
+            assert isinstance(x, np.ndarray) and x.dtype == object
+            want = model.predict(pd.DataFrame([r for c in chunks for r in c.data], columns=spec.columns).pipe(spec._cast))
+            got = served.model.predict(x)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert not [w for w in seen if "feature names" in str(w.message)]
+
+
+def test_pipelines_the_array_could_score_otherwise_keep_the_dataframe(tmp_path):
+    from sklearn.preprocessing import FunctionTransformer
+
+    cases = {
+        "passthrough columns": ColumnTransformer([("cat", OneHotEncoder(), ["colour"]), ("no", "drop", ["size"])],
+                                                 remainder="passthrough"),
+        "weights": ColumnTransformer([("num", StandardScaler(), NUMS), ("cat", OneHotEncoder(), ["colour"])],
+                                     transformer_weights={"num": 2.0, "cat": 1.0}),
+        "DataFrame output": ColumnTransformer([("num", StandardScaler(), NUMS), ("cat", OneHotEncoder(sparse_output=False), ["colour"])]
+                                              ).set_output(transform="pandas"),
+        "the user's code": ColumnTransformer([("num", FunctionTransformer(np.log1p), ["count"]), ("cat", OneHotEncoder(), ["colour"])]),
+        "numbers and strings in one encoder": ColumnTransformer([("cat", OneHotEncoder(), ["colour", "count"])]),
+    }
+    for i, (name, ct) in enumerate(cases.items()):
+        model = make_pipeline(ct, LogisticRegression(max_iter=500)).fit(STRINGS, Y_BIN)
+        served = _served_frame(f"kept{i}", model, tmp_path, STRINGS)
         served.warm_up()
-        assert not served.spec.array_input, name
-        chunk = served.spec.from_rows(frame.head(20).to_dict("records"))
+        assert not served.spec.rows_input, name
+        chunk = served.spec.from_rows(STRINGS.head(20).to_numpy().tolist())
         x = served.spec.model_input([chunk])
         assert isinstance(x, pd.DataFrame), name
-        assert np.array_equal(served.model.predict(x), model.predict(frame.head(20))), name
+        assert np.array_equal(served.model.predict(x), model.predict(STRINGS.head(20))), name
+    # a string column that may lack a value: pandas reads it as NaN or None by its version
+    model = _pipelines()["scaler+onehot+logistic"].fit(STRINGS, Y_BIN)
+    spec = ServedModel("m", 1, None, {"signature": {"kind": "columns", "columns": [
+        {"name": c, "type": "string" if c in ("colour", "size") else "float", "missing": c == "colour"} for c in STRINGS.columns]}}).spec
+    frame = spec._cast(STRINGS.head())
+    assert accel.columns_call(model, "predict", spec.columns, spec.types, spec.may_miss, dict(frame.dtypes)) is None
+    spec.may_miss[spec.columns.index("colour")] = False
+    assert accel.columns_call(model, "predict", spec.columns, spec.types, spec.may_miss, dict(frame.dtypes)) is not None
+
+
+def test_a_pipeline_call_that_answers_otherwise_keeps_the_dataframe(monkeypatch, caplog, tmp_path):
+    """Replaces ``accel.columns_call`` with one whose call answers the example otherwise (as a
+    change in how scikit-learn's ColumnTransformer stacks its parts would): the server must
+    notice it on the example and keep the DataFrame."""
+    real = accel.columns_call
+
+    def off(*args):
+        call = real(*args)
+        return lambda x: 1 - call(x)
+
+    monkeypatch.setattr(accel, "columns_call", off)
+    model = _pipelines()["scaler+onehot+logistic"].fit(STRINGS, Y_BIN)
+    served = _served_frame("off", model, tmp_path, STRINGS)
+    with caplog.at_level(logging.INFO, logger="mlops_lab.serving"):
+        served.warm_up()
+    assert not served.spec.rows_input and "answers its rows as an array differently" in caplog.text
+    x = served.spec.model_input([served.spec.from_rows(STRINGS.head(3).to_numpy().tolist())])
+    assert isinstance(x, pd.DataFrame) and np.array_equal(served.model.predict(x), model.predict(STRINGS.head(3)))
 
 
 def test_an_array_that_answers_otherwise_keeps_the_dataframe(monkeypatch, caplog, tmp_path):
@@ -249,5 +346,24 @@ def test_a_deployed_model_fitted_on_a_dataframe_answers_and_collects_as_before()
         got = ml.collected_data("framed").sort_values(["request_time", "row"])
         assert set(FRAME.columns) <= set(got.columns)
         assert np.allclose(got["x0"].to_numpy()[:40], q["x0"].to_numpy())
+    finally:
+        d.delete()
+
+
+def test_a_deployed_pipeline_with_a_category_answers_and_collects_as_before():
+    model = _pipelines()["scaler+onehot+logistic"].fit(STRINGS, Y_BIN)
+    ml.register_model(model, "piped", sample_input=STRINGS.head())
+    d = ml.deploy("piped", progress=False, workers=1)
+    try:
+        q = STRINGS.sample(40, random_state=2)
+        assert d.predict(q.to_dict("records")) == model.predict(q).tolist()
+        assert d.predict(q.to_numpy().tolist()) == model.predict(q).tolist()
+        assert "scored transformer by transformer on the rows as an array" in d.logs(tail=50)
+        assert "feature names" not in d.logs(tail=200)
+        with pytest.raises(ml.InvalidInput, match="colour"):  # the signature's checks come first, as before
+            d.predict([q.to_numpy().tolist()[0][:-2] + [3, "S"]])
+        assert wait_until(lambda: len(ml.collected_data("piped")) >= 80, timeout=30)
+        got = ml.collected_data("piped").sort_values(["request_time", "row"])
+        assert got["colour"].dropna().tolist()[:40] == q["colour"].tolist()
     finally:
         d.delete()
