@@ -179,6 +179,9 @@ def compare_shadow(reg, root, deployment: str, *, since: Any = None, shadow: str
     if shadowed.empty:
         raise InvalidInput(f"the shadow {shadow} of {deployment!r} has answered nothing" + (" in that window" if since else ""))
     served = D.read_requests(root, start, None, columns=_COLUMNS).to_pandas()
+    if served.empty:  # (then without columns either)
+        raise InvalidInput(f"no served answers of {deployment!r} are collected yet to pair the shadow's {len(shadowed)} rows with",
+                           hint="a server writes what it collected every flush_seconds (5 s by default): try again then")
     served = served[served["request_id"].isin(shadowed["request_id"].unique())]
     ok = ["request_id", "row", "prediction"]
     pairs = served.loc[served["status_code"] == 200, ok].merge(

@@ -195,7 +195,9 @@ def test_a_classifier_shadow_gets_its_agreement_rate(sqlite_registry):
         with httpx.Client(timeout=30) as client:
             for part in np.array_split(x, 10):
                 assert _post(d, client, part.tolist()).status_code == 200
+        # both halves of each pair, each written on its own flush: the shadow's and the served
         _rows_when(lambda: ml.collected_data("cls", shadow=True), 101)
+        _rows_when(lambda: ml.collected_data("cls"), 101)
         r = ml.compare("cls")
         # they disagree on 0.51 ... 0.60: 10 of 101 rows
         assert (r.kind, r.pairs) == ("classification", 101)

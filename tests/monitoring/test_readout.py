@@ -68,6 +68,18 @@ def _labelled_traffic(store, name, n_a, acc_a, n_b, acc_b, rng, start=0):
     ml.record_feedback(name, ids, labels)
 
 
+def test_a_shadow_read_out_before_the_served_answers_are_written_says_so(sqlite_registry, collection_store, rng):
+    """The shadow's rows and the served rows are written on flushes of their own: a readout
+    between the two is one line, not a KeyError from an empty table."""
+    frame = pd.DataFrame({"a": rng.normal(size=5)})
+    write_traffic(collection_store, "early/shadow", frame, np.full(5, time.time()), "m:2", np.ones(5))
+    with pytest.raises(ml.InvalidInput, match="no served answers of 'early' are collected yet to pair the shadow's 5 rows with"):
+        ml.compare("early", shadow=True)
+    write_traffic(collection_store, "early", frame, np.full(5, time.time()), "m:1", np.ones(5))
+    with pytest.raises(ml.InvalidInput, match="answered no request in common"):  # other request ids
+        ml.compare("early", shadow=True)
+
+
 def test_too_few_labels_give_the_rows_still_needed_and_that_many_settle_it(sqlite_registry, collection_store, rng):
     _labelled_traffic(collection_store, "few", 40, 0.80, 40, 0.85, rng)
     r = ml.compare("few", versions=("m:1", "m:2"))
