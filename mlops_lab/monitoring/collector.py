@@ -453,6 +453,13 @@ class Collector:
             mask = np.concatenate(masks)
             has_null = bool(mask.any())
             return {name: pa.array(columns[i], mask=mask if has_null else None) for i, name in enumerate(names)}
+        if all(r.inputs is None or isinstance(r.inputs, np.ndarray) and r.inputs.dtype == object and r.inputs.ndim == 2
+               and r.inputs.shape[1] == width for r in records):
+            # Rows of Python values as the request path hands them over (an array of the
+            # objects): each column a view Arrow converts in C; a request without rows, nulls.
+            parts = [np.full((c, width), None, dtype=object) if r.inputs is None else r.inputs for r, c in zip(records, counts)]
+            objects = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            return {name: _arrow_column(pa, objects[:, i], kind) for i, (name, kind) in enumerate(zip(names, types))}
         cols: list[list[Any]] = [[] for _ in range(width)]
         for r, c in zip(records, counts):
             rows = r.inputs
@@ -469,23 +476,7 @@ class Collector:
             for row in rows:
                 for i in range(width):
                     cols[i].append(row[i] if i < len(row) else None)
-        out = {}
-        for name, kind, values in zip(names, types, cols):
-            arrow_type = pa.float64() if kind == "float" else pa.bool_() if kind == "bool" else pa.string()
-            try:
-                # Arrow converts the common column (numbers, booleans or strings, and None) in
-                # C: looped over in Python, a flush of mixed rows held the GIL long enough to
-                # show in the servers' p99 (tens of ms for 100-row requests with a string column).
-                out[name] = pa.array(values, arrow_type)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-                # A value of another type: converted one by one, as the signature's type says.
-                if kind == "float":
-                    out[name] = pa.array([None if v is None or isinstance(v, str) else float(v) for v in values], arrow_type)
-                elif kind == "bool":
-                    out[name] = pa.array([None if v is None else bool(v) for v in values], arrow_type)
-                else:
-                    out[name] = pa.array([None if v is None else str(v) for v in values], arrow_type)
-        return out
+        return {name: _arrow_column(pa, values, kind) for name, kind, values in zip(names, types, cols)}
 
     def _prediction_column(self, records: list[Record], counts: np.ndarray, pa) -> Any:
         outs = [r.output for r in records]
@@ -526,6 +517,24 @@ class Collector:
 
     def _write_feedback(self, items: list[dict[str, Any]]) -> None:
         write_feedback(self.store, items, writer=self)
+
+
+def _arrow_column(pa, values: Any, kind: str) -> Any:
+    """A column of Python values (a list, or an array of objects) as an Arrow array of the
+    signature's type: numbers as float64, booleans as bool, the rest as strings; None is null."""
+    arrow_type = pa.float64() if kind == "float" else pa.bool_() if kind == "bool" else pa.string()
+    try:
+        # Arrow converts the common column (numbers, booleans or strings, and None) in C: looped
+        # over in Python, a flush of mixed rows held the GIL long enough to show in the servers'
+        # p99 (tens of ms for 100-row requests with a string column).
+        return pa.array(values, arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        # A value of another type: converted one by one, as the signature's type says.
+        if kind == "float":
+            return pa.array([None if v is None or isinstance(v, str) else float(v) for v in values], arrow_type)
+        if kind == "bool":
+            return pa.array([None if v is None else bool(v) for v in values], arrow_type)
+        return pa.array([None if v is None else str(v) for v in values], arrow_type)
 
 
 def _stage_budget(mb: int | None, folder: Path) -> int:

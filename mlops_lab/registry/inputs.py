@@ -42,6 +42,25 @@ class Chunk:
     n: int
 
 
+def objects_of(rows: list[Any], width: int) -> Any:
+    """Rows of Python values as one (n, width) array of the same objects (made in C), or the
+    rows as they are when they are not all ``width`` scalars.
+
+    The scoring server hands such rows to a model that takes them as one array
+    (:mod:`mlops_lab.serving.accel`) and to the collector: there they wait seconds for the
+    writer, and as lists every row is an object the cyclic garbage collector tracks and goes
+    over in each of its passes (100-row requests with a string column: passes of 6-17 ms every
+    half second, the servers' p99 13 ms against 2 ms without collection); the array is one
+    object it does not track."""
+    if not rows or set(map(len, rows)) != {width}:
+        return rows
+    try:
+        out = np.array(rows, dtype=object)
+    except ValueError:
+        return rows
+    return out if out.shape == (len(rows), width) else rows  # (cells holding lists of one length nest)
+
+
 def _type_name(value: Any) -> str:
     """The JSON type of a request value, in the signature's words (``integer``, ``string``...)."""
     if value is None:
@@ -443,9 +462,7 @@ class InputSpec:
             for c in chunks:
                 rows.extend(c.data.tolist() if c.form == "array" else c.data)
             if self.rows_input:
-                out = np.empty((len(rows), len(self.columns)), dtype=object)
-                out[:] = rows  # each value as it came (np.array of such rows may nest a list)
-                return out
+                return objects_of(rows, len(self.columns))  # (validated rows: always the array)
             # (the same frame as DataFrame.from_records, dtypes and all, in under half the time:
             # 0.24 against 0.57 ms for a row of 20 columns here)
             df = pd.DataFrame(rows, columns=self.columns)

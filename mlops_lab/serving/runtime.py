@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ModelError
-from ..registry.inputs import Chunk, InputSpec, split_output
+from ..registry.inputs import Chunk, InputSpec, objects_of, split_output
 
 log = logging.getLogger("mlops_lab.serving")
 
@@ -398,8 +398,12 @@ def make_record(model: ServedModel, request_id: str, when: float, latency_ms: fl
     columns, types = model.collect_columns, model.collect_types
     if chunk is not None:
         n = chunk.n
-        if chunk.form in ("array", "rows"):
+        if chunk.form == "array":
             inputs = chunk.data
+        elif chunk.form == "rows":
+            # an array of the row values: untracked by the cyclic garbage collector, unlike the
+            # lists, which it went over in every pass while they waited for the writer
+            inputs = objects_of(chunk.data, len(columns)) if columns else chunk.data
         elif chunk.form == "records" and chunk.data:
             columns, types = list(chunk.data[0]), None
             inputs = [[r.get(c) for c in columns] for r in chunk.data]

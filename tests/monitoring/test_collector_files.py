@@ -94,25 +94,66 @@ def test_required_columns_and_files_with_nulls_read_as_one_dataset(collector, tm
     assert (df[df.request_id == "a"][COLS] == 1.0).all(axis=None)
 
 
-def test_mixed_rows_read_back_as_the_signature_types_them(collector, tmp_path):
+@pytest.mark.parametrize("form", ["lists", "objects"])
+def test_mixed_rows_read_back_as_the_signature_types_them(collector, tmp_path, form):
     """Rows with a string column (a pipeline with a OneHotEncoder), as JSON gives them: lists of
-    Python values. Columns whose values all fit their type are converted by Arrow at once; a
-    column holding a value of another type is converted value by value, as before: a string in
-    a float column is missing, integers in a boolean column are booleans, numbers in a string
-    column are their text. Short rows are missing their last values."""
+    Python values, or as the scoring server hands them over, an array of those objects. Columns
+    whose values all fit their type are converted by Arrow at once; a column holding a value of
+    another type is converted value by value, as before: a string in a float column is missing,
+    integers in a boolean column are booleans, numbers in a string column are their text; NaN
+    stays NaN, None is missing. Short rows (lists only) are missing their last values."""
+    from mlops_lab.registry.inputs import objects_of
+
     cols, types = ["a", "b", "flag", "colour"], ["float", "float", "bool", "string"]
-    clean = [[1.5, 2, True, "red"], [0.25, None, False, None]]  # ints, None: the fast path takes them
+    clean = [[1.5, 2, True, "red"], [0.25, None, False, None], [float("nan"), 1.0, True, "red"]]  # the fast path
     odd = [[1.0, "x", 1, 7], [2.0, 3.0, 0, "blue"]]  # a str among floats, ints as booleans, a number as text
     short = [[3.0, 4.0]]
     t0 = dt.datetime(2026, 11, 25, 12, tzinfo=dt.timezone.utc).timestamp()
     for i, rows in enumerate((clean, odd, short)):
+        if form == "objects":
+            rows = objects_of(rows, len(cols))
+            assert isinstance(rows, np.ndarray) or i == 2  # short rows stay lists
         collector.add(_rec(t0 + i, f"r{i}", rows, np.zeros(len(rows), dtype=np.int64), columns=cols, types=types))
+    collector.add(_rec(t0 + 3, "failed", None, None, status=422, error=None, columns=cols, types=types))
     collector.flush()
     df = read_requests(tmp_path / "d").to_pandas().sort_values(["request_time", "row"])
+    table = read_requests(tmp_path / "d")
+    assert np.isnan(df["a"].iloc[2]) and table.column("a").null_count == 1  # NaN stays NaN; the failed request's null
+    assert table.column("b").null_count == 3  # None, a string, the failed request
     got = [[None if v is None or v != v else v for v in row] for row in df[cols].astype(object).to_numpy().tolist()]
-    assert got == [[1.5, 2.0, True, "red"], [0.25, None, False, None],
+    assert got == [[1.5, 2.0, True, "red"], [0.25, None, False, None], [None, 1.0, True, "red"],
                    [1.0, None, True, "7"], [2.0, 3.0, False, "blue"],
-                   [3.0, 4.0, None, None]]
+                   [3.0, 4.0, None, None], [None] * 4]
+
+
+def test_rows_of_python_values_are_handed_over_as_one_untracked_array():
+    """The record of a request whose rows are lists (a string column) holds one array of the
+    same objects, which the cyclic garbage collector does not track, and not the lists, which
+    it would go over in every pass while the rows wait for the writer (passes of 6-17 ms every
+    half second, 100-row requests: the servers' p99 13 ms against 2 ms without collection)."""
+    import gc
+    import weakref
+
+    from mlops_lab.registry.inputs import Chunk
+    from mlops_lab.serving.runtime import ServedModel, make_record
+
+    signature = {"kind": "columns", "columns": [{"name": "a", "type": "float"}, {"name": "colour", "type": "string"}]}
+    model = ServedModel("m", 1, None, {"signature": signature})
+
+    class Row(list):  # a list that can be watched
+        pass
+
+    rows = [Row([float(i), "red"]) for i in range(100)]
+    watched = [weakref.ref(r) for r in rows]
+    record = make_record(model, "r1", 1.0e9, 1.5, 200, Chunk("rows", rows, 100), np.zeros(100))
+    del rows
+    gc.collect()
+    assert all(w() is None for w in watched)  # the lists are gone with the request
+    x = record.inputs
+    assert isinstance(x, np.ndarray) and x.dtype == object and x.shape == (100, 2) and not gc.is_tracked(x)
+    assert x[7].tolist() == [7.0, "red"] and record.columns == ["a", "colour"] and record.types == ["float", "string"]
+    ragged = [[1.0, "red"], [2.0]]  # not one width: kept as they are
+    assert make_record(model, "r2", 1.0e9, 1.5, 200, Chunk("rows", ragged, 2), None).inputs is ragged
 
 
 def test_slices_of_rows_that_are_not_number_arrays_are_smaller():
