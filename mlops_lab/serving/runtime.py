@@ -25,7 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import ModelError
+from ..monitoring.records import Record
 from ..registry.inputs import Chunk, InputSpec, objects_of, split_output
 
 log = logging.getLogger("mlops_lab.serving")
@@ -389,10 +392,6 @@ def _settle(fut: asyncio.Future, result: Any = None, exc: BaseException | None =
 def make_record(model: ServedModel, request_id: str, when: float, latency_ms: float, status: int, chunk: Chunk | None = None,
                 out: Any = None, error_id: str | None = None) -> Any:
     """The collected record of one request ``model`` answered (references to its arrays, no copies)."""
-    import numpy as np
-
-    from ..monitoring.records import Record
-
     inputs = None
     n = 0
     columns, types = model.collect_columns, model.collect_types
