@@ -163,7 +163,7 @@ class ServedModel:
     def _as_array(self, chunk: Chunk, frame: Any, out: Any) -> Any:
         """Give the model its rows as an array instead of a DataFrame (:mod:`.accel`) if it
         answers the example exactly as it did on the frame; returns the input to use."""
-        from .accel import NO_NAMES_WARNING, same_output, takes_array
+        from .accel import NO_NAMES_WARNING, takes_array
 
         spec = self.spec
         if not spec.takes_arrays() or chunk.form != "array" or not takes_array(getattr(self.model, "model", None), spec.columns):
@@ -171,16 +171,8 @@ class ServedModel:
         # scikit-learn warns on every call that the array has no column names; they are the
         # ones it was fitted with, in order (takes_array), and this process only serves models.
         warnings.filterwarnings("ignore", message=NO_NAMES_WARNING, category=UserWarning)
-        spec.array_input = True
-        try:
-            x = spec.model_input([chunk])
-            same = same_output(self.model.predict(x), out)
-        except Exception as exc:  # noqa: BLE001 - the DataFrame stays
-            log.warning("%s: the model failed on its rows as an array (%s): kept the DataFrame", self.ref, exc)
-            same = False
-        if not same:
-            spec.array_input = False
-            log.info("%s: scored on a DataFrame (the model answers an array differently)", self.ref)
+        x = self._same_on("array_input", self.model.predict, chunk, out, "the model", "an array")
+        if x is None:
             return frame
         log.info("%s: scored on an array in the fitted column order, not a DataFrame (same results on the example)", self.ref)
         return x
@@ -189,7 +181,7 @@ class ServedModel:
         """Score a pipeline that selects its columns by name on the request's rows as one array
         (:func:`.accel.columns_call`) if it answers the example exactly as on the DataFrame;
         returns the input to use."""
-        from .accel import NO_NAMES_WARNING, columns_call, same_output
+        from .accel import NO_NAMES_WARNING, columns_call
 
         spec, loaded = self.spec, self.model
         if spec.kind != "columns" or spec.array_input or not hasattr(frame, "dtypes"):
@@ -204,21 +196,30 @@ class ServedModel:
             return frame
         # its transformers were fitted with the column names they now get as an array
         warnings.filterwarnings("ignore", message=NO_NAMES_WARNING, category=UserWarning)
-        spec.rows_input = True
-        try:
-            x = spec.model_input([chunk])
-            same = same_output(call(x), out)
-        except Exception as exc:  # noqa: BLE001 - the DataFrame stays
-            log.warning("%s: the pipeline failed on its rows as an array (%s): kept the DataFrame", self.ref, exc)
-            same = False
-        if not same:
-            spec.rows_input = False
-            log.info("%s: scored on a DataFrame (the pipeline answers its rows as an array differently)", self.ref)
+        x = self._same_on("rows_input", call, chunk, out, "the pipeline", "its rows as an array")
+        if x is None:
             return frame
         loaded.use_call(call)
         log.info("%s: scored transformer by transformer on the rows as an array, not a DataFrame (same results on "
                  "the example)", self.ref)
         return x
+
+    def _same_on(self, form: str, call: Any, chunk: Chunk, out: Any, who: str, what: str) -> Any:
+        """Turn on the input ``form`` (a flag of the signature's spec) and score the example with
+        ``call``: the input, if the answer has the same bits as ``out`` (what the model answered
+        on the DataFrame); else None, with the form off again and the reason logged."""
+        from .accel import same_output
+
+        setattr(self.spec, form, True)
+        try:
+            x = self.spec.model_input([chunk])
+            if same_output(call(x), out):
+                return x
+            log.info("%s: scored on a DataFrame (%s answers %s differently)", self.ref, who, what)
+        except Exception as exc:  # noqa: BLE001 - the DataFrame stays
+            log.warning("%s: %s failed on %s (%s): kept the DataFrame", self.ref, who, what, exc)
+        setattr(self.spec, form, False)
+        return None
 
     def _faster(self, x: Any, out: Any) -> Any:
         """Swap in a faster call with the same results (:mod:`.accel`) if the model has one and
