@@ -14,7 +14,7 @@ otherwise).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,14 @@ class Chunk:
     form: str
     data: Any
     n: int
+    _objects: Any = field(default=None, repr=False, compare=False)
+
+    def objects(self, width: int) -> Any:
+        """The rows as one array of objects (:func:`objects_of`), made once: a pipeline scored
+        on its rows and the request's collected record share it."""
+        if self._objects is None:
+            self._objects = objects_of(self.data, width)
+        return self._objects
 
 
 def objects_of(rows: list[Any], width: int) -> Any:
@@ -458,11 +466,12 @@ class InputSpec:
                 return arr.astype(self._frame_dtype(arr.dtype), copy=False)
             df = pd.DataFrame(arr, columns=self.columns)
         else:
+            if self.rows_input:  # (validated rows: each chunk's array of objects)
+                parts = [c.data.astype(object) if c.form == "array" else c.objects(len(self.columns)) for c in chunks]
+                return parts[0] if len(parts) == 1 else np.concatenate(parts)
             rows = []
             for c in chunks:
                 rows.extend(c.data.tolist() if c.form == "array" else c.data)
-            if self.rows_input:
-                return objects_of(rows, len(self.columns))  # (validated rows: always the array)
             # (the same frame as DataFrame.from_records, dtypes and all, in under half the time:
             # 0.24 against 0.57 ms for a row of 20 columns here)
             df = pd.DataFrame(rows, columns=self.columns)

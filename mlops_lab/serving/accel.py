@@ -157,8 +157,15 @@ def columns_call(model: Any, method: str, columns: list[str], kinds: list[str], 
     if isinstance(final, str) or final is None or not hasattr(final, method):
         return None
     last = faster_call(final, method) or getattr(final, method)
-    sparse_out = bool(ct.sparse_output_)
-    n_out = None if parts else 0
+    if ct.sparse_output_:
+        from scipy import sparse
+        from sklearn.utils import check_array
+
+        def stack(outs: list[Any]) -> Any:
+            return sparse.hstack([check_array(o, accept_sparse=True, ensure_all_finite=False) for o in outs]).tocsr()
+    else:
+        def stack(outs: list[Any]) -> Any:
+            return np.hstack([o.toarray() if hasattr(o, "toarray") else o for o in outs])
 
     def call(X: np.ndarray) -> Any:
         outs = []
@@ -166,15 +173,7 @@ def columns_call(model: Any, method: str, columns: list[str], kinds: list[str], 
             sub = X[:, idx[0]] if one else X[:, idx]
             # the layout of a DataFrame's block (columns stored one after another)
             outs.append(trans.transform(np.asarray(sub, dtype=dtype, order="F")))
-        if n_out == 0:
-            Xt = np.zeros((X.shape[0], 0))
-        elif sparse_out:
-            from scipy import sparse
-            from sklearn.utils import check_array
-
-            Xt = sparse.hstack([check_array(o, accept_sparse=True, ensure_all_finite=False) for o in outs]).tocsr()
-        else:
-            Xt = np.hstack([o.toarray() if hasattr(o, "toarray") else o for o in outs])
+        Xt = stack(outs) if outs else np.zeros((X.shape[0], 0))
         for transform in rest:
             Xt = transform(Xt)
         return last(Xt)

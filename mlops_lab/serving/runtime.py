@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..monitoring.records import Record
-from ..registry.inputs import Chunk, InputSpec, objects_of, split_output
+from ..registry.inputs import Chunk, InputSpec, split_output
 
 log = logging.getLogger("mlops_lab.serving")
 
@@ -403,7 +403,7 @@ def make_record(model: ServedModel, request_id: str, when: float, latency_ms: fl
         elif chunk.form == "rows":
             # an array of the row values: untracked by the cyclic garbage collector, unlike the
             # lists, which it went over in every pass while they waited for the writer
-            inputs = objects_of(chunk.data, len(columns)) if columns else chunk.data
+            inputs = chunk.objects(len(columns)) if columns else chunk.data
         elif chunk.form == "records" and chunk.data:
             columns, types = list(chunk.data[0]), None
             inputs = [[r.get(c) for c in columns] for r in chunk.data]

@@ -25,7 +25,7 @@ import mlops_lab as ml
 from mlops_lab.deployers.base import wait_until
 from mlops_lab.registry.flavors import load_folder
 from mlops_lab.serving import accel
-from mlops_lab.serving.runtime import ServedModel
+from mlops_lab.serving.runtime import ServedModel, make_record
 
 RNG = np.random.default_rng(3)
 X = RNG.normal(size=(400, 12))
@@ -260,6 +260,8 @@ def test_a_pipeline_that_selects_columns_by_name_is_scored_on_its_rows_with_the_
             want = model.predict(pd.DataFrame([r for c in chunks for r in c.data], columns=spec.columns).pipe(spec._cast))
             got = served.model.predict(x)
             assert got.dtype == want.dtype and np.array_equal(got, want)
+            if len(chunks) == 1:  # the request's collected record holds the same array: made once
+                assert make_record(served, "r", 1.0e9, 1.0, 200, chunks[0], got).inputs is x
     assert not [w for w in seen if "feature names" in str(w.message)]
 
 
