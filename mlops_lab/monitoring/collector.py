@@ -41,9 +41,11 @@ import numpy as np
 
 from .records import (
     Record,
+    Split,
     _partition_date,
     _slices,
     assemble,
+    split_positions,
     stored_inputs,
 )
 
@@ -453,6 +455,11 @@ class Collector:
             mask = np.concatenate(masks)
             has_null = bool(mask.any())
             return {name: pa.array(columns[i], mask=mask if has_null else None) for i, name in enumerate(names)}
+        splits = [type(r.inputs) is Split for r in records]
+        if any(splits) and all(s or r.inputs is None for s, r in zip(splits, records)):
+            return self._split_columns(records, counts, names, types, pa)
+        if any(splits):  # (rows of a request a number column of which NumPy could not take, beside others)
+            records = [r._replace(inputs=r.inputs.objects(types)) if s else r for s, r in zip(splits, records)]
         if all(r.inputs is None or isinstance(r.inputs, np.ndarray) and r.inputs.dtype == object and r.inputs.ndim == 2
                and r.inputs.shape[1] == width for r in records):
             # Rows of Python values as the request path hands them over (an array of the
@@ -477,6 +484,31 @@ class Collector:
                 for i in range(width):
                     cols[i].append(row[i] if i < len(row) else None)
         return {name: _arrow_column(pa, values, kind) for name, kind, values in zip(names, types, cols)}
+
+    @staticmethod
+    def _split_columns(records: list[Record], counts: np.ndarray, names: list[str], types: list[str], pa) -> dict[str, Any]:
+        """The input columns of records holding :class:`Split` rows (or none: an error): the
+        numbers concatenated into column-major order, each column then taken by Arrow as it is
+        (None, and a request without rows, as nulls); the other columns converted by Arrow."""
+        at_numbers, at_others = split_positions(types)
+        k, m = len(at_numbers), len(at_others)
+        numbers = np.ascontiguousarray(np.concatenate(
+            [np.zeros((c, k)) if r.inputs is None else r.inputs.numbers for r, c in zip(records, counts)]).T)
+        missing = None
+        if any(r.inputs is None or r.inputs.missing is not None for r in records):
+            missing = np.ascontiguousarray(np.concatenate([
+                np.ones((c, k), dtype=bool) if r.inputs is None
+                else r.inputs.missing if r.inputs.missing is not None else np.zeros((c, k), dtype=bool)
+                for r, c in zip(records, counts)]).T)
+        others = np.concatenate([np.full((c, m), None, dtype=object) if r.inputs is None else r.inputs.others
+                                 for r, c in zip(records, counts)])
+        out: dict[str, Any] = {}
+        for j, i in enumerate(at_numbers):
+            mask = missing[j] if missing is not None and missing[j].any() else None
+            out[names[i]] = pa.array(numbers[j], mask=mask)
+        for j, i in enumerate(at_others):
+            out[names[i]] = _arrow_column(pa, others[:, j], types[i])
+        return {name: out[name] for name in names}
 
     def _prediction_column(self, records: list[Record], counts: np.ndarray, pa) -> Any:
         outs = [r.output for r in records]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from ..monitoring.records import Record
+from ..monitoring.records import Record, split_positions, split_rows
 from ..registry.inputs import Chunk, InputSpec, split_output
 
 log = logging.getLogger("mlops_lab.serving")
@@ -107,6 +107,9 @@ class ServedModel:
             self.collect_types = ["float"] * self.spec.shape[1]
         else:
             self.collect_columns = None
+        # Rows of numbers beside other columns are collected split (monitoring.records.Split).
+        types = self.collect_types
+        self.collect_split = split_positions(types) if types and "float" in types else None
         self._pending: deque[tuple[Chunk, asyncio.Future]] = deque()
         self._busy = False
         self._call_s = 0.0  # moving average of one predict call, for the adaptive wait
@@ -404,6 +407,9 @@ def make_record(model: ServedModel, request_id: str, when: float, latency_ms: fl
             # an array of the row values: untracked by the cyclic garbage collector, unlike the
             # lists, which it went over in every pass while they waited for the writer
             inputs = chunk.objects(len(columns)) if columns else chunk.data
+            if model.collect_split is not None:
+                # the numbers as NumPy numbers, not Python floats held until the writer's flush
+                inputs = split_rows(inputs, *model.collect_split)
         elif chunk.form == "records" and chunk.data:
             columns, types = list(chunk.data[0]), None
             inputs = [[r.get(c) for c in columns] for r in chunk.data]
