@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from registry import machine  # noqa: E402
+from monitoring import _cpu_seconds  # noqa: E402
 from serving import SHAPES, Shape, wrk  # noqa: E402
 
 # The helper each side runs: deploy, print the address and key, wait for stdin to close, delete.
@@ -37,7 +38,8 @@ ml.register_model(model, "m", sample_input=sample)
 dep = ml.deploy("m", name="ab", workers=int(sys.argv[2]), progress=False)
 from mlops_lab.deployers.base import wait_until
 wait_until(lambda: len(dep.status().details["servers"]) == int(sys.argv[2]), timeout=60)
-print(json.dumps({"url": dep.url, "key": dep.keys["primary"], "source": ml.__file__}), flush=True)
+print(json.dumps({"url": dep.url, "key": dep.keys["primary"], "source": ml.__file__,
+                  "pids": [s["pid"] for s in dep.status().details["servers"]]}), flush=True)
 sys.stdin.read()
 dep.delete()
 """
@@ -93,21 +95,25 @@ def main(argv: list[str] | None = None) -> int:
                     body = json.dumps(shape.body("mlops_lab", rows))
                     runs: dict[str, list[float]] = {"A": [], "B": []}
                     p50s: dict[str, list[float]] = {"A": [], "B": []}
+                    cpus: dict[str, list[float]] = {"A": [], "B": []}  # the servers' CPU us a request
                     for k in range(args.rounds):
                         for s in ("A", "B") if k % 2 == 0 else ("B", "A"):
                             info = sides[s][1]
                             headers = {"Authorization": f"Bearer {info['key']}"}
                             if k == 0:
                                 wrk(f"{info['url']}/invocations", body, conns, 1.0, headers)  # warm-up
+                            before = _cpu_seconds(info["pids"])
                             r = wrk(f"{info['url']}/invocations", body, conns, args.duration, headers)
                             if r["non2xx"] or r["errors"]:
                                 raise RuntimeError(f"side {s} answered errors: {r}")
                             runs[s].append(r["rps"])
                             p50s[s].append(r["p50"])
+                            cpus[s].append((_cpu_seconds(info["pids"]) - before) / (r["rps"] * args.duration) * 1e6)
                             print(f"  {kind} rows={rows:<3} conns={conns:<3} {s} {r['rps']:>9.1f} req/s  p50 {r['p50']:.2f} ms  "
-                                  f"p99 {r['p99']:.2f} ms", flush=True)
+                                  f"p99 {r['p99']:.2f} ms  CPU {cpus[s][-1]:.0f} us/request", flush=True)
                     a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
-                    medians.append((kind, rows, conns, a, b, runs, statistics.median(p50s["A"]), statistics.median(p50s["B"])))
+                    medians.append((kind, rows, conns, a, b, runs, statistics.median(p50s["A"]), statistics.median(p50s["B"]),
+                                    statistics.median(cpus["A"]), statistics.median(cpus["B"])))
             finally:
                 for proc, _ in sides.values():
                     proc.stdin.close()
@@ -116,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("| model | rows | conns | A median req/s | B median req/s | B/A | A range | B range | p50 ms A / B |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |")
-    for kind, rows, conns, a, b, runs, pa, pb in medians:
+    print("| model | rows | conns | A median req/s | B median req/s | B/A | A range | B range | p50 ms A / B | CPU us/request A / B |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |")
+    for kind, rows, conns, a, b, runs, pa, pb, ca, cb in medians:
         print(f"| {kind} | {rows} | {conns} | {a:.0f} | {b:.0f} | {b / a:.3f} | "
-              f"{min(runs['A']):.0f}-{max(runs['A']):.0f} | {min(runs['B']):.0f}-{max(runs['B']):.0f} | {pa:.2f} / {pb:.2f} |")
+              f"{min(runs['A']):.0f}-{max(runs['A']):.0f} | {min(runs['B']):.0f}-{max(runs['B']):.0f} | {pa:.2f} / {pb:.2f} | "
+              f"{ca:.0f} / {cb:.0f} |")
     return 0
 
 

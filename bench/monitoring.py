@@ -95,11 +95,13 @@ def compaction_cpu(root: Path) -> tuple[float, int]:
     return usage.ru_utime + usage.ru_stime, rows
 
 
-def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, s3: bool = False) -> list[tuple]:
+def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, s3: bool = False,
+                    control: bool = False, direct: bool = True) -> list[tuple]:
     """Throughput and server CPU per request with collection off, staged (the default) and
     written to Parquet directly (``stage_budget_mb=0``: what saturation beyond the staging
     budget costs), and with ``s3`` collecting to object storage (Parquet files PUT to an
-    ``rclone serve s3`` on loopback), all taking turns."""
+    ``rclone serve s3`` on loopback), all taking turns; with ``control``, a second deployment
+    without collection, whose "cost" against the first is the noise floor of each figure."""
     from sklearn.linear_model import LogisticRegression
 
     import mlops_lab as ml
@@ -115,6 +117,10 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, 
                             collect=True if budget_mb is None else {"stage_budget_mb": budget_mb}, progress=False),
         "direct": ml.deploy("lr", name="collect-direct", workers=2, collect={"stage_budget_mb": 0}, progress=False),
     }
+    if control:  # a second deployment without collection: its "cost" is what the machine's noise alone gives
+        deployments["control"] = ml.deploy("lr", name="collect-off-again", workers=2, collect=False, progress=False)
+    if not direct:
+        deployments.pop("direct").delete()
     if s3:  # the same registry, collecting to the bucket
         deployments["s3"] = ml.Workspace(collection="s3://bench/collected").deploy(
             "lr", name="collect-s3", workers=2, collect=True, progress=False)
@@ -243,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--stage-budget-mb", type=int, help="the staged deployment's staging budget (default: the deployment default)")
     ap.add_argument("--no-s3", action="store_true", help="leave out the deployment collecting to object storage")
+    ap.add_argument("--no-direct", action="store_true", help="leave out the deployment writing Parquet directly")
+    ap.add_argument("--control", action="store_true",
+                    help="add a second deployment without collection: its cost against the first is the noise floor")
     args = ap.parse_args(argv)
     print(f"machine: {machine()}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
@@ -251,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     s3 = None if args.no_s3 else start_s3(tmp)
     try:
         print("(a) collection on against off, LogisticRegression, 2 workers, wrk:")
-        cost = collection_cost(args.duration, args.rounds, args.stage_budget_mb, s3=s3 is not None)
+        cost = collection_cost(args.duration, args.rounds, args.stage_budget_mb, s3=s3 is not None,
+                               control=args.control, direct=not args.no_direct)
         print(f"(b) reading back {args.rows} collected rows:")
         times = reading(args.rows, s3=s3 is not None)
     finally:
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
     lanes = [k for k in cost[0][2] if k != "off"]
-    names = {"staged": "staged", "direct": "direct Parquet", "s3": "S3 (rclone)"}
+    names = {"staged": "staged", "direct": "direct Parquet", "s3": "S3 (rclone)", "control": "off again (control)"}
     print("| rows/request | conns | off req/s | " + " | ".join(f"{names[k]} req/s | cost" for k in lanes)
           + f" | server CPU us/request off / {' / '.join(lanes)} |")
     print("| ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in lanes) + " | ---: |")
