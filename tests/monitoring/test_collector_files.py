@@ -14,7 +14,7 @@ import pytest
 
 from mlops_lab.monitoring.collector import CollectConfig, Collector
 from mlops_lab.monitoring.data import read_requests
-from mlops_lab.monitoring.records import Record
+from mlops_lab.monitoring.records import Record, Split
 
 COLS = [f"x{i}" for i in range(5)]
 TYPES = ["float"] * 5
@@ -28,7 +28,7 @@ def collector(tmp_path):
 
 
 def _rec(t, rid, X, pred, version="m:1", status=200, error=None, columns=COLS, types=TYPES):
-    n = 0 if X is None else len(X)
+    n = 0 if X is None else len(X.numbers) if isinstance(X, Split) else len(X)
     return Record(t, rid, version, status, 1.5, error, X, columns, types, pred, n)
 
 
@@ -131,6 +131,51 @@ def test_mixed_rows_read_back_as_the_signature_types_them(collector, tmp_path, f
                    [1.0, None, True, "7"], [2.0, 3.0, False, "blue"],
                    [3.0, 4.0, None, None], [None] * 4]
 
+
+
+def test_split_rows_read_back_as_the_rows_they_were_split_from(collector, tmp_path):
+    """Records holding split rows only (the scoring server's form for validated rows with a
+    string column), with a request that failed: the numbers are read back as sent, None as
+    missing and NaN as NaN, the other columns as the signature types them, the failed request
+    as one row of nulls; and the table is the one the same rows as arrays of objects give."""
+    import pyarrow as pa
+
+    from mlops_lab.monitoring.records import split_positions, split_rows
+    from mlops_lab.registry.inputs import objects_of
+
+    cols, types = ["a", "colour", "b", "flag"], ["float", "string", "float", "bool"]
+    first = [[1.5, "red", 2, True], [0.25, None, None, False], [float("nan"), "blue", -1.0, True]]
+    second = [[3.0, "green", 4.5, False]] * 4
+    t0 = dt.datetime(2026, 11, 25, 12, tzinfo=dt.timezone.utc).timestamp()
+
+    def records(split):
+        out = []
+        for i, rows in enumerate((first, second)):
+            x = objects_of(rows, len(cols))
+            if split:
+                x = split_rows(x, *split_positions(types))
+            out.append(_rec(t0 + i, f"r{i}", x, np.arange(len(rows)), columns=cols, types=types))
+        out.append(_rec(t0 + 2, "failed", None, None, status=500, error="e1", columns=cols, types=types))
+        return out
+
+    split, objects = records(True), records(False)
+    assert [type(r.inputs).__name__ for r in split] == ["Split", "Split", "NoneType"]
+    one, other = collector._table(split, pa), collector._table(objects, pa)
+
+    def values(table):  # NaN as a value of its own (Arrow's equals takes NaN for unequal to itself)
+        return {n: ["NaN" if v != v else v for v in table.column(n).to_pylist()] for n in table.column_names}
+
+    assert one.schema == other.schema and values(one) == values(other)
+    for r in split:
+        collector.add(r)
+    collector.flush()
+    table = read_requests(tmp_path / "d")
+    df = table.to_pandas().sort_values(["request_time", "row"])
+    got = [[None if v is None or v != v else v for v in row] for row in df[cols].astype(object).to_numpy().tolist()]
+    assert got == [[1.5, "red", 2.0, True], [0.25, None, None, False], [None, "blue", -1.0, True],
+                   *[[3.0, "green", 4.5, False]] * 4, [None] * 4]
+    assert np.isnan(df["a"].iloc[2]) and table.column("a").null_count == 1  # NaN stays NaN; the failed request's null
+    assert table.column("b").null_count == 2  # None, and the failed request
 
 def test_rows_of_python_values_are_handed_over_as_untracked_arrays_of_numbers_and_others():
     """The record of a request whose rows are lists (a string column) holds the numbers as one
