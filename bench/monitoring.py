@@ -22,6 +22,11 @@
 (b) Reading back 1,000,000 collected rows (one day, 10 features, 1 row per request, two
     versions): ``collected_data`` for the day, ``metrics``, ``drift`` and ``monitor``, each
     timed (best of 3). Target: under 2 s each.
+(c) Collection's own CPU per request, in one process (``collection_cpu_in_process``), and its
+    share of the servers' CPU per request with collection off from (a): the figure that does not
+    swing with the machine (a second deployment without collection, ``--control``, differs from
+    the first by up to a third here). It leaves out what collection costs the servers' requests
+    indirectly (the cache), which (a) shows for 100-row requests.
 
 Run: ``python bench/monitoring.py [--duration 5] [--rows 1000000]``.
 """
@@ -180,6 +185,47 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, 
     return out
 
 
+def collection_cpu_in_process(folder: Path) -> dict[tuple[int, str], float]:
+    """Collection's own CPU per request, in one process: the records a server makes for the
+    LogisticRegression's 1-row and 100-row requests handed to a ``Collector`` at a server's pace
+    (15,000 and 5,000 requests a second), its writer thread included, against the same loop
+    without collection. No network, no other process: a figure that moves by a few percent
+    between runs where the servers' own figures move by a third (the control deployment)."""
+    import uuid
+
+    from mlops_lab.monitoring.collector import CollectConfig, Collector
+    from mlops_lab.registry.inputs import Chunk
+    from mlops_lab.serving.runtime import ServedModel, make_record
+
+    model = ServedModel("m", 1, None, {"signature": {"kind": "tensor", "shape": [None, 20], "dtype": "float64"}})
+    out = {}
+    for rows, n, rate in ((1, 150_000, 15_000), (100, 40_000, 5_000)):
+        chunks = [Chunk("array", np.random.rand(rows, 20), rows) for _ in range(64)]
+        preds = [np.zeros(rows, dtype=np.int64) for _ in range(64)]
+        ids = [uuid.uuid4().hex for _ in range(n)]
+        t = time.process_time()
+        for i in range(n):
+            chunks[i & 63], preds[i & 63], ids[i]
+        base = time.process_time() - t
+        for lane, collect in (("staged", {}), ("direct", {"stage_budget_mb": 0})):
+            target = folder / f"{lane}-{rows}"
+            collector = Collector("m", CollectConfig(folder=str(target), **collect))
+            t, start = time.process_time(), time.perf_counter()
+            for i in range(n):
+                collector.add(make_record(model, ids[i], time.time(), 1.0, 200, chunks[i & 63], preds[i & 63]))
+                if i & 255 == 255:  # at a server's pace: the writer keeps up, as it does in one
+                    ahead = (i + 1) / rate - (time.perf_counter() - start)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            collector.close()
+            spent = time.process_time() - t
+            assert collector.written_rows == n * rows and not collector.dropped_total, (collector.written_rows, collector.dropped_total)
+            out[(rows, lane)] = (spent - base) / n * 1e6
+            print(f"  {rows:>3} row(s) a request, {lane}: {out[(rows, lane)]:.1f} us of CPU a request", flush=True)
+            shutil.rmtree(target, ignore_errors=True)
+    return out
+
+
 def reading(rows: int, s3: bool = False) -> dict[str, dict[str, float]]:
     import importlib.util
 
@@ -264,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                                control=args.control, direct=not args.no_direct)
         print(f"(b) reading back {args.rows} collected rows:")
         times = reading(args.rows, s3=s3 is not None)
+        print("(c) collection's own CPU per request, in process:")
+        own = collection_cpu_in_process(tmp / "in-process")
     finally:
         if s3 is not None:
             s3.terminate()
@@ -280,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         rows, conns, rps, c, us = item
         print(f"| {rows} | {conns} | {rps['off']:.0f} | " + " | ".join(f"{rps[k]:.0f} | {c[k]:.1f}%" for k in lanes)
               + " | " + " / ".join(f"{us[k]:.0f}" for k in ["off", *lanes]) + " |")
+    print()
+    print("| rows/request | conns | server CPU us/request, off | collection's own, staged (in process) | share |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for item in cost:
+        if item[0] != "compaction":
+            rows, conns, _, _, us = item
+            print(f"| {rows} | {conns} | {us['off']:.0f} | {own[(rows, 'staged')]:.1f} | {100 * own[(rows, 'staged')] / us['off']:.1f}% |")
     print()
     places = list(times)
     print(f"| operation on {args.rows:,} collected rows | " + " | ".join(f"seconds, {p}" for p in places) + " |")
