@@ -168,3 +168,52 @@ def test_a_team_of_two_shares_one_database_and_one_bucket_and_no_folder(tmp_path
         assert run(a, "delete-version") == {"deleted": True}
     finally:
         subprocess.run([sys.executable, "-c", TEAMMATE, "undeploy"], env=b, capture_output=True, timeout=120)
+
+
+def test_a_put_the_store_answers_with_a_server_error_is_tried_again(tmp_path, s3_env, monkeypatch, trained):
+    """A PUT answered with HTTP 500 (rclone's S3 server does so for a moment after gc empties a
+    folder) is tried again after a pause: the registration succeeds and loads. One that keeps
+    failing gets the one-line error naming the object after the pauses; an error a retry cannot
+    mend (the credentials) is not tried again. The wrapper stands in for the server's refusals
+    of ``open_output_stream`` (the real rclone server gives a 500 only in a race with gc, and
+    refuses no credentials it was started with); everything else is the real server."""
+    from mlops_lab.registry import artifacts
+
+    monkeypatch.setattr(artifacts, "PUT_RETRY_PAUSES_S", (0.01, 0.01))
+    ws = Workspace(home=tmp_path / "h", artifacts=_prefix(s3_env))
+    store = ws.registry.artifacts
+    real, calls = store.fs, []
+
+    class Refusing:
+        """The store, except that its first ``failures`` PUTs fail as ``error`` says."""
+
+        def __init__(self, failures: int, error: str) -> None:
+            self.failures, self.error = failures, error
+
+        def open_output_stream(self, path, **kw):
+            calls.append(path)
+            if len(calls) <= self.failures:
+                raise OSError(f"When uploading object with key '{path}': AWS Error {self.error} during PutObject operation")
+            return real.open_output_stream(path, **kw)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    store._fs = Refusing(2, "INTERNAL_FAILURE")
+    mv = ws.register_model(trained, "iris")
+    assert len(calls) >= 3 and calls[0] == calls[1] == calls[2]  # the same object, asked for again
+    store._fs = real
+    assert type(ws.load_model(f"iris:{mv.version}").model) is type(trained)
+
+    calls.clear()
+    store._fs = Refusing(99, "INTERNAL_FAILURE")
+    with pytest.raises(ml.StorageError, match=r"could not store s3://.*/sha256/.*INTERNAL_FAILURE") as info:
+        ws.register_model(lambda x: [1], "other")  # new content: a new object
+    assert len(calls) == 3 and "\n" not in str(info.value)  # once, then after each of the two pauses
+    calls.clear()
+    store._fs = Refusing(99, "ACCESS_DENIED")
+    with pytest.raises(ml.StorageError, match="refused the credentials"):
+        ws.register_model(lambda x: [2], "third")
+    assert len(calls) == 1
+    store._fs = real
+    assert [m.name for m in ws.list_models()] == ["iris"]
