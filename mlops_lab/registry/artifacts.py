@@ -34,12 +34,6 @@ CHUNK = 1 << 20
 #: about to be referenced again; gc's default grace (1 h) is well above it.
 REFRESH_AFTER_S = 600.0
 
-#: A PUT the object store answers with a server error (HTTP 500, ``INTERNAL_FAILURE``) after the
-#: SDK's own quick retries is tried again after each of these pauses: AWS asks clients to retry
-#: a 500, and rclone's S3 server refuses a PUT into a folder for a moment after gc emptied it
-#: (pyarrow then writes a marker for the folder, which rclone turns into a failed rename).
-PUT_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
-
 
 def storage_error(exc: OSError, what: str) -> StorageError:
     """Turn an ``OSError`` into the matching mlops_lab error (one that is already is kept)."""
@@ -301,26 +295,20 @@ class S3ArtifactStore(ArtifactStore):
         path = self._path(digest)
         try:
             info = self.fs.get_file_info(path)
+            if info.type == FileType.File and info.mtime is not None and \
+                    time.time() - info.mtime.timestamp() < REFRESH_AFTER_S:
+                return
+            # Written straight to its final name: an object appears whole (one PUT, or a multipart
+            # upload completed at close) or not at all, and identical content has one name.
+            with self.fs.open_output_stream(path, metadata={"Content-Type": "application/octet-stream"}) as out:
+                if src is None:
+                    out.write(data)
+                else:
+                    with open(src, "rb") as f:
+                        while chunk := f.read(8 * CHUNK):
+                            out.write(chunk)
         except OSError as exc:
             raise self._failed(exc, f"store {self.where(digest)}") from None
-        if info.type == FileType.File and info.mtime is not None and time.time() - info.mtime.timestamp() < REFRESH_AFTER_S:
-            return
-        for pause in (*PUT_RETRY_PAUSES_S, None):
-            try:
-                # Written straight to its final name: an object appears whole (one PUT, or a
-                # multipart upload completed at close) or not at all, and identical content has one name.
-                with self.fs.open_output_stream(path, metadata={"Content-Type": "application/octet-stream"}) as out:
-                    if src is None:
-                        out.write(data)
-                    else:
-                        with open(src, "rb") as f:
-                            while chunk := f.read(8 * CHUNK):
-                                out.write(chunk)
-                return
-            except OSError as exc:
-                if pause is None or "INTERNAL_FAILURE" not in str(exc):
-                    raise self._failed(exc, f"store {self.where(digest)}") from None
-                time.sleep(pause)
 
     def _open(self, digest: str) -> IO[bytes]:
         return self.fs.open_input_stream(self._path(digest))
