@@ -404,11 +404,12 @@ def make_record(model: ServedModel, request_id: str, when: float, latency_ms: fl
         if chunk.form == "array":
             inputs = chunk.data
         elif chunk.form == "rows":
-            # an array of the row values: untracked by the cyclic garbage collector, unlike the
-            # lists, which it went over in every pass while they waited for the writer
+            # The rows as one array of objects (the cyclic garbage collector does not go over
+            # it, as it went over lists of rows in every pass while they waited for the
+            # writer); with number columns, split: the numbers as one float64 array, not
+            # Python floats held until the writer's flush and freed there in bulk
             inputs = chunk.objects(len(columns)) if columns else chunk.data
             if model.collect_split is not None:
-                # the numbers as NumPy numbers, not Python floats held until the writer's flush
                 inputs = split_rows(inputs, *model.collect_split)
         elif chunk.form == "records" and chunk.data:
             columns, types = list(chunk.data[0]), None
