@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                     body = json.dumps(shape.body("mlops_lab", rows))
                     runs: dict[str, list[float]] = {"A": [], "B": []}
                     p50s: dict[str, list[float]] = {"A": [], "B": []}
+                    p99s: dict[str, list[float]] = {"A": [], "B": []}
                     cpus: dict[str, list[float]] = {"A": [], "B": []}  # the servers' CPU us a request
                     for k in range(args.rounds):
                         for s in ("A", "B") if k % 2 == 0 else ("B", "A"):
@@ -108,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
                                 raise RuntimeError(f"side {s} answered errors: {r}")
                             runs[s].append(r["rps"])
                             p50s[s].append(r["p50"])
+                            p99s[s].append(r["p99"])
                             cpus[s].append((_cpu_seconds(info["pids"]) - before) / (r["rps"] * args.duration) * 1e6)
                             print(f"  {kind} rows={rows:<3} conns={conns:<3} {s} {r['rps']:>9.1f} req/s  p50 {r['p50']:.2f} ms  "
                                   f"p99 {r['p99']:.2f} ms  CPU {cpus[s][-1]:.0f} us/request", flush=True)
                     a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
                     medians.append((kind, rows, conns, a, b, runs, statistics.median(p50s["A"]), statistics.median(p50s["B"]),
+                                    statistics.median(p99s["A"]), statistics.median(p99s["B"]),
                                     statistics.median(cpus["A"]), statistics.median(cpus["B"])))
             finally:
                 for proc, _ in sides.values():
@@ -122,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("| model | rows | conns | A median req/s | B median req/s | B/A | A range | B range | p50 ms A / B | CPU us/request A / B |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |")
-    for kind, rows, conns, a, b, runs, pa, pb, ca, cb in medians:
+    print("| model | rows | conns | A median req/s | B median req/s | B/A | A range | B range | p50 ms A / B | p99 ms A / B | CPU us/request A / B |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |")
+    for kind, rows, conns, a, b, runs, pa, pb, qa, qb, ca, cb in medians:
         print(f"| {kind} | {rows} | {conns} | {a:.0f} | {b:.0f} | {b / a:.3f} | "
               f"{min(runs['A']):.0f}-{max(runs['A']):.0f} | {min(runs['B']):.0f}-{max(runs['B']):.0f} | {pa:.2f} / {pb:.2f} | "
-              f"{ca:.0f} / {cb:.0f} |")
+              f"{qa:.2f} / {qb:.2f} | {ca:.0f} / {cb:.0f} |")
     return 0
 
 
