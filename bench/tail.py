@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             burner.kill()
             burner.wait()
         dep.delete()
-        import shutil
-
         shutil.rmtree(home, ignore_errors=True)
     return 0
 
