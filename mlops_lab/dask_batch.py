@@ -13,9 +13,10 @@ writes the same file again), and only when every task has succeeded is that fold
 the output's name; a failed run removes it. On object storage, where nothing renames a folder,
 the tasks write under a hidden prefix beside it (``.NAME.staging-*/``), the parts are then copied
 into place inside the store and ``OUTPUT/_SUCCESS`` is written last: write, then publish, as
-Hadoop and Spark jobs do (readers skip ``_SUCCESS``). A failed run removes what it wrote, marking the staging prefix's lease
-first, so that a task still running (Dask cannot stop one) removes what it writes when it sees
-the mark.
+Hadoop and Spark jobs do (readers skip ``_SUCCESS``). A failed run marks the staging prefix's
+lease, lets its running tasks finish (Dask cannot stop one; the queued ones return at once on
+the mark), then removes what they wrote; a task that outlives that wait (an interrupted run, a
+lost cluster) removes what it writes when it sees the mark.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from .errors import InvalidInput, MlopsLabError
 #: On object storage, the staging prefix's marker that the run still wants its parts.
 LEASE = "_LEASE"
 RUNNING = b"running"
+#: Seconds a failed run on object storage waits for its running tasks before removing its parts.
+STOP_WAIT = 120.0
 #: Per worker process: loaded versions and S3 clients.
 _models: dict[tuple[Any, Any], Any] = {}
 _models_lock = threading.Lock()
@@ -109,6 +112,8 @@ def score_file(settings, ref: str, source: str, index: int, staging: str, keep_i
 
     from ._scoring import model_input, predictions_frame
 
+    if staging.startswith("s3://") and not _wanted(_filesystem(True, settings), staging[len("s3://"):]):
+        return 0  # the run failed before this task started: it writes nothing
     model, spec = _model(settings, ref)
     s3 = source.startswith("s3://")
     frame = pq.read_table(source[len("s3://"):] if s3 else source, filesystem=_filesystem(s3, settings)).to_pandas()
@@ -125,14 +130,9 @@ def score_file(settings, ref: str, source: str, index: int, staging: str, keep_i
         # one object, whole once written; a task run twice (its worker died) writes it again
         fs, path = _filesystem(True, settings), staging[len("s3://"):]
         pq.write_table(table, f"{path}/{name}", filesystem=fs, compression="zstd")
-        try:
-            with fs.open_input_stream(f"{path}/{LEASE}") as f:
-                wanted = f.read() == RUNNING
-        except FileNotFoundError:
-            wanted = False
-        if not wanted:
-            # the run failed and was cleaned up while this task still ran (Dask cannot stop a
-            # running task): what it wrote goes too
+        if not _wanted(fs, path):
+            # the run was abandoned without waiting for this task (Dask cannot stop a running
+            # one; see score_on_dask): what it wrote goes too
             _remove_prefix(fs, path)
         return len(frame)
     final = Path(staging) / name
@@ -140,6 +140,15 @@ def score_file(settings, ref: str, source: str, index: int, staging: str, keep_i
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, final)  # a task run twice (its worker died) writes the same file again
     return len(frame)
+
+
+def _wanted(fs, path: str) -> bool:
+    """Whether the run that owns staging prefix ``path`` still wants its parts (its lease)."""
+    try:
+        with fs.open_input_stream(f"{path}/{LEASE}") as f:
+            return f.read() == RUNNING
+    except FileNotFoundError:
+        return False
 
 
 class _Output:
@@ -154,6 +163,7 @@ class _Output:
         self.s3 = text.startswith("s3://")
         self.parts = parts
         self.published = 0
+        self.stopped = False
         token = uuid.uuid4().hex[:8]
         if self.s3:
             from .object_storage import split_s3_uri
@@ -196,16 +206,23 @@ class _Output:
             f.write(b"")
         _remove_prefix(self.fs, self.staging_path)
 
+    def stop(self) -> None:
+        """Mark the lease: tasks not yet started write nothing, a task still running removes what
+        it writes (see score_file)."""
+        if not self.s3 or self.stopped:
+            return
+        self.stopped = True
+        try:
+            with self.fs.open_output_stream(f"{self.staging_path}/{LEASE}") as f:
+                f.write(b"discarded")
+        except OSError:
+            pass  # the store does not answer: the removals in discard() will say so
+
     def discard(self) -> None:
         if not self.s3:
             shutil.rmtree(self.staging_dir, ignore_errors=True)
             return
-        try:
-            # the lease first: a task still running then removes what it writes (see score_file)
-            with self.fs.open_output_stream(f"{self.staging_path}/{LEASE}") as f:
-                f.write(b"discarded")
-        except OSError:
-            pass  # the store does not answer: the removals below will say so
+        self.stop()
         # a part written just before the lease changed may be missing from a lagging listing:
         # the check waits longer than such a lag (rclone's folder cache); only a failed run waits
         _remove_prefix(self.fs, self.staging_path, settle=0.5)
@@ -288,7 +305,20 @@ def score_on_dask(mv, settings, data: Any, output: Any, *, address: str | None, 
                 done += 1
                 bar.step(f"{done}/{len(sources)} files, {rows:,}/{total:,} rows "
                          f"({rows / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s)")
-        except BaseException:
+        except BaseException as exc:
+            if out.s3 and isinstance(exc, Exception):
+                # A task failed. On object storage the others are let end before the prefix is
+                # removed, so that no removal races a write: the tasks not yet started return at
+                # once on the marked lease; each running one finishes its file. (Cancelled, a
+                # running task ran on unseen and had to remove its part itself, after a listing
+                # that could miss the part just written: CI once found one left.)
+                out.stop()
+                bar.step(f"a task failed: waiting for the {sum(not f.done() for f in futures)} running or "
+                         f"queued tasks to stop")
+                try:
+                    distributed.wait(futures, timeout=STOP_WAIT)
+                except Exception:  # noqa: BLE001 - a timeout or a lost cluster: cancel, the lease covers the rest
+                    pass
             try:
                 client.cancel(futures)
             except Exception:  # noqa: BLE001 - the cluster may be gone

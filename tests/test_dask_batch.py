@@ -250,22 +250,27 @@ def test_a_dataset_scored_from_s3_to_s3_is_published_whole_or_not_at_all(cluster
     np.testing.assert_array_equal(got["prediction"].to_numpy(), pipeline.predict(data))
     with pytest.raises(ml.InvalidInput, match=f"{out} holds objects already"):
         ml.score_batch("pipe", f"s3://{s3_server.bucket}/in-{run}/", output=out, engine="dask", address=cluster)
-    # a bad file among good ones: the run fails in one line and leaves nothing under its prefix
+    # a bad file among good ones: the run fails in one line and leaves nothing under its prefix;
+    # the bad file fails at once while the other worker still scores a large one, and files after
+    # them are queued
     pq.write_table(pa.Table.from_pandas(data.drop(columns=["plan"]).head(50), preserve_index=False),
-                   f"{s3_server.bucket}/in-{run}/in-2.parquet", filesystem=fs)
+                   f"{s3_server.bucket}/bad-{run}/in-0.parquet", filesystem=fs)
+    pq.write_table(pa.Table.from_pandas(_data(400_000, 9), preserve_index=False),
+                   f"{s3_server.bucket}/bad-{run}/in-1.parquet", filesystem=fs)
+    for i in range(2, 6):
+        pq.write_table(pa.Table.from_pandas(data.head(1000), preserve_index=False),
+                       f"{s3_server.bucket}/bad-{run}/in-{i}.parquet", filesystem=fs)
     failed = f"s3://{s3_server.bucket}/failed-{run}"
-    with pytest.raises(ml.InvalidInput, match=r"in-2\.parquet: missing column 'plan'"):
-        ml.score_batch("pipe", f"s3://{s3_server.bucket}/in-{run}/", output=failed, engine="dask", address=cluster,
+    with pytest.raises(ml.InvalidInput, match=r"in-0\.parquet: missing column 'plan'"):
+        ml.score_batch("pipe", f"s3://{s3_server.bucket}/bad-{run}/", output=failed, engine="dask", address=cluster,
                        progress=False)
     assert objects(failed[5:]) == []
-
-    def staged_parts() -> list[str]:  # what the hidden staging prefixes beside the outputs still hold
-        return [p for p in objects(s3_server.bucket) if ".staging-" in p and p.endswith(".parquet")]
-
-    deadline = time.monotonic() + 15  # a task that was still running removes its own part
-    while staged_parts() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert staged_parts() == []
+    # the run waited for the large file's task before removing the parts: no task of it still runs
+    # on a worker (one cancelled while running would), and no part is left, even at once
+    with distributed.Client(cluster, timeout=5) as client:
+        running = client.run(lambda dask_worker: [str(t.key) for t in dask_worker.state.executing])
+    assert [k for keys in running.values() for k in keys if "score_file" in k] == []
+    assert [p for p in objects(s3_server.bucket) if ".staging-" in p and p.endswith(".parquet")] == []
 
 
 def test_a_removal_that_fails_midway_is_repeated_until_the_prefix_is_empty(s3_server, monkeypatch, caplog):
