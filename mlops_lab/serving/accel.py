@@ -27,6 +27,16 @@ start-up (:meth:`.ServedModel.warm_up`) and keeps the model's own call if they d
 Only exact classes (a subclass may score differently), one output, and ``n_jobs`` of None or 1
 (with more jobs, the forest sums in the order threads finish).
 
+**Linear models.** ``LogisticRegression``, ``LinearRegression`` and ``Ridge`` spend most of a
+call on scikit-learn's checks of the input (its array namespace, dtype, finiteness, width):
+measured here, ``LogisticRegression.predict`` takes 110 us for 1 row or 30, of which the
+product is 4-6 us. :func:`faster_call` gives the call as the model computes it on rows that
+are a finite float64 array of the fitted width: the same ``X @ coef_.T + intercept_``, then the
+class of the sign (two classes) or of the highest score, or the logistic of the score (two
+classes) or scikit-learn's own softmax (more). Any other input (integers, a missing value, a
+sparse matrix, another width) goes to the model's own call, which answers or raises as it would.
+Exact classes only, and a ``LogisticRegression`` whose ``multi_class`` is not one-vs-rest.
+
 **Pipelines that select columns by name.** A ``Pipeline`` whose first step is a
 ``ColumnTransformer`` (numbers scaled, a category one-hot encoded) needs a DataFrame for its
 column names, and selecting each transformer's columns from it by name, with scikit-learn's
@@ -65,11 +75,30 @@ _FORESTS = {
 }
 
 
+_LINEAR = {
+    "sklearn.linear_model._logistic.LogisticRegression": True,
+    "sklearn.linear_model._base.LinearRegression": False,
+    "sklearn.linear_model._ridge.Ridge": False,
+}
+
+
 def faster_call(model: Any, method: str) -> Callable[[Any], Any] | None:
     """A faster function computing ``getattr(model, method)``, or None when there is none."""
     cls = type(model)
-    classifier = _FORESTS.get(f"{cls.__module__}.{cls.__qualname__}")
-    if classifier is None or method not in ("predict", "predict_proba") or (method == "predict_proba" and not classifier):
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if name in _LINEAR:
+        call, how = _linear_call(model, method, _LINEAR[name]), "the linear model's product, without scikit-learn's checks"
+    elif name in _FORESTS:
+        call, how = _forest_call(model, method, _FORESTS[name]), "tree by tree, without joblib's per-tree dispatch"
+    else:
+        return None
+    if call is not None:
+        call.how = how  # type: ignore[attr-defined] - said in the server's log
+    return call
+
+
+def _forest_call(model: Any, method: str, classifier: bool) -> Callable[[Any], Any] | None:
+    if method not in ("predict", "predict_proba") or (method == "predict_proba" and not classifier):
         return None
     if getattr(model, "n_jobs", None) not in (None, 1) or getattr(model, "n_outputs_", None) != 1:
         return None
@@ -108,6 +137,63 @@ def faster_call(model: Any, method: str) -> Callable[[Any], Any] | None:
         return classes.take(np.argmax(predict_proba(X), axis=1), axis=0)
 
     return predict_class
+
+
+def _linear_call(model: Any, method: str, classifier: bool) -> Callable[[Any], Any] | None:
+    """A linear model's ``predict`` (``predict_proba`` for logistic regression) as scikit-learn
+    computes it, without its checks' overhead: rows that are a finite float64 array of the fitted
+    width get the model's ``X @ coef_.T + intercept_`` (the product scikit-learn makes), then the
+    class of the sign or of the highest score, or the logistic (two classes) or scikit-learn's
+    softmax (more); anything else (another dtype, a missing value, a sparse matrix) goes to the
+    model's own call, which raises its own errors."""
+    if method not in ("predict", "predict_proba") or (method == "predict_proba" and not classifier):
+        return None
+    coef = getattr(model, "coef_", None)
+    width = getattr(model, "n_features_in_", None)
+    if not isinstance(coef, np.ndarray) or coef.dtype != np.float64 or width is None or coef.shape[-1] != width:
+        return None
+    if classifier and (coef.ndim != 2 or getattr(model, "multi_class", "deprecated") not in ("deprecated", "auto", "multinomial")):
+        return None
+    own = getattr(model, method)
+    coef_t = coef.T if coef.ndim == 2 else coef
+    intercept = model.intercept_
+
+    def scores(X: Any) -> Any:
+        if (type(X) is not np.ndarray or X.dtype != np.float64 or X.ndim != 2 or X.shape[1] != width
+                or not np.isfinite(X).all()):
+            return None
+        out = X @ coef_t + intercept
+        # a classifier's one column of scores is flattened, a regressor's stays (as scikit-learn does)
+        return out.reshape(-1) if classifier and out.ndim > 1 and out.shape[1] == 1 else out
+
+    if not classifier:
+        def regress(X: Any) -> Any:
+            out = scores(X)
+            return own(X) if out is None else out
+
+        return regress
+    classes = model.classes_
+    if method == "predict":
+        def predict(X: Any) -> Any:
+            out = scores(X)
+            if out is None:
+                return own(X)
+            return classes.take((out > 0).astype(np.intp) if out.ndim == 1 else np.argmax(out, axis=1), axis=0)
+
+        return predict
+    from scipy.special import expit
+    from sklearn.utils.extmath import softmax
+
+    def predict_proba(X: Any) -> Any:
+        out = scores(X)
+        if out is None:
+            return own(X)
+        if out.ndim == 1:
+            prob = expit(out, out=out)
+            return np.stack([1 - prob, prob], axis=1)
+        return softmax(out, copy=False)
+
+    return predict_proba
 
 
 def columns_call(model: Any, method: str, columns: list[str], kinds: list[str], may_miss: list[bool],

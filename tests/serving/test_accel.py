@@ -17,7 +17,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -72,8 +72,52 @@ def test_no_faster_call_where_the_results_could_differ():
     two = np.c_[Y_BIN, 1 - Y_BIN]
     assert accel.faster_call(RandomForestClassifier(n_estimators=5).fit(X, two), "predict") is None  # several outputs
     assert accel.faster_call(RandomForestRegressor(n_estimators=5).fit(X, Y_REG), "apply") is None
-    assert accel.faster_call(LogisticRegression().fit(X, Y_BIN), "predict") is None
+    class MyLogistic(LogisticRegression):
+        pass
+
+    assert accel.faster_call(MyLogistic().fit(X, Y_BIN), "predict") is None
+    assert accel.faster_call(LogisticRegression().fit(X, Y_BIN), "decision_function") is None
+    assert accel.faster_call(LinearRegression().fit(X, Y_REG), "predict_proba") is None
+    assert accel.faster_call(LogisticRegression(), "predict") is None  # not fitted
     assert accel.faster_call(RandomForestClassifier(n_estimators=5), "predict") is None  # not fitted
+
+
+def _linear_models():
+    two_outputs = np.c_[Y_REG, X[:, 4]]
+    return [
+        (LogisticRegression().fit(X, Y_BIN), "predict"),
+        (LogisticRegression().fit(X, Y_BIN), "predict_proba"),
+        (LogisticRegression(max_iter=500).fit(X, Y_STR), "predict"),  # three classes named by strings
+        (LogisticRegression(max_iter=500).fit(X, Y_STR), "predict_proba"),
+        (LogisticRegression(solver="liblinear").fit(X, Y_BIN), "predict_proba"),
+        (LinearRegression().fit(X, Y_REG), "predict"),
+        (LinearRegression().fit(X, Y_REG[:, None]), "predict"),  # one output as a column stays a column
+        (LinearRegression(fit_intercept=False).fit(X, two_outputs), "predict"),
+        (Ridge(alpha=0.5).fit(X, Y_REG), "predict"),
+        (Ridge(alpha=0.5).fit(X, two_outputs), "predict"),
+    ]
+
+
+@pytest.mark.parametrize("model,method", _linear_models(), ids=lambda v: v if isinstance(v, str) else type(v).__name__)
+def test_the_faster_call_gives_the_linear_models_own_results_bit_for_bit(model, method):
+    fast = accel.faster_call(model, method)
+    assert fast is not None and "linear model" in fast.how
+    own = getattr(model, method)
+    for rows in (1, 7, 400):
+        for q in (RNG.normal(size=(rows, 12)) * 3, np.asfortranarray(RNG.normal(size=(rows, 12))),
+                  RNG.normal(size=(rows, 24))[:, ::2]):  # C order, Fortran order, a strided view
+            a, b = fast(q), own(q)
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert np.array_equal(a, b), rows
+    # what the product does not take goes to the model's own call: the same answer or error
+    ints = RNG.integers(-3, 3, size=(5, 12))
+    assert np.array_equal(fast(ints), own(ints))
+    for bad in (np.ones((2, 5)), np.where(np.eye(3, 12) > 0, np.nan, 1.0), np.full((1, 12), np.inf)):
+        with pytest.raises(ValueError) as mine:
+            fast(bad)
+        with pytest.raises(ValueError) as theirs:
+            own(bad)
+        assert str(mine.value) == str(theirs.value)
 
 
 def _served(name: str, model, tmp_path) -> ServedModel:
@@ -91,6 +135,13 @@ def test_the_server_uses_it_after_checking_it_on_the_example(caplog, tmp_path):
     assert "scored tree by tree" in caplog.text
     q = RNG.normal(size=(50, 12))
     assert np.array_equal(served.model.predict(q), rf.predict(q))
+    lr = LogisticRegression().fit(X, Y_BIN)
+    served = _served("lr", lr, tmp_path)
+    with caplog.at_level(logging.INFO, logger="mlops_lab.serving"):
+        served.warm_up()
+    assert served.model._call.__name__ == "predict" and served.model._call.how.startswith("the linear model's")
+    assert "lr:1: scored the linear model's product" in caplog.text
+    assert np.array_equal(served.model.predict(q), lr.predict(q))
 
 
 def test_a_faster_call_that_answers_otherwise_is_not_used(monkeypatch, caplog, tmp_path):
