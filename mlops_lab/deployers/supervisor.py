@@ -95,6 +95,7 @@ class Supervisor:
         self.last_exit = ""
         self.status = "starting"
         self.reason = ""
+        self.stop_reason = "stopped on request"
         self._registry = None
         self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self.sock = socket.create_server((args.host, args.port), backlog=2048)
@@ -272,6 +273,15 @@ class Supervisor:
         while not self.stopping.is_set():
             await asyncio.sleep(HEALTH_EVERY_S)
             gen = self.active
+            if gen is not None and not os.path.exists(gen.spec):
+                # Its folder went, with the spec, keys and versions (a home folder removed; the
+                # servers' metrics snapshots may make the folder again, never the spec): no face
+                # can reach or restart this deployment any more, so it does not serve on unseen.
+                self.stop_reason = f"its folder {self.folder} was removed"
+                log.warning("stopping: %s", self.stop_reason)
+                self.stopping.set()
+                return
+            gen = self.active
             if gen is None or self.switch_lock.locked():
                 continue
             servers = list(gen.servers)
@@ -403,7 +413,7 @@ class Supervisor:
         if self.active is not None:
             await self.retire(self.active)
         self.sock.close()
-        await self._record("stopped", "stopped on request")
+        await self._record("stopped", self.stop_reason)
         log.info("stopped")
         return 0
 

@@ -307,6 +307,22 @@ def test_no_process_of_a_deleted_deployment_outlives_it_by_2_s_on_a_busy_machine
     assert len(rows) == 300 and set(rows["prediction"]) == {1.0}
 
 
+def test_a_deployment_whose_folder_is_removed_stops(models):
+    """Given a deployment of two servers, when its folder (spec, keys, versions) is removed
+    behind its back, as when a home folder is deleted, then its supervisor and servers stop
+    within seconds instead of serving on where no face can reach them, and the record says why."""
+    import shutil
+
+    home = os.environ["MLOPS_LAB_HOME"]
+    d = ml.deploy("m:1", name="gone", progress=False, workers=2, drain_seconds=0.2)
+    assert wait_until(lambda: len(d.status().details["servers"]) == 2, timeout=60)
+    assert len(_processes_of(home)) >= 3  # the supervisor and its two servers
+    shutil.rmtree(os.path.join(home, "deployments", "gone"))
+    assert wait_until(lambda: not _processes_of(home), timeout=15), _processes_of(home)
+    st = ml.get_deployment("gone").status()
+    assert st.state == "stopped" and "was removed" in st.reason, (st.state, st.reason)
+
+
 def _processes_of(home, module: bytes = b"mlops_lab.") -> set[int]:
     """PIDs of the processes of this home folder's deployments whose command names ``module``."""
     out = set()
