@@ -281,7 +281,6 @@ class Supervisor:
                 log.warning("stopping: %s", self.stop_reason)
                 self.stopping.set()
                 return
-            gen = self.active
             if gen is None or self.switch_lock.locked():
                 continue
             servers = list(gen.servers)
