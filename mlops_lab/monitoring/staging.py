@@ -313,7 +313,11 @@ def file_meta(f: StagedFile, columns: list[str]) -> Any:
     """The file's per-request values as an Arrow record batch (the meta region)."""
     import pyarrow as pa
 
-    times, ids, versions, statuses, latencies, errors, ns, has = zip(*f.meta)
+    # One list per field, not zip(*meta): zip makes an iterator per request (4,096 objects the
+    # cyclic garbage collector tracks), which set off collections in this thread, now and then a
+    # full one (87 ms over a server's 166,000 objects, holding the GIL; bench/README.md).
+    meta = f.meta
+    times, ids, versions, statuses, latencies, errors, ns, has = ([m[i] for m in meta] for i in range(8))
     return pa.record_batch({
         "time": pa.array(np.array(times)),
         "request_id": pa.array(ids, pa.string()),

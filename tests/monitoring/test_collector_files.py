@@ -188,7 +188,6 @@ def test_rows_of_python_values_are_handed_over_as_untracked_arrays_of_numbers_an
     import weakref
 
     from mlops_lab.monitoring.records import Split
-
     from mlops_lab.registry.inputs import Chunk
     from mlops_lab.serving.runtime import ServedModel, make_record
 

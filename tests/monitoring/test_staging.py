@@ -541,3 +541,39 @@ def test_the_writer_is_woken_once_for_work_that_waits(tmp_path):
     for i in range(36, 48):
         col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, X, COLS, TYPES, np.zeros(100), 100))
     assert len(wakes) == 2
+
+
+def test_finishing_a_file_of_4096_requests_sets_off_no_garbage_collection(tmp_path):
+    """A staged file's per-request values are built in the writer thread, holding the GIL: that
+    must not make an object the cyclic garbage collector tracks per request (``zip(*meta)`` made
+    an iterator for each: 4,096 of them set off collections there, now and then a full one over
+    the whole server's objects, 87 ms in ``bench/inprocess.py --pair``)."""
+    import gc
+
+    col = _collector(tmp_path, "d")
+    rng = np.random.default_rng(5)
+    n = staging.CHUNK_RECORDS
+    for i in range(n):
+        col.add(Record(NOON + i, f"r{i}", "m:1", 200, 1.0, None, rng.normal(size=(1, 6)), COLS, TYPES, np.array([i % 3]), 1))
+    f = col._lane.open
+    assert len(f.meta) == n
+    started: list[int] = []
+
+    def seen(phase, info):
+        if phase == "start":
+            started.append(info["generation"])
+
+    staging.file_meta(f, COLS)  # the first call imports what Arrow's conversions need
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(700, 10, 10)  # CPython's defaults, whatever the test run set
+    gc.callbacks.append(seen)
+    try:
+        batch = staging.file_meta(f, COLS)
+    finally:
+        gc.callbacks.remove(seen)
+        gc.set_threshold(*threshold)
+    assert started == []
+    assert batch.num_rows == n
+    assert batch.column("request_id")[n - 1].as_py() == f"r{n - 1}"
+    assert batch.column("time")[7].as_py() == NOON + 7
