@@ -25,8 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from registry import machine  # noqa: E402
 from monitoring import _cpu_seconds  # noqa: E402
+from registry import machine  # noqa: E402
 from serving import SHAPES, Shape, wrk  # noqa: E402
 
 # The helper each side runs: deploy, print the address and key, wait for stdin to close, delete.

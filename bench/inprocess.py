@@ -8,7 +8,12 @@ app (``peers/noop_server.py``). Prints us per request (wall and CPU) for each ro
 request path costs without uvicorn, httptools, the kernel and wrk, and so where it goes
 (``--profile`` adds cProfile's top functions; py-spy on this process gives the by-line split).
 
+With ``--pair``, two apps built from the same spec, collection off and on, take turns in blocks of
+requests, and the median of each round's CPU difference says what collection adds to a request
+on the whole request path (its own code, and what its memory does to the request's caches).
+
 Run: ``python bench/inprocess.py [--shape lr-arr] [--rows 1] [--requests 20000] [--rounds 3] [--no-collect] [--profile]``
+or ``python bench/inprocess.py --pair [--shape lr-arr] [--rows 100] [--block 1000] [--rounds 30]``
 """
 
 from __future__ import annotations
@@ -58,6 +63,52 @@ def drive(app, body: bytes, headers: list[tuple[bytes, bytes]], requests: int, r
     uvloop.run(run())
 
 
+def pair(apps: dict, body: bytes, headers: list[tuple[bytes, bytes]], block: int, rounds: int) -> None:
+    """Two apps taking turns in blocks of ``block`` requests, ``rounds`` times (the order flips
+    every round): the median of each round's CPU difference per request, which the machine's
+    drift (a third between minutes here) moves much less than either figure alone."""
+    import statistics
+
+    import uvloop
+
+    scope0 = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+              "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555), "scheme": "http", "method": "POST",
+              "root_path": "", "path": "/invocations", "raw_path": b"/invocations", "query_string": b"",
+              "headers": headers, "state": {}}
+    message = {"type": "http.request", "body": body, "more_body": False}
+    bad = [0]
+
+    async def receive():
+        return message
+
+    async def send(m):
+        if m["type"] == "http.response.start" and m["status"] != 200:
+            bad[0] += 1
+
+    (a, app_a), (b, app_b) = apps.items()
+    cpu: dict[str, list[float]] = {a: [], b: []}
+
+    async def run() -> None:
+        for _ in range(block):  # warm-up of both
+            await app_a(dict(scope0), receive, send)
+            await app_b(dict(scope0), receive, send)
+        for r in range(rounds):
+            for label, app in ((a, app_a), (b, app_b))[:: 1 if r % 2 == 0 else -1]:
+                c0 = time.process_time()
+                for _ in range(block):
+                    await app(dict(scope0), receive, send)
+                cpu[label].append((time.process_time() - c0) / block * 1e6)
+
+    uvloop.run(run())
+    diff = [y - x for x, y in zip(cpu[a], cpu[b])]
+    ratio = [100 * (y / x - 1) for x, y in zip(cpu[a], cpu[b])]
+    print(f"{a}: {statistics.median(cpu[a]):.1f} us CPU a request (median of {rounds} blocks of {block}), "
+          f"{b}: {statistics.median(cpu[b]):.1f}; {b} against {a}, paired by round: "
+          f"{statistics.median(diff):+.1f} us ({statistics.median(ratio):+.1f} %), quartiles "
+          f"{statistics.quantiles(diff, n=4)[0]:+.1f} / {statistics.quantiles(diff, n=4)[2]:+.1f} us"
+          + (f"  ({bad[0]} answers not 200)" if bad[0] else ""), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="lr-arr")
@@ -66,6 +117,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-collect", action="store_true", help="build the app with collection off")
     ap.add_argument("--profile", action="store_true", help="cProfile one round of ours: the top 25 functions")
+    ap.add_argument("--pair", action="store_true",
+                    help="ours with collection off and on, taking turns in blocks: what collection adds to a request")
+    ap.add_argument("--block", type=int, default=1000, help="requests per block with --pair")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlops-inprocess-") as home:
         os.environ["MLOPS_LAB_HOME"] = home
@@ -80,12 +134,17 @@ def main() -> int:
         try:  # the deployment's files are read by build_app; its own server idles meanwhile
             spec_path = Path(dep.status().details["spec"])
             spec = resolve_paths(orjson.loads(spec_path.read_bytes()), spec_path.parent)
-            if args.no_collect:
-                spec["collect"] = None
-            ours = build_app(spec).asgi
             body = orjson.dumps(shape.body("mlops_lab", args.rows))
             headers = [(b"host", b"127.0.0.1:8000"), (b"authorization", f"Bearer {dep.keys['primary']}".encode()),
                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            if args.pair:
+                apps = {"collection off": build_app({**spec, "collect": None}).asgi, "collection on": build_app(spec).asgi}
+                print(f"{args.shape}, {args.rows} row(s), one request at a time")
+                pair(apps, body, headers, args.block, args.rounds)
+                return 0
+            if args.no_collect:
+                spec["collect"] = None
+            ours = build_app(spec).asgi
             print(f"{args.shape}, {args.rows} row(s), collection {'off' if args.no_collect else 'on'}, "
                   f"{args.requests} requests a round, one at a time")
             from noop_server import app as noop

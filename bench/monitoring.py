@@ -13,7 +13,8 @@
     collection off in the same round (this VM's throughput drifts by up to a quarter between
     minutes; runs side by side drift together). Target: collection costs under 10 % of
     throughput. Beside it, the servers' CPU time per request (user + system, all threads, from
-    /proc): it says how many microseconds collection adds to each request; and the staged
+    /proc): it says how many microseconds collection adds to each request, and, paired by round
+    as the throughput is, the median of each round's ratio to collection off; and the staged
     compactors' CPU during the runs (compaction waits for idle CPU). After the runs, the CPU the
     compactors spend turning the staged files into Parquet (deferred to idle time) is measured
     too. With rclone available (``--no-s3`` leaves it out), a fourth deployment collects to
@@ -163,12 +164,18 @@ def collection_cost(duration: float, rounds: int, budget_mb: int | None = None, 
                 # Cost: the median over rounds of each round's loss against collection off in the
                 # same round (the three take turns, so a slow spell of the machine hits all three).
                 cost = {k: statistics.median(100 * (1 - a / b) for a, b in zip(runs[k], runs["off"])) for k in lanes}
+                # The same for the servers' CPU per request: each round's ratio to collection off in
+                # that round (the machine's speed moves CPU per request by up to a third between
+                # minutes; runs side by side move together).
+                cpu_cost = {k: statistics.median(100 * (a / b - 1) for a, b in zip(cpu[k], cpu["off"])) for k in lanes}
                 print(f"  rows={rows:<3} conns={conns:<3} off {rps['off']:>7.0f} req/s {us['off']:.0f} us"
                       + "".join(f" | {k} {rps[k]:>7.0f} req/s cost {cost[k]:5.1f}% {us[k]:.0f} us" for k in lanes), flush=True)
+                print("    CPU per request against off, paired by round (median): "
+                      + ", ".join(f"{k} {cpu_cost[k]:+.1f}%" for k in lanes), flush=True)
                 print("    rounds (req/s): " + "; ".join(f"{k} {' '.join(str(round(x)) for x in v)}" for k, v in runs.items()), flush=True)
                 # Compaction waits for idle CPU; if it ran during a run, it took CPU the servers did not.
                 print(f"    staged compactors during the runs: {max(compacting, default=0.0):.1f} us per request at most", flush=True)
-                out.append((rows, conns, rps, cost, us))
+                out.append((rows, conns, rps, cost, us, cpu_cost))
         stats = deployments["staged"].call("metrics", method="GET")["collection"]
         print(f"  collected by one staged server process: {stats['written_rows']} rows in {stats['staged_files']} staged"
               f" and {stats['files']} Parquet files, {stats['dropped_rows']} dropped (Parquet files: written at once"
@@ -320,20 +327,21 @@ def main(argv: list[str] | None = None) -> int:
     lanes = [k for k in cost[0][2] if k != "off"]
     names = {"staged": "staged", "direct": "direct Parquet", "s3": "S3 (rclone)", "control": "off again (control)"}
     print("| rows/request | conns | off req/s | " + " | ".join(f"{names[k]} req/s | cost" for k in lanes)
-          + f" | server CPU us/request off / {' / '.join(lanes)} |")
-    print("| ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in lanes) + " | ---: |")
+          + f" | server CPU us/request off / {' / '.join(lanes)} | CPU per request against off, paired |")
+    print("| ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in lanes) + " | ---: | ---: |")
     for item in cost:
         if item[0] == "compaction":
             continue
-        rows, conns, rps, c, us = item
+        rows, conns, rps, c, us, cc = item
         print(f"| {rows} | {conns} | {rps['off']:.0f} | " + " | ".join(f"{rps[k]:.0f} | {c[k]:.1f}%" for k in lanes)
-              + " | " + " / ".join(f"{us[k]:.0f}" for k in ["off", *lanes]) + " |")
+              + " | " + " / ".join(f"{us[k]:.0f}" for k in ["off", *lanes])
+              + " | " + " / ".join(f"{cc[k]:+.1f}%" for k in lanes) + " |")
     print()
     print("| rows/request | conns | server CPU us/request, off | collection's own, staged (in process) | share |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for item in cost:
         if item[0] != "compaction":
-            rows, conns, _, _, us = item
+            rows, conns, _, _, us, _ = item
             print(f"| {rows} | {conns} | {us['off']:.0f} | {own[(rows, 'staged')]:.1f} | {100 * own[(rows, 'staged')] / us['off']:.1f}% |")
     print()
     places = list(times)
