@@ -126,7 +126,7 @@ def main() -> int:
         from serving import Shape
 
         import mlops_lab as ml
-        from mlops_lab.serving.server import build_app, resolve_paths
+        from mlops_lab.serving.server import build_app, resolve_paths, serving_gc
 
         shape = Shape(args.shape)
         ml.register_model(shape.model, args.shape, sample_input=shape.sample())
@@ -139,12 +139,14 @@ def main() -> int:
                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             if args.pair:
                 apps = {"collection off": build_app({**spec, "collect": None}).asgi, "collection on": build_app(spec).asgi}
+                serving_gc()  # as a server runs: what is loaded frozen, young sweeps every 20,000
                 print(f"{args.shape}, {args.rows} row(s), one request at a time")
                 pair(apps, body, headers, args.block, args.rounds)
                 return 0
             if args.no_collect:
                 spec["collect"] = None
             ours = build_app(spec).asgi
+            serving_gc()
             print(f"{args.shape}, {args.rows} row(s), collection {'off' if args.no_collect else 'on'}, "
                   f"{args.requests} requests a round, one at a time")
             from noop_server import app as noop

@@ -341,6 +341,23 @@ def fetch_models(spec: dict[str, Any]) -> None:
                      time.perf_counter() - started)
 
 
+def serving_gc() -> None:
+    """The cyclic garbage collector as a server runs it, once everything is loaded."""
+    # Everything loaded so far (libraries, the model) lives as long as the process: keep it out
+    # of the cyclic collector's sweeps, whose full passes otherwise add tens of milliseconds to
+    # the slowest requests. (No full collection first: after imports and loading it finds nothing
+    # to free and would cost some 60 ms of start-up.)
+    gc.freeze()
+    # A request allocates some 30 objects the cyclic collector tracks, and nearly all of them
+    # are freed by reference counting when it is answered: at the default threshold (700) the
+    # youngest generation was swept every 20-odd requests, each sweep going over the requests
+    # then in flight (100-row requests, 64 connections: 100 us a sweep, 5.6 us a request).
+    # Every 20,000 allocations it is a sweep per 600-odd requests. A/B, 2 x 8 rounds: 152.0 and
+    # 149.1 us of CPU a request against 153.5 and 157.2.
+    gc.set_threshold(20_000, 10, 10)
+    gc.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mlops_lab.serving.server", description=__doc__.splitlines()[0])
     ap.add_argument("--spec", required=True, help="JSON file naming the models to serve")
@@ -382,19 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shared = socket.create_server((args.host, args.port), reuse_port=False)
         log.info("listening on http://%s:%d", args.host, shared.getsockname()[1])
-    # Everything loaded so far (libraries, the model) lives as long as the process: keep it out
-    # of the cyclic collector's sweeps, whose full passes otherwise add tens of milliseconds to
-    # the slowest requests. (No full collection first: after imports and loading it finds nothing
-    # to free and would cost some 60 ms of start-up.)
-    gc.freeze()
-    # A request allocates some 30 objects the cyclic collector tracks, and nearly all of them
-    # are freed by reference counting when it is answered: at the default threshold (700) the
-    # youngest generation was swept every 20-odd requests, each sweep going over the requests
-    # then in flight (100-row requests, 64 connections: 100 us a sweep, 5.6 us a request).
-    # Every 20,000 allocations it is a sweep per 600-odd requests. A/B, 2 x 8 rounds: 152.0 and
-    # 149.1 us of CPU a request against 153.5 and 157.2.
-    gc.set_threshold(20_000, 10, 10)
-    gc.enable()
+    serving_gc()
     log.info("serving %s revision %s: %s", spec.get("deployment"), spec.get("revision"),
              ", ".join([f"{m.ref} ({m.traffic:g}%)" for r in app.routes.values() for m in r.models]
                        + [f"{s.ref} (shadow of {s.shadow:.0%})" for r in app.routes.values() for s in r.shadows]))
