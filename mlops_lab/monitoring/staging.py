@@ -314,8 +314,10 @@ def file_meta(f: StagedFile, columns: list[str]) -> Any:
     import pyarrow as pa
 
     # One list per field, not zip(*meta): zip makes an iterator per request (4,096 objects the
-    # cyclic garbage collector tracks), which set off collections in this thread, now and then a
-    # full one (87 ms over a server's 166,000 objects, holding the GIL; bench/README.md).
+    # cyclic garbage collector tracks). In a process on Python's default collector settings (a
+    # shadow's worker; servers sweep only every 20,000 allocations, serving.server.serving_gc)
+    # they set off collections in this thread, now and then a full one: 87 ms over 166,000
+    # objects, holding the GIL (bench/README.md).
     meta = f.meta
     times, ids, versions, statuses, latencies, errors, ns, has = ([m[i] for m in meta] for i in range(8))
     return pa.record_batch({
