@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -32,11 +33,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
 
 
-def drive(app, body: bytes, headers: list[tuple[bytes, bytes]], requests: int, rounds: int, label: str) -> None:
-    scope0 = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-              "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555), "scheme": "http", "method": "POST",
-              "root_path": "", "path": "/invocations", "raw_path": b"/invocations", "query_string": b"",
-              "headers": headers, "state": {}}
+def request(body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[dict, Any, Any, list[int]]:
+    """The benchmark's ``/invocations`` request as uvicorn hands it to an ASGI app: the scope (copy
+    it for each call), ``receive`` and ``send``, and the list the answers' statuses go to."""
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555), "scheme": "http", "method": "POST",
+             "root_path": "", "path": "/invocations", "raw_path": b"/invocations", "query_string": b"",
+             "headers": headers, "state": {}}
     statuses: list[int] = []
     message = {"type": "http.request", "body": body, "more_body": False}
 
@@ -46,6 +49,12 @@ def drive(app, body: bytes, headers: list[tuple[bytes, bytes]], requests: int, r
     async def send(m):
         if m["type"] == "http.response.start":
             statuses.append(m["status"])
+
+    return scope, receive, send, statuses
+
+
+def drive(app, body: bytes, headers: list[tuple[bytes, bytes]], requests: int, rounds: int, label: str) -> None:
+    scope0, receive, send, statuses = request(body, headers)
 
     async def run() -> None:
         for r in range(rounds):
@@ -71,20 +80,7 @@ def pair(apps: dict, body: bytes, headers: list[tuple[bytes, bytes]], block: int
 
     import uvloop
 
-    scope0 = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-              "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555), "scheme": "http", "method": "POST",
-              "root_path": "", "path": "/invocations", "raw_path": b"/invocations", "query_string": b"",
-              "headers": headers, "state": {}}
-    message = {"type": "http.request", "body": body, "more_body": False}
-    bad = [0]
-
-    async def receive():
-        return message
-
-    async def send(m):
-        if m["type"] == "http.response.start" and m["status"] != 200:
-            bad[0] += 1
-
+    scope0, receive, send, statuses = request(body, headers)
     (a, app_a), (b, app_b) = apps.items()
     cpu: dict[str, list[float]] = {a: [], b: []}
 
@@ -106,7 +102,7 @@ def pair(apps: dict, body: bytes, headers: list[tuple[bytes, bytes]], block: int
           f"{b}: {statistics.median(cpu[b]):.1f}; {b} against {a}, paired by round: "
           f"{statistics.median(diff):+.1f} us ({statistics.median(ratio):+.1f} %), quartiles "
           f"{statistics.quantiles(diff, n=4)[0]:+.1f} / {statistics.quantiles(diff, n=4)[2]:+.1f} us"
-          + (f"  ({bad[0]} answers not 200)" if bad[0] else ""), flush=True)
+          + (f"  ({bad} answers not 200)" if (bad := len(statuses) - statuses.count(200)) else ""), flush=True)
 
 
 def main() -> int:
