@@ -154,3 +154,38 @@ def test_tutorial_runs_top_to_bottom_and_renders(path, tmp_path, _isolated_home,
     assert "cdn.jsdelivr.net/npm/vega" not in html
     if path.stem == "03_monitor":
         assert html.count('src="data:image/png;base64,') == 1
+
+
+def test_the_canary_in_tutorial_6_tells_its_versions_apart_on_all_but_1_in_1000_random_splits():
+    """Tutorial 6's canary sends each request to version 1 or 2 at random (``Route.pick``), and
+    its check wants the A/B readout significant. With each case sent twice, one run in about sixty
+    fell short (p = 0.059 in a CI run): so many passes that chance cannot fail it. The models and
+    split are those of the tutorial's first cell; the passes are read from its canary cell."""
+    import re
+
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    from mlops_lab.monitoring.ab import two_proportions
+
+    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem == "06_decide"), as_version=4)
+    canary = next(c.source for c in nb.cells if c.get("id") == "8a1f6d39")
+    passes = int(re.search(r"for rep in range\((\d+)\)", canary).group(1))
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    X_train, X_live, y_train, y_live = train_test_split(X, y, test_size=0.5, random_state=0)
+    stump = DecisionTreeClassifier(max_depth=1, random_state=0).fit(X_train, y_train)
+    logreg = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X_train, y_train)
+    right_1 = np.tile(stump.predict(X_live) == y_live.to_numpy(), passes)
+    right_2 = np.tile(logreg.predict(X_live) == y_live.to_numpy(), passes)
+    rng = np.random.default_rng(0)
+    short = 0
+    for _ in range(5000):
+        to_2 = rng.random(len(right_1)) < 0.5
+        test = two_proportions(int(right_1[~to_2].sum()), int((~to_2).sum()), int(right_2[to_2].sum()), int(to_2.sum()))
+        short += not (test.p_value < 0.05 and test.difference > 0)
+    assert short / 5000 < 1e-3, f"{passes} passes: {short} of 5,000 random splits not significant"
