@@ -24,6 +24,7 @@ them like a local deployment's. Without either, an ``emptyDir`` keeps them only 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -37,10 +38,16 @@ from .common import default_image, k8s_name, runtime_spec
 
 __all__ = ["render_manifests", "build_objects", "to_yaml", "KubernetesDeployer", "k8s_name"]
 
+log = logging.getLogger("mlops_lab.kubernetes")
+
 MANAGED_BY = "mlops-lab"
 #: Where a pod mounts its revision's spec (a ConfigMap) and unpacks the models it fetches.
 SPEC_DIR = f"{APP_DIR}/revision"
 FETCHED_DIR = f"{APP_DIR}/fetched"
+#: Old revisions a deployment keeps on the cluster: the Deployment's ReplicaSets
+#: (``revisionHistoryLimit``, for ``kubectl rollout undo``) and their specs' ConfigMaps; older
+#: ones are deleted after each rollout (mlops_lab's own rollback applies a new revision).
+REVISION_HISTORY = 10
 
 
 def build_objects(
@@ -157,7 +164,7 @@ def build_objects(
         "metadata": {**meta(app), "annotations": {"mlops-lab/models": served, "mlops-lab/revision": str(revision)}},
         "spec": {
             "replicas": replicas,
-            "revisionHistoryLimit": 10,
+            "revisionHistoryLimit": REVISION_HISTORY,
             "selector": {"matchLabels": selector},
             # an update: one new pod at a time, an old one stops only once a new one is ready
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -438,7 +445,25 @@ class KubernetesDeployer(Deployer):
         progress.step("patching the Deployment (rolling update)")
         self._apply(objects, record.config)
         self._wait_rollout(record.name, record.config, progress, float(record.config.get("startup_timeout", 600)))
-        return self.registry.add_deployment_revision(record.name, models, config=record.config, note=note)
+        updated = self.registry.add_deployment_revision(record.name, models, config=record.config, note=note)
+        self._prune_specs(updated)
+        return updated
+
+    def _prune_specs(self, record) -> None:
+        """Delete the ConfigMaps of revisions older than the ReplicaSets the Deployment keeps
+        (one per update and rollback would pile up for the deployment's lifetime). The update
+        has happened: a refusal is logged, and the next update or ``delete`` tries again."""
+        from kubernetes.client.rest import ApiException
+
+        core, _, _ = self._clients(record.config)
+        ns, app = record.state.get("namespace", "default"), k8s_name(record.name)
+        keep = ",".join(str(r) for r in range(max(1, record.revision - REVISION_HISTORY), record.revision + 1))
+        try:
+            core.delete_collection_namespaced_config_map(
+                ns, label_selector=f"app.kubernetes.io/instance={app},mlops-lab/revision,mlops-lab/revision notin ({keep})",
+                _preload_content=False)
+        except ApiException as exc:
+            log.warning("%s", _refused(exc, f"delete the old revisions' ConfigMaps of {app}"))
 
     def status(self, record) -> DeploymentStatus:
         def make(state, reason, details=None):

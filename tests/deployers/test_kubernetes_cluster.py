@@ -74,7 +74,10 @@ def _config_maps(plane, name: str) -> list[str]:
     return sorted(c.metadata.name for c in items)
 
 
-def test_deploy_update_rollback_delete_against_the_api_server(cluster):
+def test_deploy_update_rollback_delete_against_the_api_server(cluster, monkeypatch):
+    from mlops_lab.deployers import kubernetes
+
+    monkeypatch.setattr(kubernetes, "REVISION_HISTORY", 1)  # keep one old revision, not ten
     d = ml.deploy("iris:1", name="k8s-iris", target="kubernetes", image="registry.test/iris:1", replicas=2,
                   namespace="default", s3_secret="team-s3", progress=False)
     st = d.status()
@@ -97,9 +100,12 @@ def test_deploy_update_rollback_delete_against_the_api_server(cluster):
     assert [m["version"] for m in _served_spec(cluster, "k8s-iris", 2)["models"]] == [2]
     sets = apps.list_namespaced_replica_set("default", label_selector="app.kubernetes.io/instance=k8s-iris").items
     assert len(sets) == 2 and sorted(rs.status.replicas or 0 for rs in sets) == [0, 2]
+    assert apps.read_namespaced_deployment("k8s-iris", "default").spec.revision_history_limit == 1
     d.rollback()
     assert [m["version"] for m in d.refresh().models] == [1] and d.status().healthy
     assert [m["version"] for m in _served_spec(cluster, "k8s-iris", 3)["models"]] == [1]
+    # the old ReplicaSet kept (kubectl rollout undo) has its spec; revision 1's is gone
+    assert _config_maps(cluster, "k8s-iris") == ["k8s-iris-r2", "k8s-iris-r3"]
     d.delete()
     assert apps.list_namespaced_deployment("default", label_selector="app.kubernetes.io/instance=k8s-iris").items == []
     assert _config_maps(cluster, "k8s-iris") == [] and ml.list_deployments() == []
