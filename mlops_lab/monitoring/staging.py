@@ -628,10 +628,15 @@ def _sleep(seconds: float, stop) -> bool:
 
 
 def _compact_or_skip(path: Path, root: Path, failed: set[Path]) -> None:
-    """Compact one staged file; one that fails is logged and left (readers still read it)."""
+    """Compact one staged file; one that fails is logged and left (readers still read it). One
+    removed while it was compacted (its deployment's data deleted) is not an error: there is
+    nothing left to keep."""
     try:
         compact_file(path, root)
     except Exception as exc:  # noqa: BLE001 - try the rest
+        if not path.exists():
+            log.info("%s was removed while compacting it", path)
+            return
         log.error("cannot compact %s: %s: %s", path, type(exc).__name__, exc)
         failed.add(path)
 

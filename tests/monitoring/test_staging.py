@@ -376,6 +376,31 @@ def test_a_damaged_staged_file_is_skipped_by_readers_and_left_by_the_compactor(t
         staging.read_file(bad)
 
 
+def test_a_staged_file_removed_while_it_is_compacted_is_not_an_error_but_a_damaged_file_is(tmp_path, monkeypatch, caplog):
+    import logging
+    import shutil
+
+    col = _collector(tmp_path, "d")
+    col.add(Record(NOON, "a", "m:1", 200, 1.0, None, np.ones((3, 6)), COLS, TYPES, np.zeros(3), 3))
+    col.flush()
+    root = tmp_path / "d"
+    (staged,) = staging.staged_files(root)
+    bad = staged.with_name("part-0-0-0.stage")
+    bad.write_bytes(b"not a staged file")
+    failed: set = set()
+    with caplog.at_level(logging.INFO, logger="mlops_lab.compactor"):
+        # a damaged file: logged as an error and left
+        staging._compact_or_skip(bad, root, failed)
+        assert failed == {bad} and [r.levelname for r in caplog.records] == ["ERROR"]
+        caplog.clear()
+        # the folder removed (the deployment's data deleted) while its file is being compacted
+        write = staging.write_parquet
+        monkeypatch.setattr(staging, "write_parquet", lambda *a, **k: (shutil.rmtree(root), write(*a, **k)))
+        staging._compact_or_skip(staged, root, failed)
+    assert failed == {bad} and [r.levelname for r in caplog.records] == ["INFO"]
+    assert f"{staged} was removed while compacting it" in caplog.text
+
+
 def test_the_compactor_process_compacts_and_exits_after_its_server(tmp_path):
     # Given staged data
     col = _collector(tmp_path, "d")
