@@ -181,7 +181,7 @@ def _deployment_sections(reg, mv, name: str, since: str) -> list[Section]:
     fired = recent_firings(reg, name)
     out.append(Section(f"Alerts ({name})", f"{fired['count']} firings in the last 24 hours." if events else
                        "No alert has fired." + ("" if reg.alert_rules(name)[0] else " No rules are set (set_alerts)."),
-                       rows=[{"time": _when(e["time"]), "rule": e["rule"]["kind"], "value": e["value"],
+                       rows=[{"time": _when(e["time"]), "event": e["status"], "rule": e["rule"]["kind"], "value": e["value"],
                               "threshold": e["rule"]["threshold"], "delivery": e["delivery"].get("status", "")}
                              for e in events]))
     chart = monitor(name, since=since)

@@ -355,7 +355,8 @@ def cmd_alerts(args) -> int:
              for r in found["rules"]] or ["no alert rules"]
     if found["webhook"]:
         lines.append(f"webhook: {found['webhook']}")
-    lines += [f"fired {e['rule']['kind']} = {e['value']} ({e['delivery'].get('status', 'not sent')})" for e in found["events"][:5]]
+    lines += [f"{'fired' if e['status'] == 'firing' else 'resolved'} {e['rule']['kind']} = {e['value']} "
+              f"({e['delivery'].get('status', 'not sent')})" for e in found["events"][:5]]
     _out(args, found, "\n".join(lines))
     return 0
 

@@ -102,7 +102,7 @@ def get_alerts(deployment: str) -> dict[str, Any]:
 def recent_firings(reg, deployment: str, within_s: float = 86400.0) -> dict[str, Any]:
     """How many times ``deployment``'s rules fired in the last ``within_s`` seconds, and the
     latest firing (for a status view: the sidebar's badge)."""
-    events = reg.alert_events(deployment, since=time.time() - within_s, limit=1000)
+    events = reg.alert_events(deployment, since=time.time() - within_s, limit=1000, status="firing")
     latest = events[0] if events else None
     if latest is not None:
         latest = {k: latest[k] for k in ("id", "time", "rule", "value")}
@@ -194,9 +194,9 @@ def check_alerts(deployment: str, *, record: bool = True) -> AlertCheck:
 
 
 def deliver(reg, deployment: str, event: dict[str, Any], webhook: str, delays=RETRY_DELAYS) -> dict[str, Any]:
-    """POST one firing to ``webhook`` as JSON, retrying after each of ``delays`` (seconds) when it
-    fails (no answer, or an answer that is not 2xx); every attempt's outcome is recorded on the
-    event. Returns the delivery record."""
+    """POST one event (a firing or a resolution: its ``status``) to ``webhook`` as JSON, retrying
+    after each of ``delays`` (seconds) when it fails (no answer, or an answer that is not 2xx);
+    every attempt's outcome is recorded on the event. Returns the delivery record."""
     body = json.dumps({"deployment": deployment, **event}, default=str).encode()
     delivery: dict[str, Any] = {"webhook": webhook, "attempts": 0, "status": "pending"}
     for wait in (0, *delays):
@@ -224,45 +224,79 @@ def deliver(reg, deployment: str, event: dict[str, Any], webhook: str, delays=RE
 
 
 class Watcher:
-    """Evaluates one deployment's rules where the deployment runs (its supervisor calls
-    :meth:`tick` every ``every`` seconds, in a thread): a rule that starts firing is recorded as
-    an event and sent to the webhook in a thread of its own; a rule that keeps firing is not
-    sent again until it has stopped."""
+    """Evaluates one deployment's rules where the deployment runs (its supervisor, or the home's
+    ``mlops-lab watch``, calls :meth:`tick` every ``every`` seconds, in a thread): a rule that
+    starts firing is recorded as an event and sent to the webhook in a thread of its own, as
+    Alertmanager does (``"status": "firing"``); a rule that keeps firing is not sent again; a rule
+    that fired and holds again (or has no data left in its window) is recorded and sent as
+    ``"status": "resolved"``.
+
+    What is firing is read from the registry's events when the watcher starts, so a restarted
+    supervisor does not send a firing again: a rule counts as firing if its latest event is a
+    firing and one sent (or with no webhook to send it to) since it last resolved. A firing that
+    only ``check_alerts`` recorded (a pipeline's check) is sent at the first evaluation."""
 
     def __init__(self, reg, deployment: str) -> None:
         self.reg = reg
         self.deployment = deployment
-        self.firing: set[str] = set()
+        self.firing: set[str] | None = None  # the rules firing (as JSON); read at the first tick
         self.every = 60.0
         self.deliveries: list[threading.Thread] = []
+
+    def _recorded_firing(self, webhook: str | None) -> set[str]:
+        """The rules whose latest event is a firing, and that were sent since they last resolved."""
+        sent: dict[str, bool] = {}  # rule -> sent since its last resolution (absent: resolved last)
+        done: set[str] = set()
+        for event in self.reg.alert_events(self.deployment, limit=1000):  # newest first
+            key = json.dumps(event["rule"], sort_keys=True)
+            if key in done:
+                continue
+            if event["status"] != "firing":
+                done.add(key)
+                continue
+            sent[key] = bool(event["delivery"]) or webhook is None
+            if sent[key]:
+                done.add(key)
+        return {key for key, was_sent in sent.items() if was_sent}
 
     def tick(self, now: float | None = None) -> list[dict[str, Any]]:
         rules, webhook, self.every = self.reg.alert_settings(self.deployment)
         now = time.time() if now is None else now
+        if self.firing is None:
+            self.firing = self._recorded_firing(webhook)
         new = []
-        still = set()
+        firing: set[str] = set()
         for rule in rules:
             key = json.dumps(rule, sort_keys=True)
             try:
                 result = evaluate(self.reg, self.deployment, rule, now)
             except Exception as exc:  # noqa: BLE001 - one rule's failure must not stop the others
                 log.warning("alert rule %s of %s could not be evaluated: %s", rule["kind"], self.deployment, exc)
+                if key in self.firing:
+                    firing.add(key)  # not known to hold: still firing
                 continue
-            if not result["fired"]:
+            if result["fired"]:
+                firing.add(key)
+                if key in self.firing:
+                    continue
+                status = "firing"
+                log.warning("alert: %s of %s is %s (threshold %g)", rule["kind"], self.deployment, result["value"],
+                            rule["threshold"])
+            elif key in self.firing:
+                status = "resolved"
+                log.info("alert resolved: %s of %s is %s (threshold %g)", rule["kind"], self.deployment, result["value"],
+                         rule["threshold"])
+            else:
                 continue
-            still.add(key)
-            if key in self.firing:
-                continue
-            event = {"rule": rule, "value": result["value"], "evidence": result["evidence"], "time": now}
-            event["id"] = self.reg.add_alert_event(self.deployment, rule, result["value"], result["evidence"], now)
-            log.warning("alert: %s of %s is %s (threshold %g)", rule["kind"], self.deployment, result["value"],
-                        rule["threshold"])
+            event = {"status": status, "rule": rule, "value": result["value"], "evidence": result["evidence"], "time": now}
+            event["id"] = self.reg.add_alert_event(self.deployment, rule, result["value"], result["evidence"], now,
+                                                   status=status)
             new.append(event)
             if webhook:
                 t = threading.Thread(target=deliver, args=(self.reg, self.deployment, event, webhook),
                                      name=f"alert-{event['id']}", daemon=True)
                 t.start()
                 self.deliveries.append(t)
-        self.firing = still
+        self.firing = firing  # a rule taken out of the settings is forgotten
         self.deliveries = [t for t in self.deliveries if t.is_alive()]
         return new

@@ -39,11 +39,14 @@ class AlertRecords:
         return ([], None, 60.0) if row is None else (_loads(row.rules), row.webhook, float(row.every_s))
 
     def add_alert_event(self, deployment: str, rule: dict[str, Any], value: float | None,
-                        evidence: dict[str, Any], at: float | None = None) -> int:
+                        evidence: dict[str, Any], at: float | None = None, status: str = "firing") -> int:
+        """Record that ``rule`` started firing (``status="firing"``) or, having fired, holds again
+        (``"resolved"``); returns the event's id."""
         t = S.alert_events
         with self._write() as conn:
             result = conn.execute(insert(t).values(deployment=deployment, time=at or time.time(), rule=_dumps(rule),
-                                                   value=value, evidence=_dumps(evidence), delivery="{}"))
+                                                   value=value, evidence=_dumps(evidence), delivery="{}",
+                                                   status=status))
             return int(result.inserted_primary_key[0])
 
     def set_alert_delivery(self, event_id: int, delivery: dict[str, Any]) -> None:
@@ -52,15 +55,17 @@ class AlertRecords:
             conn.execute(update(t).where(t.c.id == event_id).values(delivery=_dumps(delivery)))
 
     def alert_events(self, deployment: str | None = None, since: float | None = None,
-                     limit: int = 100) -> list[dict[str, Any]]:
-        """Firings, newest first."""
+                     limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+        """Firings and resolutions (or those of one ``status``), newest first."""
         t = S.alert_events
         q = select(t).order_by(t.c.time.desc(), t.c.id.desc()).limit(limit)
         if deployment is not None:
             q = q.where(t.c.deployment == deployment)
         if since is not None:
             q = q.where(t.c.time >= since)
+        if status is not None:
+            q = q.where(t.c.status == status)
         with self._read() as conn:
             rows = conn.execute(q).all()
         return [{"id": r.id, "deployment": r.deployment, "time": r.time, "rule": _loads(r.rule), "value": r.value,
-                 "evidence": _loads(r.evidence), "delivery": _loads(r.delivery)} for r in rows]
+                 "evidence": _loads(r.evidence), "delivery": _loads(r.delivery), "status": r.status} for r in rows]

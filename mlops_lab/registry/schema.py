@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -194,6 +194,8 @@ alert_events = Table(
     Column("value", Float, nullable=True),
     Column("evidence", Text, nullable=False, default="{}"),  # JSON: what the rule saw
     Column("delivery", Text, nullable=False, default="{}"),  # JSON: the webhook's attempts
+    # "firing": the rule started firing; "resolved": a rule that fired holds again (schema 3)
+    Column("status", String(16), nullable=False, default="firing", server_default="firing"),
     ForeignKeyConstraint(["deployment"], ["deployments.name"], ondelete="CASCADE"),
     Index("ix_alert_events_deployment_time", "deployment", "time"),
 )
@@ -204,5 +206,13 @@ def _add_alert_tables(conn: Connection) -> None:
     alert_events.create(conn, checkfirst=True)
 
 
+def _add_alert_status(conn: Connection) -> None:
+    from sqlalchemy import inspect, text
+
+    # A database migrated from version 1 just now has the column already (made by version 2's step)
+    if "status" not in {c["name"] for c in inspect(conn).get_columns("alert_events")}:
+        conn.execute(text("ALTER TABLE alert_events ADD COLUMN status VARCHAR(16) NOT NULL DEFAULT 'firing'"))
+
+
 #: version -> function migrating a database from ``version - 1`` to ``version``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_alert_tables}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_alert_tables, 3: _add_alert_status}

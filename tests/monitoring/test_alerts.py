@@ -1,4 +1,4 @@
-"""Alert rules: stored in the registry (schema version 2, migrated in place from version 1),
+"""Alert rules: stored in the registry (schema version 3, migrated in place from versions 1 and 2),
 evaluated on what a deployment collected, every firing recorded with its evidence; the CLI's
 ``check`` exits non-zero when one fires, for a pipeline to gate on."""
 
@@ -118,6 +118,51 @@ def test_the_cli_exits_non_zero_on_a_firing_rule_and_zero_when_all_hold(svc, rng
     assert proc.returncode != 0 and proc.returncode != 12 and "nothing" in proc.stderr
 
 
+def test_a_firing_is_sent_once_across_restarts_and_sent_as_resolved_when_the_rule_holds_again(svc, rng):
+    """The watcher a deployment's supervisor (or ``mlops-lab watch``) makes when it starts
+    (``alerts.Watcher``, as ``watch.watch_alerts`` makes it): a new one is what a restarted
+    supervisor runs. Its ticks are given the time, to move a rule's window past the traffic. The
+    deployment is a record only (of a Kubernetes deployment, whose rules the home's ``mlops-lab
+    watch`` would evaluate; none runs here), so that no supervisor's watcher evaluates them too."""
+    from mlops_lab.monitoring.alerts import Watcher, recent_firings
+    from mlops_lab.workspace import current_registry
+
+    _, store = svc
+    reg = current_registry()
+    reg.create_deployment("rec", "kubernetes", [{"name": "m", "version": 1, "traffic": 100}], status="healthy")
+    _traffic(store, rng, errors=0.5, name="rec")  # within the last 5 minutes
+    hook = Receiver()
+    try:
+        ml.set_alerts("rec", [{"kind": "error_rate", "threshold": 0.05, "window": "10min"}], webhook=hook.url)
+        # a firing only check_alerts recorded (a pipeline's check) was never sent: the watcher sends it
+        assert not ml.check_alerts("rec").ok
+        now = time.time()
+        (fired,) = Watcher(reg, "rec").tick(now)
+        assert wait_for(lambda: len(hook.got) == 1, 20)
+        assert hook.got[0]["status"] == "firing" and hook.got[0]["id"] == fired["id"]
+        assert wait_for(lambda: ml.get_alerts("rec")["events"][0]["delivery"].get("status") == "delivered", 10)
+        assert not ml.check_alerts("rec").ok  # a pipeline checks again: a newer firing, not sent
+        # restarted, with the rule still firing: nothing recorded or sent again
+        again = Watcher(reg, "rec")
+        assert again.tick(now + 1) == [] and again.tick(now + 2) == []
+        # the window has moved past the failed requests: the rule holds again
+        (resolved,) = again.tick(now + 3600)
+        assert wait_for(lambda: len(hook.got) == 2, 20)
+        body = hook.got[1]
+        assert (body["status"], body["id"], body["rule"]["kind"], body["value"]) == ("resolved", resolved["id"], "error_rate", None)
+        assert [e["status"] for e in ml.get_alerts("rec")["events"]] == ["resolved", "firing", "firing", "firing"]
+        # resolved stays resolved, across a restart too
+        assert again.tick(now + 3601) == [] and Watcher(reg, "rec").tick(now + 3602) == []
+        time.sleep(0.5)
+        assert len(hook.got) == 2
+        assert recent_firings(reg, "rec")["count"] == 3  # the sidebar's badge counts firings only
+        proc = subprocess.run([sys.executable, "-m", "mlops_lab.cli", "alerts", "rec"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and "resolved error_rate = None (delivered)" in proc.stdout, proc.stdout + proc.stderr
+    finally:
+        hook.close()
+
+
 def test_a_version_1_registry_is_migrated_and_deleting_a_deployment_removes_its_alerts(tmp_path, rng):
     reg = Registry(tmp_path / "h")
     reg.close()
@@ -130,13 +175,33 @@ def test_a_version_1_registry_is_migrated_and_deleting_a_deployment_removes_its_
     with ml.Workspace(home=tmp_path / "h", db=f"sqlite:///{tmp_path / 'h' / 'registry.db'}").activate():
         from mlops_lab.workspace import current_registry
 
-        assert current_registry().schema_version == schema.SCHEMA_VERSION == 2
+        assert current_registry().schema_version == schema.SCHEMA_VERSION == 3
         ml.register_model(Summer(), "m", sample_input=_frame(rng, 5))
         d = ml.deploy("m:1", name="old", progress=False, collect=False)
         ml.set_alerts("old", {"error_rate": 0.1})
         current_registry().add_alert_event("old", {"kind": "error_rate"}, 0.5, {})
         d.delete()
         assert current_registry().alert_events("old") == [] and current_registry().alert_rules("old") == ([], None)
+
+
+def test_a_version_2_registry_is_migrated_and_its_events_read_as_firings(backend, rng):
+    from mlops_lab.workspace import close_defaults, current_registry
+
+    reg = current_registry()
+    ml.register_model(Summer(), "m", sample_input=_frame(rng, 5))
+    reg.create_deployment("rec", "kubernetes", [{"name": "m", "version": 1, "traffic": 100}], status="healthy")
+    reg.add_alert_event("rec", {"kind": "error_rate"}, 0.5, {})
+    # as the previous release left it: events without a status, schema version 2
+    with reg.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE alert_events DROP COLUMN status")
+        conn.exec_driver_sql("UPDATE mlops_lab_schema SET version = 2")
+    close_defaults()
+    reg = current_registry()
+    assert reg.schema_version == schema.SCHEMA_VERSION == 3
+    (event,) = reg.alert_events("rec")
+    assert event["status"] == "firing" and event["value"] == 0.5
+    reg.add_alert_event("rec", {"kind": "error_rate"}, None, {}, status="resolved")
+    assert [e["status"] for e in reg.alert_events("rec")] == ["resolved", "firing"]
 
 
 def _send(d, frame) -> None:
