@@ -66,7 +66,10 @@ async def test_deployments_carry_probed_status_revisions_and_traffic(jp_fetch, r
     d = ml.deploy("iris:1", name="svc", collect={"flush_seconds": 0.2})
     for i in range(6):
         d.predict(X.iloc[i : i + 1])
-    await asyncio.sleep(0.6)  # one flush
+    for _ in range(150):  # flushed every 0.2 s: wait for all six (a busy machine takes longer)
+        if len(await asyncio.to_thread(ml.collected_data, "svc")) == 6:
+            break
+        await asyncio.sleep(0.2)
     code, body = await get_json(jp_fetch, "mlops-lab", "api", "deployments")
     (dep,) = body["deployments"]
     assert dep["name"] == "svc" and dep["status"] == "healthy" and dep["models"][0]["version"] == 1
@@ -181,7 +184,10 @@ async def test_monitor_view_gives_the_chart_spec_and_the_drift_table(jp_fetch, r
     d = await asyncio.to_thread(ml.deploy, "iris:1", name="svc", collect={"flush_seconds": 0.2}, progress=False)
     for i in range(5):
         await asyncio.to_thread(d.predict, X.iloc[i * 2 : i * 2 + 2])
-    await asyncio.sleep(1.0)  # one flush
+    for _ in range(150):  # flushed every 0.2 s: wait for all ten rows (a busy machine takes longer)
+        if len(await asyncio.to_thread(ml.collected_data, "svc")) == 10:
+            break
+        await asyncio.sleep(0.2)
     code, view = await get_json(jp_fetch, "mlops-lab", "api", "deployments", "svc", "monitor", params={"since": "15min"})
     assert code == 200 and view["deployment"] == "svc" and view["since"] == "15min"
     # the Vega-Lite v5 spec JupyterLab's renderer draws, with this deployment's data in it

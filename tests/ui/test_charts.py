@@ -13,6 +13,7 @@ import pytest
 playwright = pytest.importorskip("playwright.sync_api")
 
 import mlops_lab as ml  # noqa: E402
+from mlops_lab.deployers.base import wait_until  # noqa: E402
 
 from .conftest import OUT, ROOT, TOKEN  # noqa: E402
 
@@ -157,10 +158,9 @@ def test_monitor_panel_draws_its_chart_with_no_network(lab, offline, tmp_path, i
     try:
         for i in range(10):
             d.predict(X.sample(5, random_state=i))
+        assert wait_until(lambda: len(ml.collected_data("svc")) == 50, timeout=30)  # flushed every 0.2 s
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(
-            "import time\n"
-            "time.sleep(1)  # one flush of the collected data\n"
             "from mlops_lab.widgets import MonitorPanel\n"
             "MonitorPanel('svc', since='1h', refresh=None)")]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

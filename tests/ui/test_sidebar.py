@@ -13,6 +13,7 @@ import pytest
 playwright = pytest.importorskip("playwright.sync_api")
 
 import mlops_lab as ml  # noqa: E402
+from mlops_lab.deployers.base import wait_until  # noqa: E402
 
 from .conftest import OUT, TOKEN  # noqa: E402
 
@@ -61,7 +62,8 @@ def test_sidebar_shows_models_and_a_healthy_deployment_and_its_actions_work(lab,
             [copied, X.iloc[:2].to_dict(orient="records")],
         )
         assert answer == [200, [0, 0]]
-        time.sleep(1.2)  # one flush of the collected data: the request rate appears on refresh
+        # collected data is flushed every 0.5 s: once the two rows are in, the rate appears on refresh
+        assert wait_until(lambda: len(ml.collected_data("svc")) >= 2, timeout=30)
         sidebar.locator("[data-test-id='mlops-refresh']").click()
         playwright.expect(svc.locator("[data-test-id='mlops-rate']")).to_contain_text("p50")
         page.screenshot(path=str(OUT / "sidebar.png"))
