@@ -4,7 +4,8 @@
 rules in the registry (each a ``kind``, a ``threshold`` and a ``window``); ``check_alerts("churn-svc")``
 evaluates them now on what the deployment collected in each rule's window and records every
 firing as an event with its evidence. ``mlops-lab check DEPLOYMENT`` exits non-zero when one
-fires, for a CI pipeline to gate on.
+fires, for a CI pipeline to gate on. While a deployment runs, a :class:`Watcher` evaluates them
+and sends each firing, and its resolution, to the webhook.
 
 Kinds (a rule fires when the value is above its threshold; ``accuracy`` when below):
 
