@@ -179,7 +179,7 @@ def _deployment_sections(reg, mv, name: str, since: str) -> list[Section]:
         out.append(Section(f"Drift ({name})", f"not computed: {exc}"))
     events = reg.alert_events(name, limit=20)
     fired = recent_firings(reg, name)
-    out.append(Section(f"Alerts ({name})", f"{fired['count']} firings in the last 24 hours." if events else
+    out.append(Section(f"Alerts ({name})", _alerts_text(fired) if events else
                        "No alert has fired." + ("" if reg.alert_rules(name)[0] else " No rules are set (set_alerts)."),
                        rows=[{"time": _when(e["time"]), "event": e["status"], "rule": e["rule"]["kind"], "value": e["value"],
                               "threshold": e["rule"]["threshold"], "delivery": e["delivery"].get("status", "")}
@@ -187,6 +187,12 @@ def _deployment_sections(reg, mv, name: str, since: str) -> list[Section]:
     chart = monitor(name, since=since)
     out.append(Section(f"Monitoring ({name})", svg=chart.to_svg()))
     return out
+
+
+def _alerts_text(fired: dict[str, Any]) -> str:
+    n, now = fired["firings"], fired["count"]
+    return (f"{n} firing{'' if n == 1 else 's'} in the last 24 hours; "
+            f"{now or 'no'} rule{'' if now == 1 else 's'} firing now.")
 
 
 @in_workspace

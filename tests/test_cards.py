@@ -87,6 +87,7 @@ def test_a_version_with_traffic_has_its_deployments_numbers_drift_alerts_and_cha
         assert "a" in drifted and "b" not in drifted
         alerts = _section(card, "Alerts (churn-svc")
         assert alerts.rows and alerts.rows[0]["rule"] == "drift"
+        assert alerts.text == "1 firing in the last 24 hours; 1 rule firing now."
         assert _section(card, "Monitoring (churn-svc").svg.startswith("<svg")
         out = tmp_path / "card.html"
         proc = subprocess.run([sys.executable, "-m", "mlops_lab.cli", "card", "churn:1", "-o", str(out)],

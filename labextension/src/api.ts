@@ -42,9 +42,11 @@ export interface ISummary {
   latency_p99_ms: number | null;
 }
 
-/** The firings of a deployment's alert rules in the last 24 hours, and the latest one. */
+/** A deployment's alerts: its rules firing now (``count``; a rule that resolved is not counted),
+ * its rules' firings in the last 24 hours, and the latest firing of a rule firing now. */
 export interface IAlerts {
   count: number;
+  firings: number;
   latest: {
     id: number;
     time: number;

@@ -33,7 +33,7 @@ function firingText(name: string, f: NonNullable<NonNullable<IDeployment['alerts
   return `${f.rule.kind} fired on ${name}: ${value} (threshold ${f.rule.threshold}, over ${f.rule.window})`;
 }
 
-/** The alert badge of a deployment whose rules fired in the last 24 hours, else nothing. */
+/** The alert badge of a deployment with rules firing now, else nothing. */
 function alerted(d: IDeployment): HTMLElement | null {
   const a = d.alerts;
   if (!a || a.count === 0 || !a.latest) {

@@ -100,14 +100,26 @@ def get_alerts(deployment: str) -> dict[str, Any]:
     return {"rules": rules, "webhook": webhook, "events": reg.alert_events(deployment, limit=20)}
 
 
+def rule_key(rule: dict[str, Any]) -> str:
+    """One rule as a key (its JSON, keys sorted): events name their rule this way."""
+    return json.dumps(rule, sort_keys=True)
+
+
 def recent_firings(reg, deployment: str, within_s: float = 86400.0) -> dict[str, Any]:
-    """How many times ``deployment``'s rules fired in the last ``within_s`` seconds, and the
-    latest firing (for a status view: the sidebar's badge)."""
-    events = reg.alert_events(deployment, since=time.time() - within_s, limit=1000, status="firing")
-    latest = events[0] if events else None
+    """For a status view (the sidebar's badge, the model card): ``count``, the rules of
+    ``deployment`` firing now (still set, and their latest event of the last ``within_s`` seconds
+    a firing: a rule that resolved is not counted); ``firings``, how many times its rules fired in
+    that time; ``latest``, the latest firing of a rule firing now."""
+    rules = {rule_key(r) for r in reg.alert_rules(deployment)[0]}
+    events = reg.alert_events(deployment, since=time.time() - within_s, limit=1000)  # newest first
+    last: dict[str, dict[str, Any]] = {}
+    for event in events:
+        last.setdefault(rule_key(event["rule"]), event)
+    firing = [e for key, e in last.items() if key in rules and e["status"] == "firing"]
+    latest = max(firing, key=lambda e: (e["time"], e["id"]), default=None)
     if latest is not None:
         latest = {k: latest[k] for k in ("id", "time", "rule", "value")}
-    return {"count": len(events), "latest": latest}
+    return {"count": len(firing), "firings": sum(e["status"] == "firing" for e in events), "latest": latest}
 
 
 @dataclass
@@ -249,7 +261,7 @@ class Watcher:
         sent: dict[str, bool] = {}  # rule -> sent since its last resolution (absent: resolved last)
         done: set[str] = set()
         for event in self.reg.alert_events(self.deployment, limit=1000):  # newest first
-            key = json.dumps(event["rule"], sort_keys=True)
+            key = rule_key(event["rule"])
             if key in done:
                 continue
             if event["status"] != "firing":
@@ -268,7 +280,7 @@ class Watcher:
         new = []
         firing: set[str] = set()
         for rule in rules:
-            key = json.dumps(rule, sort_keys=True)
+            key = rule_key(rule)
             try:
                 result = evaluate(self.reg, self.deployment, rule, now)
             except Exception as exc:  # noqa: BLE001 - one rule's failure must not stop the others

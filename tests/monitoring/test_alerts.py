@@ -145,6 +145,8 @@ def test_a_firing_is_sent_once_across_restarts_and_sent_as_resolved_when_the_rul
         # restarted, with the rule still firing: nothing recorded or sent again
         again = Watcher(reg, "rec")
         assert again.tick(now + 1) == [] and again.tick(now + 2) == []
+        badge = recent_firings(reg, "rec")  # the sidebar's badge: one rule firing, its latest firing
+        assert (badge["count"], badge["firings"]) == (1, 3) and badge["latest"]["id"] == fired["id"] + 1
         # the window has moved past the failed requests: the rule holds again
         (resolved,) = again.tick(now + 3600)
         assert wait_for(lambda: len(hook.got) == 2, 20)
@@ -155,7 +157,8 @@ def test_a_firing_is_sent_once_across_restarts_and_sent_as_resolved_when_the_rul
         assert again.tick(now + 3601) == [] and Watcher(reg, "rec").tick(now + 3602) == []
         time.sleep(0.5)
         assert len(hook.got) == 2
-        assert recent_firings(reg, "rec")["count"] == 3  # the sidebar's badge counts firings only
+        badge = recent_firings(reg, "rec")  # resolved: no rule firing, so no badge; the firings still counted
+        assert (badge["count"], badge["firings"], badge["latest"]) == (0, 3, None)
         proc = subprocess.run([sys.executable, "-m", "mlops_lab.cli", "alerts", "rec"], capture_output=True, text=True,
                               timeout=60)
         assert proc.returncode == 0 and "resolved error_rate = None (delivered)" in proc.stdout, proc.stdout + proc.stderr

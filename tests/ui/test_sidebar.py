@@ -5,6 +5,7 @@ Screenshots go to ``test-output/``."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -144,20 +145,28 @@ class _Const:
         return np.zeros(len(X))
 
 
-def test_a_firing_alert_shows_as_a_badge_and_a_notification(lab, browser, sqlite_registry):
-    """A deployment whose latency rule fired (evaluated and recorded by its supervisor, once: it
-    keeps firing, and is not recorded again): the sidebar shows a badge beside its status, and
-    JupyterLab a notification naming the rule; a deployment whose rules hold shows neither."""
+def test_a_firing_alert_shows_as_a_badge_and_a_notification_and_the_badge_goes_when_it_resolves(lab, browser, sqlite_registry):
+    """A deployment whose latency rule fires while it serves (evaluated and recorded by its
+    supervisor, once: it keeps firing, and is not recorded again): the sidebar shows a badge
+    beside its status, and JupyterLab a notification naming the rule; a deployment whose rules
+    hold shows neither. Once the traffic stops, the rule's window empties, the supervisor records
+    the rule as resolved, and the badge goes."""
     ml.register_model(_Const(), "m", sample_input=np.zeros((2, 2)))
     hot = ml.deploy("m:1", name="hot", collect={"flush_seconds": 0.3})
     cold = ml.deploy("m:1", name="cold", collect=False)
+    serving = threading.Event()
+
+    def traffic() -> None:
+        while not serving.wait(0.3):
+            hot.predict([[0, 0]])
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
     try:
-        for _ in range(3):
-            assert hot.predict([[0, 0]]) == [0.0]
         deadline = time.monotonic() + 20
         while len(ml.collected_data("hot")) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
-        ml.set_alerts("hot", {"latency_p99_ms": 0})
+        ml.set_alerts("hot", [{"kind": "latency_p99_ms", "threshold": 0, "window": "20s"}], every="1s")
         ml.set_alerts("cold", {"error_rate": 0.5})
         assert ml.check_alerts("cold").ok
         deadline = time.monotonic() + 20
@@ -178,6 +187,18 @@ def test_a_firing_alert_shows_as_a_badge_and_a_notification(lab, browser, sqlite
         time.sleep(1.0)
         playwright.expect(toast).to_have_count(1)
         page.screenshot(path=str(OUT / "sidebar-alert.png"))
+        assert [e["status"] for e in ml.get_alerts("hot")["events"]] == ["firing"]  # recorded once
+        serving.set()  # no traffic: the rule's window empties and the supervisor resolves it
+        deadline = time.monotonic() + 60
+        while ml.get_alerts("hot")["events"][0]["status"] != "resolved" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [e["status"] for e in ml.get_alerts("hot")["events"]] == ["resolved", "firing"]
+        sidebar.locator("[data-test-id='mlops-refresh']").click()
+        playwright.expect(badge).to_have_count(0, timeout=15_000)
+        playwright.expect(sidebar.locator("[data-test-id='mlops-deployment-hot'] [data-test-id='mlops-status']")).to_have_text("healthy")
+        page.screenshot(path=str(OUT / "sidebar-alert-resolved.png"))
     finally:
+        serving.set()
+        sender.join(10)
         hot.delete()
         cold.delete()
