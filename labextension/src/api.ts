@@ -42,17 +42,26 @@ export interface ISummary {
   latency_p99_ms: number | null;
 }
 
+/** One alert rule, as stored. */
+export interface IAlertRule {
+  kind: string;
+  threshold: number;
+  window: string;
+}
+
 /** A deployment's alerts: its rules firing now (``count``; a rule that resolved is not counted),
- * its rules' firings in the last 24 hours, and the latest firing of a rule firing now. */
+ * its rules' firings in the last 24 hours, the latest firing of a rule firing now, and the
+ * resolutions of the rules whose latest event is one. */
 export interface IAlerts {
   count: number;
   firings: number;
   latest: {
     id: number;
     time: number;
-    rule: { kind: string; threshold: number; window: string };
+    rule: IAlertRule;
     value: number | null;
   } | null;
+  resolved: { id: number; time: number; rule: IAlertRule }[];
 }
 
 export interface IDeployment {

@@ -256,15 +256,29 @@ export class MlopsSidebar extends RefreshingWidget {
     }
   }
 
-  /** A notification for each firing not seen yet since this page loaded. */
+  /** A notification for each firing not seen yet since this page loaded; when its rule
+   * resolves, that notification gives way to one that says so (closed a few seconds later). */
   private _notifyFirings(deployments: IDeployment[]): void {
     for (const d of deployments) {
       const latest = d.alerts?.latest;
-      if (!latest || latest.id <= (this._seenFiring.get(d.name) ?? 0)) {
-        continue;
+      if (latest && latest.id > (this._seenFiring.get(d.name) ?? 0)) {
+        this._seenFiring.set(d.name, latest.id);
+        const id = Notification.warning(`mlops_lab: ${firingText(d.name, latest)}`, { autoClose: false });
+        this._shownFiring.set(`${d.name} ${JSON.stringify(latest.rule)}`, id);
       }
-      this._seenFiring.set(d.name, latest.id);
-      Notification.warning(`mlops_lab: ${firingText(d.name, latest)}`, { autoClose: false });
+      for (const r of d.alerts?.resolved ?? []) {
+        const key = `${d.name} ${JSON.stringify(r.rule)}`;
+        const id = this._shownFiring.get(key);
+        if (id !== undefined) {
+          // a new notification, not Notification.update: an updated one keeps its first type's colour
+          this._shownFiring.delete(key);
+          Notification.dismiss(id);
+          Notification.success(
+            `mlops_lab: ${r.rule.kind} on ${d.name} resolved (threshold ${r.rule.threshold}, over ${r.rule.window})`,
+            { autoClose: 8000 }
+          );
+        }
+      }
     }
   }
 
@@ -346,4 +360,6 @@ export class MlopsSidebar extends RefreshingWidget {
   private _models: HTMLElement;
   private _deployments: HTMLElement;
   private _seenFiring = new Map<string, number>();
+  /** The notification shown for each firing rule (deployment and rule as a key). */
+  private _shownFiring = new Map<string, string>();
 }

@@ -106,20 +106,22 @@ def rule_key(rule: dict[str, Any]) -> str:
 
 
 def recent_firings(reg, deployment: str, within_s: float = 86400.0) -> dict[str, Any]:
-    """For a status view (the sidebar's badge, the model card): ``count``, the rules of
-    ``deployment`` firing now (still set, and their latest event of the last ``within_s`` seconds
-    a firing: a rule that resolved is not counted); ``firings``, how many times its rules fired in
-    that time; ``latest``, the latest firing of a rule firing now."""
+    """For a status view (the sidebar's badge and notifications, the model card): ``count``, the
+    rules of ``deployment`` firing now (still set, and their latest event of the last ``within_s``
+    seconds a firing: a rule that resolved is not counted); ``firings``, how many times its rules
+    fired in that time; ``latest``, the latest firing of a rule firing now; ``resolved``, the
+    resolutions of the rules whose latest event is one."""
     rules = {rule_key(r) for r in reg.alert_rules(deployment)[0]}
     events = reg.alert_events(deployment, since=time.time() - within_s, limit=1000)  # newest first
     last: dict[str, dict[str, Any]] = {}
     for event in events:
         last.setdefault(rule_key(event["rule"]), event)
-    firing = [e for key, e in last.items() if key in rules and e["status"] == "firing"]
+    now = [e for key, e in last.items() if key in rules]
+    firing = [e for e in now if e["status"] == "firing"]
     latest = max(firing, key=lambda e: (e["time"], e["id"]), default=None)
-    if latest is not None:
-        latest = {k: latest[k] for k in ("id", "time", "rule", "value")}
-    return {"count": len(firing), "firings": sum(e["status"] == "firing" for e in events), "latest": latest}
+    return {"count": len(firing), "firings": sum(e["status"] == "firing" for e in events),
+            "latest": None if latest is None else {k: latest[k] for k in ("id", "time", "rule", "value")},
+            "resolved": [{k: e[k] for k in ("id", "time", "rule")} for e in now if e["status"] == "resolved"]}
 
 
 @dataclass

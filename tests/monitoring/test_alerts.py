@@ -147,6 +147,7 @@ def test_a_firing_is_sent_once_across_restarts_and_sent_as_resolved_when_the_rul
         assert again.tick(now + 1) == [] and again.tick(now + 2) == []
         badge = recent_firings(reg, "rec")  # the sidebar's badge: one rule firing, its latest firing
         assert (badge["count"], badge["firings"]) == (1, 3) and badge["latest"]["id"] == fired["id"] + 1
+        assert badge["resolved"] == []
         # the window has moved past the failed requests: the rule holds again
         (resolved,) = again.tick(now + 3600)
         assert wait_for(lambda: len(hook.got) == 2, 20)
@@ -159,6 +160,7 @@ def test_a_firing_is_sent_once_across_restarts_and_sent_as_resolved_when_the_rul
         assert len(hook.got) == 2
         badge = recent_firings(reg, "rec")  # resolved: no rule firing, so no badge; the firings still counted
         assert (badge["count"], badge["firings"], badge["latest"]) == (0, 3, None)
+        assert [(r["id"], r["rule"]["kind"]) for r in badge["resolved"]] == [(resolved["id"], "error_rate")]
         proc = subprocess.run([sys.executable, "-m", "mlops_lab.cli", "alerts", "rec"], capture_output=True, text=True,
                               timeout=60)
         assert proc.returncode == 0 and "resolved error_rate = None (delivered)" in proc.stdout, proc.stdout + proc.stderr

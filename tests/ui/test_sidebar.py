@@ -150,7 +150,7 @@ def test_a_firing_alert_shows_as_a_badge_and_a_notification_and_the_badge_goes_w
     supervisor, once: it keeps firing, and is not recorded again): the sidebar shows a badge
     beside its status, and JupyterLab a notification naming the rule; a deployment whose rules
     hold shows neither. Once the traffic stops, the rule's window empties, the supervisor records
-    the rule as resolved, and the badge goes."""
+    the rule as resolved, the badge goes and the notification says the rule resolved."""
     ml.register_model(_Const(), "m", sample_input=np.zeros((2, 2)))
     hot = ml.deploy("m:1", name="hot", collect={"flush_seconds": 0.3})
     cold = ml.deploy("m:1", name="cold", collect=False)
@@ -195,6 +195,9 @@ def test_a_firing_alert_shows_as_a_badge_and_a_notification_and_the_badge_goes_w
         assert [e["status"] for e in ml.get_alerts("hot")["events"]] == ["resolved", "firing"]
         sidebar.locator("[data-test-id='mlops-refresh']").click()
         playwright.expect(badge).to_have_count(0, timeout=15_000)
+        # the firing's notification now says the rule resolved (and closes a few seconds later)
+        playwright.expect(page.locator(".Toastify__toast").filter(has_text="latency_p99_ms on hot resolved")).to_have_count(1, timeout=5_000)
+        playwright.expect(toast).to_have_count(0)
         playwright.expect(sidebar.locator("[data-test-id='mlops-deployment-hot'] [data-test-id='mlops-status']")).to_have_text("healthy")
         page.screenshot(path=str(OUT / "sidebar-alert-resolved.png"))
     finally:
