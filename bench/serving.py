@@ -80,6 +80,8 @@ def wait_http(url: str, timeout: float = 120.0) -> float:
 
 
 def wrk(url: str, body: str, conns: int, duration: float, headers: dict[str, str]) -> dict[str, float]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("the benchmarks drive the servers with wrk, which is not installed: apt-get install wrk")
     lua = Path(tempfile.mkstemp(suffix=".lua")[1])
     hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
     lua.write_text(f'wrk.method = "POST"\nwrk.body = [==[{body}]==]\nwrk.headers["Content-Type"] = "application/json"\n{hdrs}')
