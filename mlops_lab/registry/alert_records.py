@@ -55,16 +55,14 @@ class AlertRecords:
             conn.execute(update(t).where(t.c.id == event_id).values(delivery=_dumps(delivery)))
 
     def alert_events(self, deployment: str | None = None, since: float | None = None,
-                     limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
-        """Firings and resolutions (or those of one ``status``), newest first."""
+                     limit: int = 100) -> list[dict[str, Any]]:
+        """Firings and resolutions, newest first."""
         t = S.alert_events
         q = select(t).order_by(t.c.time.desc(), t.c.id.desc()).limit(limit)
         if deployment is not None:
             q = q.where(t.c.deployment == deployment)
         if since is not None:
             q = q.where(t.c.time >= since)
-        if status is not None:
-            q = q.where(t.c.status == status)
         with self._read() as conn:
             rows = conn.execute(q).all()
         return [{"id": r.id, "deployment": r.deployment, "time": r.time, "rule": _loads(r.rule), "value": r.value,
